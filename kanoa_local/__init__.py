@@ -1,0 +1,30 @@
+"""kanoa-local: run a local LLM for the kanoa analytics interpreter.
+
+Probe the machine, pick a model that fits, serve it with vLLM, hand over a configured client.
+The public API is imported lazily so that ``import kanoa_local`` (and the CLI) stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["HardwareProfile", "KanoaError", "__version__", "check", "load_profile", "probe"]
+
+_LAZY = {
+    "HardwareProfile": ("kanoa_local.hardware", "HardwareProfile"),
+    "KanoaError": ("kanoa_local.errors", "KanoaError"),
+    "check": ("kanoa_local.check", "check"),
+    "load_profile": ("kanoa_local.probe", "load_profile"),
+    "probe": ("kanoa_local.probe", "probe"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'kanoa_local' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Starting and managing vLLM: launch specs, the Docker boundary, readiness and diagnosis."""

@@ -1,0 +1,136 @@
+"""The Docker boundary: the only module that imports ``docker`` (docker-py).
+
+docker-py errors are translated here into :mod:`kanoa_local.errors` classes, with a remedy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DockerUnavailable, EngineError, GpuRuntimeMissing, ImageUnavailable
+from ..hardware import DockerFacts
+
+#: What the daemon answers when a GPU is requested and no NVIDIA runtime is registered.
+NO_GPU_DRIVER_MARK = "could not select device driver"
+
+#: Every container kanoa-local starts carries this label (value: what it is for).
+ROLE_LABEL = "io.kanoa-local.role"
+
+GPU_RUNTIME_REMEDY = (
+    "install the NVIDIA Container Toolkit (nvidia-container-toolkit), run "
+    "`nvidia-ctk runtime configure --runtime=docker` and restart Docker")
+
+
+def _cause_chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return seen
+
+
+def _classify_unreachable(exc: BaseException) -> tuple[str, str]:
+    chain = _cause_chain(exc)
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, PermissionError) for e in chain) or "Permission denied" in text:
+        return "permission-denied", (
+            "add your user to the docker group (`sudo usermod -aG docker $USER`, then log in "
+            "again) or run as root")
+    local = not os.environ.get("DOCKER_HOST", "").startswith(("tcp://", "ssh://"))
+    if local and not (shutil.which("dockerd") or shutil.which("docker")):
+        return "not-installed", (
+            "install Docker Engine (Debian/Ubuntu: `apt-get install docker.io`), or use "
+            "`--runtime process`")
+    return "not-running", (
+        "start Docker (`sudo systemctl start docker`, or `sudo dockerd &` without systemd)"
+        if local else "check that the daemon at $DOCKER_HOST is up and reachable")
+
+
+def gpu_requests(uuids: list[str] | None) -> list:
+    """Docker device requests for these GPUs (by UUID: NVML and CUDA order GPUs differently),
+    or all GPUs when ``uuids`` is None."""
+    import docker
+
+    if uuids is None:
+        return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return [docker.types.DeviceRequest(device_ids=list(uuids), capabilities=[["gpu"]])]
+
+
+def client(timeout: float = 10) -> Any:
+    """A docker-py client for the daemon of $DOCKER_HOST (or the local socket)."""
+    try:
+        import docker
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise DockerUnavailable("the docker Python package is missing",
+                                remedy="pip install docker") from exc
+    try:
+        c = docker.from_env(timeout=timeout)
+        c.ping()
+        return c
+    except docker.errors.DockerException as exc:
+        reason, remedy = _classify_unreachable(exc)
+        where = os.environ.get("DOCKER_HOST") or "the local socket"
+        raise DockerUnavailable(f"cannot reach the Docker daemon at {where} ({reason})",
+                                remedy=remedy, details={"reason": reason}) from exc
+
+
+@contextmanager
+def translate_errors(image: str | None = None) -> Iterator[None]:
+    """Turn docker-py errors raised inside the block into kanoa-local errors."""
+    import docker
+
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise ImageUnavailable(f"the image {image or ''} is not on this Docker host",
+                               remedy="pull it while online (`docker pull IMAGE`) or load it "
+                                      "(`docker load -i FILE`)") from exc
+    except docker.errors.APIError as exc:
+        text = str(exc)
+        if NO_GPU_DRIVER_MARK in text:
+            raise GpuRuntimeMissing(
+                "Docker cannot give containers a GPU: no NVIDIA runtime is registered with "
+                "the daemon (it answered 'could not select device driver \"\" with "
+                "capabilities: [[gpu]]')", remedy=GPU_RUNTIME_REMEDY) from exc
+        raise EngineError(f"Docker refused: {exc.explanation or text}",
+                          remedy="see `docker info` and the daemon's log") from exc
+    except docker.errors.DockerException as exc:
+        reason, remedy = _classify_unreachable(exc)
+        raise DockerUnavailable(f"lost the Docker daemon ({reason}): {exc}",
+                                remedy=remedy) from exc
+
+
+def daemon_facts(timeout: float = 3) -> DockerFacts:
+    """What the Docker daemon can do, without raising: reachability, version, GPU support."""
+    host = os.environ.get("DOCKER_HOST") or None
+    local = not (host or "").startswith(("tcp://", "ssh://"))
+    hook = bool(local and (shutil.which("nvidia-container-runtime-hook")
+                           or shutil.which("nvidia-container-toolkit")))
+    try:
+        c = client(timeout=timeout)
+    except DockerUnavailable as exc:
+        return DockerFacts(reachable=False, reason=exc.details.get("reason", "error"),
+                           detail=exc.remedy, host=host, nvidia_hook=hook)
+    try:
+        info = c.info()
+        version = c.version().get("Version")
+    except Exception as exc:  # noqa: BLE001 - report, never crash the probe
+        return DockerFacts(reachable=False, reason="error", detail=str(exc), host=host)
+    finally:
+        c.close()
+    cdi_dirs = list(info.get("CDISpecDirs") or [])
+    nvidia_cdi = False
+    if local:
+        for d in cdi_dirs:
+            p = Path(d)
+            if p.is_dir() and any("nvidia" in f.name for f in p.iterdir()):
+                nvidia_cdi = True
+    return DockerFacts(
+        reachable=True, host=host, server_version=version,
+        runtimes=sorted((info.get("Runtimes") or {}).keys()),
+        default_runtime=info.get("DefaultRuntime"), cdi_spec_dirs=cdi_dirs,
+        nvidia_cdi=nvidia_cdi, nvidia_hook=hook)

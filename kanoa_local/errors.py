@@ -1,0 +1,106 @@
+"""The one exception tree of kanoa-local.
+
+Every error a user can meet is a :class:`KanoaError`: a one-line ``message`` (what happened),
+a ``remedy`` (what to do next) and an ``exit_code``. The CLI renders them in one place
+(``cli.py``); the library never prints or exits.
+
+Exit codes (also in ``kanoa-local --help`` and the README)::
+
+    0   success (``check``: ready for GPU serving)
+    1   KanoaError without a more specific class; internal error
+    2   UsageError          bad option, unknown name
+    3   ConfigError         a file (profile, models.toml, state) is malformed or wrong
+    4   ProbeError          the hardware probe itself failed
+    5   NoFitError          nothing fits for a launch
+    6   EngineError         Docker side: daemon unreachable, NVIDIA runtime missing, image missing
+    7   EngineStartError    the engine started but did not become ready
+    8   DeploymentNotFound  no deployment of that name
+    10  ``check``: CPU only (no usable NVIDIA GPU; the CPU engine can serve small models)
+    11  ``check``: a GPU is there but not ready to serve (see the failed items)
+    12  ``check``: cannot serve here at all
+    130 interrupted (Ctrl-C); whatever was started has been cleaned up
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class KanoaError(Exception):
+    """Base for every error shown to a user."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, remedy: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+        self.details = details or {}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(KanoaError):
+    exit_code = 2
+
+
+class ConfigError(KanoaError):
+    exit_code = 3
+
+
+class ProbeError(KanoaError):
+    exit_code = 4
+
+
+class NoFitError(KanoaError):
+    exit_code = 5
+
+
+class EngineError(KanoaError):
+    exit_code = 6
+
+
+class DockerUnavailable(EngineError):
+    pass
+
+
+class GpuRuntimeMissing(EngineError):
+    pass
+
+
+class ImageUnavailable(EngineError):
+    pass
+
+
+class EngineStartError(KanoaError):
+    exit_code = 7
+
+
+class DeploymentNotFound(KanoaError):
+    exit_code = 8
+
+
+class Interrupted(KanoaError):
+    exit_code = 130
+
+
+#: ``check`` verdict exit codes (not errors: a report is not an error).
+CHECK_EXIT_GPU_READY = 0
+CHECK_EXIT_CPU_ONLY = 10
+CHECK_EXIT_GPU_NOT_READY = 11
+CHECK_EXIT_CANNOT_SERVE = 12
+
+_SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY", "OPENAI_API_KEY")
+
+
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """Replace every known secret (HF token, API keys from the env, given ``secrets``) by ``***``."""
+    import os
+
+    values = [os.environ.get(name, "") for name in _SECRET_ENV] + list(secrets or [])
+    for value in values:
+        if value and len(value) >= 6:
+            text = text.replace(value, "***")
+    return text

@@ -1,0 +1,65 @@
+"""Every knob kanoa-local reads from the environment, and where it keeps its files.
+
+``KANOA_LOCAL_HOME`` moves all of kanoa-local's own state (tests set it to a temp dir).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VARS: dict[str, str] = {
+    "KANOA_LOCAL_HOME": "root for kanoa-local's config, state and cache (default: platform dirs)",
+    "KANOA_DEBUG": "1 shows tracebacks for errors (same as --debug)",
+    "HF_HOME": "Hugging Face home; weights go to $HF_HOME/hub",
+    "HF_HUB_CACHE": "Hugging Face hub cache (where weights go), overrides HF_HOME",
+    "HF_TOKEN": "token for gated models; passed to the engine, never printed",
+    "DOCKER_HOST": "Docker daemon to use (default: the local socket)",
+}
+
+
+def _home() -> Path | None:
+    value = os.environ.get("KANOA_LOCAL_HOME")
+    return Path(value).expanduser() if value else None
+
+
+def config_dir() -> Path:
+    home = _home()
+    if home:
+        return home / "config"
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("kanoa-local", appauthor=False))
+
+
+def state_dir() -> Path:
+    home = _home()
+    if home:
+        return home / "state"
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("kanoa-local", appauthor=False))
+
+
+def cache_dir() -> Path:
+    home = _home()
+    if home:
+        return home / "cache"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("kanoa-local", appauthor=False))
+
+
+def hf_cache_dir() -> Path:
+    """Where Hugging Face weights go on this host (huggingface_hub's own rules)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("KANOA_DEBUG", "") not in ("", "0", "false", "no")

