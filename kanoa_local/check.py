@@ -118,11 +118,16 @@ def gpu_items(g: Gpu, profile: HardwareProfile) -> list[CheckItem]:
         items.append(CheckItem(id="compute-capability", gpu=g.index, status="warn",
             title=f"{_gpu_label(g)}: compute capability ≥ 7.5", detail="could not be read"))
     elif cc < MIN_CC:
+        old = next((line for line in GPU_IMAGES if line.min_cc <= cc), None)
         items.append(CheckItem(id="compute-capability", gpu=g.index, status="fail",
             title=f"{_gpu_label(g)}: compute capability ≥ 7.5",
-            detail=f"{g.cc_text}: below what recent vLLM images are built for (7.5); "
-                   "AWQ, FP8 and Marlin kernels need 7.5+",
-            remedy="use a GPU of the Turing generation or newer (T4, RTX 20xx+), or the CPU engine"))
+            detail=f"{g.cc_text}: below 7.5, which vLLM images from v0.20 are built for; "
+                   + (f"{old.image} (vLLM {old.vllm}) is the last with kernels for it, "
+                      "without AWQ/FP8/Marlin (they need 7.5+) or bf16 (needs 8.0)"
+                      if old else "no image has kernels for it"),
+            remedy=(f"kanoa-local can use {old.image} with fp16/GPTQ models; for current "
+                    "models use a Turing-or-newer GPU (T4, RTX 20xx+)") if old else
+                   "use a Turing-or-newer GPU (T4, RTX 20xx+), or the CPU engine"))
     else:
         extra = " (native FP8 from 8.9)" if cc >= 89 else ""
         items.append(CheckItem(id="compute-capability", gpu=g.index, status="pass",
@@ -194,28 +199,36 @@ def check(profile: HardwareProfile, bandwidth: BandwidthResult | None = None) ->
                    "kanoa-local will use the largest one"))
     # 2. driver
     if gpus or profile.driver_version:
-        choice = image_for_driver(profile.cuda_driver_version)
+        ccs = [g.cc_value for g in gpus if g.cc_value is not None]
+        min_cc = max(ccs) if ccs else None   # the best GPU decides which image can serve
+        choice = image_for_driver(profile.cuda_driver_version, min_cc)
         drv = f"driver {profile.driver_version or '?'} (CUDA {profile.cuda_driver_text or '?'})"
+        title = "Driver new enough for the vLLM image"
         if profile.cuda_driver_version is None:
-            items.append(CheckItem(id="driver", title="Driver new enough for the vLLM image",
-                status="warn", detail=f"{drv}: the CUDA version could not be read"))
+            items.append(CheckItem(id="driver", title=title, status="warn",
+                                   detail=f"{drv}: the CUDA version could not be read"))
         elif choice is None:
-            oldest = GPU_IMAGES[-1]
-            items.append(CheckItem(id="driver", title="Driver new enough for the vLLM image",
-                status="fail", detail=f"{drv}: older than every supported vLLM image "
-                                      f"(the oldest needs CUDA {oldest.cuda_text})",
-                remedy=f"update the NVIDIA driver to {DEFAULT_GPU_IMAGE.min_driver} or newer"))
+            newest = image_for_driver(10**6, min_cc) or DEFAULT_GPU_IMAGE
+            items.append(CheckItem(id="driver", title=title, status="fail",
+                detail=f"{drv}: too old for every vLLM image this GPU can run (the oldest, "
+                       f"{GPU_IMAGES[-1].image}, needs CUDA {GPU_IMAGES[-1].cuda_text}); the "
+                       "container toolkit refuses to start them",
+                remedy=f"update the NVIDIA driver to {newest.min_driver} or newer "
+                       f"(CUDA {newest.cuda_text}, for {newest.image})"))
         elif choice is DEFAULT_GPU_IMAGE:
-            items.append(CheckItem(id="driver", title="Driver new enough for the vLLM image",
-                status="pass", detail=f"{drv}: runs the default image {choice.image}"))
+            items.append(CheckItem(id="driver", title=title, status="pass",
+                                   detail=f"{drv}: runs the default image {choice.image}"))
         else:
-            items.append(CheckItem(id="driver", title="Driver new enough for the vLLM image",
-                status="warn",
-                detail=f"{drv}: too old for the default image {DEFAULT_GPU_IMAGE.image} "
+            why = ("too old for" if profile.cuda_driver_version < DEFAULT_GPU_IMAGE.cuda
+                   else "fine, but the GPU cannot run")
+            items.append(CheckItem(id="driver", title=title, status="warn",
+                detail=f"{drv}: {why} the default image {DEFAULT_GPU_IMAGE.image} "
                        f"(CUDA {DEFAULT_GPU_IMAGE.cuda_text}); use {choice.image} "
-                       f"(CUDA {choice.cuda_text})",
-                remedy=f"kanoa-local picks {choice.image} by itself; update the driver to "
-                       f"{DEFAULT_GPU_IMAGE.min_driver}+ for the newest models"))
+                       f"(vLLM {choice.vllm}, CUDA {choice.cuda_text})",
+                remedy=f"kanoa-local picks {choice.image} by itself"
+                       + (f"; update the driver to {DEFAULT_GPU_IMAGE.min_driver}+ for the "
+                          "newest release" if profile.cuda_driver_version < DEFAULT_GPU_IMAGE.cuda
+                          else "")))
     # 3. RAM
     ram = profile.ram_total / GIB
     ok_ram = ram >= RAM_MIN_GIB - RAM_SLACK_GIB

@@ -1,8 +1,13 @@
-"""Which vLLM container image a machine can run, from its CUDA driver version.
+"""Which vLLM container image a machine can run, from its CUDA driver version and GPUs.
 
-The official GPU images are built against one CUDA version each; a container runs only when
-the host driver supports that CUDA version (``nvmlSystemGetCudaDriverVersion()``, e.g. 13000).
-The table lists the newest tag per CUDA line, newest first. Pure data, no I/O.
+The official GPU images are built against one CUDA version each. The NVIDIA container toolkit
+refuses to start one whose CUDA is newer than the host driver supports ("requirement error:
+unsatisfied condition: cuda>=12.8"), so the driver's CUDA version (NVML's
+``nvmlSystemGetCudaDriverVersion()``, e.g. 13000) picks the image line. Each line is also built
+for a set of GPU architectures: v0.20.0 dropped Volta (sm70).
+
+Facts and sources (vLLM release notes and PRs, NVIDIA's CUDA driver table) are in
+docs/vllm-images.md. Pure data, no I/O.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ CPU_REPO = "vllm/vllm-openai-cpu"
 
 class ImageLine(BaseModel):
     tag: str
+    vllm: str            # vLLM version inside
     cuda: int            # CUDA version as NVML reports it: 13000 = 13.0
-    min_driver: str      # Linux driver branch that ships that CUDA version
+    min_driver: str      # first Linux driver of that CUDA version
+    min_cc: int          # lowest compute capability it has kernels for (x10)
     note: str = ""
 
     @property
@@ -28,23 +35,28 @@ class ImageLine(BaseModel):
         return f"{self.cuda // 1000}.{(self.cuda % 1000) // 10}"
 
 
-#: Newest first. The default image is the first line.
+#: Newest first; the first line is the default image.
 GPU_IMAGES: list[ImageLine] = [
-    ImageLine(tag="v0.33.0", cuda=13000, min_driver="580.65.06", note="default image, CUDA 13.0"),
-    ImageLine(tag="v0.33.0-cu129", cuda=12090, min_driver="575.51.03", note="CUDA 12.9 build"),
-    ImageLine(tag="v0.10.2", cuda=12080, min_driver="570.124.06",
-              note="last release before the CUDA 12.9 default; also the last with Llama 3.2 Vision"),
-    ImageLine(tag="v0.8.5", cuda=12040, min_driver="550.54.14", note="oldest supported line"),
+    ImageLine(tag="v0.33.0", vllm="0.33.0", cuda=13000, min_driver="580.65.06", min_cc=75,
+              note="default image (CUDA 13.0 since v0.20.0)"),
+    ImageLine(tag="v0.33.0-cu129", vllm="0.33.0", cuda=12090, min_driver="575.57.08", min_cc=75,
+              note="same release built with CUDA 12.9, for R575 drivers"),
+    ImageLine(tag="v0.19.1", vllm="0.19.1", cuda=12090, min_driver="575.57.08", min_cc=70,
+              note="last release with Volta (V100, sm70) kernels"),
+    ImageLine(tag="v0.10.2", vllm="0.10.2", cuda=12080, min_driver="570.124.06", min_cc=70,
+              note="CUDA 12.8; last release with Llama 3.2 Vision (Mllama)"),
+    ImageLine(tag="v0.8.5", vllm="0.8.5", cuda=12040, min_driver="550.54.15", min_cc=70,
+              note="CUDA 12.4; the oldest line kanoa-local knows"),
 ]
 
 DEFAULT_GPU_IMAGE = GPU_IMAGES[0]
 
 
-def image_for_driver(cuda_driver_version: int | None) -> ImageLine | None:
-    """The newest image whose CUDA the driver can run, or None when none can."""
+def image_for_driver(cuda_driver_version: int | None, min_gpu_cc: int | None = None) -> ImageLine | None:
+    """The newest image the driver can start and the GPU has kernels for, or None."""
     if cuda_driver_version is None:
         return None
     for line in GPU_IMAGES:
-        if cuda_driver_version >= line.cuda:
+        if cuda_driver_version >= line.cuda and (min_gpu_cc is None or min_gpu_cc >= line.min_cc):
             return line
     return None

@@ -50,7 +50,7 @@ def measure(profile: HardwareProfile, image: str | None = None, live: bool = Tru
         return BandwidthResult(ran=False, gpu_uuid=gpu.uuid,
                                reason=f"the measurement runs in the vLLM image, and Docker is {why}",
                                remedy=d.detail if d else "start Docker")
-    line = image_for_driver(profile.cuda_driver_version) or DEFAULT_GPU_IMAGE
+    line = image_for_driver(profile.cuda_driver_version, gpu.cc_value) or DEFAULT_GPU_IMAGE
     image = image or line.image
     expected = gpu.pcie.max_bandwidth_gbps
     try:
