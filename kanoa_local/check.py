@@ -19,10 +19,10 @@ from .images import DEFAULT_GPU_IMAGE, GPU_IMAGES, image_for_driver
 Status = Literal["pass", "warn", "fail", "info", "skip"]
 Verdict = Literal["gpu-ready", "cpu-only", "gpu-not-ready", "cannot-serve"]
 
-VRAM_MIN_GIB = 12
-VRAM_TIERS_GIB = (16, 24)
+VRAM_MIN_GB = 12
+VRAM_TIERS_GB = (16, 24)
 RAM_MIN_GIB = 16
-# psutil reports what the kernel can use: a 16 GB machine shows ~15.3-15.6 GiB.
+# psutil reports what the kernel can use: a "16 GB" machine shows ~15.3-15.6 GiB.
 RAM_SLACK_GIB = 1.0
 CPU_ENGINE_RAM_MIN_GIB = 6
 MIN_CC = 75
@@ -84,16 +84,17 @@ def _gpu_label(g: Gpu) -> str:
 
 def gpu_items(g: Gpu, profile: HardwareProfile) -> list[CheckItem]:
     items: list[CheckItem] = []
-    total = g.memory_total / GIB
+    # GPUs are sold in decimal GB: an "L4 24 GB" reports 23034 MiB = 22.5 GiB = 24.15 GB.
+    total = g.memory_total / 1e9
     others = [p for p in g.processes if p.used_memory]
     free_note = f", {_gib(g.memory_free)} free" if g.memory_free < g.memory_total * 0.9 else ""
-    if total < VRAM_MIN_GIB - 0.5:
+    if total < VRAM_MIN_GB - 0.3:
         items.append(CheckItem(id="vram", gpu=g.index, status="fail",
-            title=f"{_gpu_label(g)}: VRAM ≥ {VRAM_MIN_GIB} GB",
-            detail=f"{_gib(g.memory_total)}{free_note}: below the {VRAM_MIN_GIB} GB minimum for 7B models at 4-bit",
+            title=f"{_gpu_label(g)}: VRAM ≥ {VRAM_MIN_GB} GB",
+            detail=f"{_gib(g.memory_total)}{free_note}: below the {VRAM_MIN_GB} GB minimum for 7B models at 4-bit",
             remedy="only small models (≤ 4B at 4-bit) fit; see `kanoa-local plan`"))
     else:
-        tier = max([t for t in VRAM_TIERS_GIB if total >= t - 0.5], default=None)
+        tier = max([t for t in VRAM_TIERS_GB if total >= t - 0.3], default=None)
         status: Status = "pass"
         if tier is None:
             what = "the minimum: 7B models at 4-bit; 16 GB+ recommended for 12B models"
@@ -103,7 +104,7 @@ def gpu_items(g: Gpu, profile: HardwareProfile) -> list[CheckItem]:
         else:
             what = "recommended for full-precision (bf16) inference of mid-size models"
         items.append(CheckItem(id="vram", gpu=g.index, status=status,
-            title=f"{_gpu_label(g)}: VRAM ≥ {VRAM_MIN_GIB} GB (16/24 GB recommended)",
+            title=f"{_gpu_label(g)}: VRAM ≥ {VRAM_MIN_GB} GB (16/24 GB recommended)",
             detail=f"{_gib(g.memory_total)}{free_note}: {what}"))
     if others:
         held = sum(p.used_memory or 0 for p in others)

@@ -120,3 +120,16 @@ def test_bandwidth_on_a_recorded_profile_says_why_not():
     report = CheckReport.model_validate_json(r.stdout)
     assert report.bandwidth is not None and not report.bandwidth.ran
     assert "recorded profile" in report.bandwidth.reason
+
+
+def test_bandwidth_on_this_machine_says_why_it_cannot_run():
+    """Live: on a GPU-less machine the reason is the missing GPU; with a GPU but no NVIDIA
+    runtime it would be Docker's own 'could not select device driver' (tests/integration)."""
+    r = run_cli("check", "--bandwidth", "--json")
+    report = CheckReport.model_validate_json(r.stdout)
+    bw = report.bandwidth
+    if report.profile.gpus:
+        pytest.skip("this machine has a GPU; see tests/gpu")
+    assert bw is not None and not bw.ran and "no NVIDIA GPU" in bw.reason and bw.remedy
+    item = next(i for i in report.items if i.id == "bandwidth")
+    assert item.status == "skip" and "no NVIDIA GPU" in item.detail
