@@ -23,31 +23,29 @@ def _home() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def config_dir() -> Path:
+def _user_dir(kind: str) -> Path:
+    """kanoa-local's own dir of ``kind`` (config/state/cache): under $KANOA_LOCAL_HOME when set,
+    else where the platform keeps such files (platformdirs)."""
     home = _home()
     if home:
-        return home / "config"
+        return home / kind
     import platformdirs
 
-    return Path(platformdirs.user_config_dir("kanoa-local", appauthor=False))
+    finder = {"config": platformdirs.user_config_dir, "state": platformdirs.user_state_dir,
+              "cache": platformdirs.user_cache_dir}[kind]
+    return Path(finder("kanoa-local", appauthor=False))
+
+
+def config_dir() -> Path:
+    return _user_dir("config")
 
 
 def state_dir() -> Path:
-    home = _home()
-    if home:
-        return home / "state"
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("kanoa-local", appauthor=False))
+    return _user_dir("state")
 
 
 def cache_dir() -> Path:
-    home = _home()
-    if home:
-        return home / "cache"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("kanoa-local", appauthor=False))
+    return _user_dir("cache")
 
 
 def hf_cache_dir() -> Path:

@@ -102,3 +102,19 @@ def test_recording_round_trip_through_json():
     p1 = run(BASE)
     p2 = run(json.loads(json.dumps(BASE)))
     assert p1.model_dump() == p2.model_dump()
+
+
+def test_record_keeps_pynvml_friendly_objects_as_dicts():
+    """nvmlDeviceGetComputeRunningProcesses returns nvmlFriendlyObject, not ctypes structs:
+    a recording must keep pid and memory so the replay names the process."""
+    friendly = pynvml.nvmlFriendlyObject({"pid": 4242, "usedGpuMemory": 3900000000})
+    assert nvml._plain([friendly]) == [{"pid": 4242, "usedGpuMemory": 3900000000}]
+
+
+def test_record_then_replay_round_trip_of_a_replayed_machine():
+    """record() run over a Replay yields a recording that replays to the same facts."""
+    again = nvml.record(nvml.Replay(BASE))
+    a = probe(nvml.Replay(BASE), host=HOST, docker=False)
+    b = probe(nvml.Replay(again), host=HOST, docker=False)
+    assert a.model_dump() == b.model_dump()
+    assert b.gpus[0].processes[0].name == "python3"

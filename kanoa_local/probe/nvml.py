@@ -228,6 +228,9 @@ def _plain(value: Any) -> Any:
     fields = getattr(value, "_fields_", None)
     if fields:
         return {f[0]: _plain(getattr(value, f[0])) for f in fields if not f[0].startswith("_")}
+    if hasattr(value, "__dict__"):
+        # pynvml hands some answers (running processes) back as nvmlFriendlyObject
+        return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
     return str(value)
 
 
