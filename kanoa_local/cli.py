@@ -51,13 +51,19 @@ def verbosity(ctx: click.Context, sub_verbose: int) -> int:
     return (ctx.obj or {}).get("verbose", 0) + sub_verbose
 
 
+def wants_json(ctx: click.Context, as_json: bool) -> bool:
+    """--json given after the command or before it (`kanoa-local --json check`)."""
+    return as_json or bool((ctx.obj or {}).get("json"))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EXIT_CODE_HELP)
 @click.version_option(__version__, "--version", prog_name="kanoa-local")
 @click.option("--debug", is_flag=True, help="show tracebacks for errors")
 @click.option("-v", "--verbose", count=True, help="more detail (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="JSON output for the command")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: int, as_json: bool) -> None:
     """Run a local LLM for the kanoa analytics interpreter.
 
     Probe this machine, pick a model that fits, serve it with vLLM and hand over a
@@ -65,7 +71,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
     """
     if debug:
         os.environ["KANOA_DEBUG"] = "1"
-    ctx.obj = {"verbose": verbose}
+    ctx.obj = {"verbose": verbose, "json": as_json}
 
 
 @cli.command(epilog=EXIT_CODE_HELP)
@@ -92,11 +98,15 @@ def check(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: st
     from .errors import UsageError
     from .probe import load_preset, load_profile, probe
 
-    if hardware_file and gpu_name:
+    as_json = wants_json(ctx, as_json)
+    if hardware_file is not None and gpu_name is not None:
         raise UsageError("--hardware and --gpu both name a machine", remedy="give one of them")
-    if hardware_file:
+    if hardware_file is not None:
+        if not hardware_file.strip():
+            raise UsageError("--hardware needs a file name",
+                             remedy="give a file written by `kanoa-local check --save FILE`")
         profile = load_profile(hardware_file)
-    elif gpu_name:
+    elif gpu_name is not None:
         profile = load_preset(gpu_name)
     else:
         profile = probe()
@@ -104,7 +114,7 @@ def check(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: st
     if bandwidth:
         from .engine.bandwidth import measure
 
-        bw = measure(profile, image=image, live=not (hardware_file or gpu_name))
+        bw = measure(profile, image=image, live=hardware_file is None and gpu_name is None)
     if save_file:
         _save(save_file, profile)
     report = run_check(profile, bandwidth=bw)
@@ -143,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = _json_requested(argv)
     debug = "--debug" in argv or os.environ.get("KANOA_DEBUG", "") not in ("", "0")
+    if not argv:  # bare `kanoa-local`: the help, not an error
+        click.echo(cli.get_help(click.Context(cli, info_name="kanoa-local")))
+        sys.exit(0)
     try:
         rc = cli.main(args=argv, prog_name="kanoa-local", standalone_mode=False)
         sys.exit(rc or 0)

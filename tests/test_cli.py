@@ -133,3 +133,17 @@ def test_bandwidth_on_this_machine_says_why_it_cannot_run():
     assert bw is not None and not bw.ran and "no NVIDIA GPU" in bw.reason and bw.remedy
     item = next(i for i in report.items if i.id == "bandwidth")
     assert item.status == "skip" and "no NVIDIA GPU" in item.detail
+
+
+def test_bare_command_prints_help_and_succeeds():
+    r = run_cli()
+    assert r.returncode == 0 and "Commands:" in r.stdout and "check" in r.stdout
+
+
+def test_empty_hardware_path_is_a_usage_error_not_a_probe():
+    assert_one_line_error(run_cli("check", "--hardware", ""), 2, "--hardware needs a file name")
+
+
+def test_json_before_the_command_works_too():
+    r = run_cli("--json", "check", "--gpu", "t4")
+    assert CheckReport.model_validate_json(r.stdout).verdict == "gpu-ready"
