@@ -82,7 +82,7 @@ def _gpu_label(g: Gpu) -> str:
     return f"GPU {g.index} {g.name}"
 
 
-def gpu_items(g: Gpu, profile: HardwareProfile) -> list[CheckItem]:
+def gpu_items(g: Gpu) -> list[CheckItem]:
     items: list[CheckItem] = []
     # GPUs are sold in decimal GB: an "L4 24 GB" reports 23034 MiB = 22.5 GiB = 24.15 GB.
     total = g.memory_total / 1e9
@@ -190,7 +190,7 @@ def check(profile: HardwareProfile, bandwidth: BandwidthResult | None = None) ->
             remedy="install the NVIDIA driver if this machine has an NVIDIA GPU; otherwise the "
                    "CPU engine serves small models (see `kanoa-local plan`)"))
     for g in gpus:
-        items.extend(gpu_items(g, profile))
+        items.extend(gpu_items(g))
     if len(gpus) > 1:
         same = len({(g.name, g.memory_total) for g in gpus}) == 1
         items.append(CheckItem(id="multi-gpu", title="Several GPUs", status="info",
