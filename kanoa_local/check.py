@@ -201,15 +201,15 @@ def check(profile: HardwareProfile, bandwidth: BandwidthResult | None = None) ->
     # 2. driver
     if gpus or profile.driver_version:
         ccs = [g.cc_value for g in gpus if g.cc_value is not None]
-        min_cc = max(ccs) if ccs else None   # the best GPU decides which image can serve
-        choice = image_for_driver(profile.cuda_driver_version, min_cc)
+        best_cc = max(ccs) if ccs else None   # the best GPU decides which image can serve
+        choice = image_for_driver(profile.cuda_driver_version, best_cc)
         drv = f"driver {profile.driver_version or '?'} (CUDA {profile.cuda_driver_text or '?'})"
         title = "Driver new enough for the vLLM image"
         if profile.cuda_driver_version is None:
             items.append(CheckItem(id="driver", title=title, status="warn",
                                    detail=f"{drv}: the CUDA version could not be read"))
         elif choice is None:
-            newest = image_for_driver(10**6, min_cc) or DEFAULT_GPU_IMAGE
+            newest = image_for_driver(10**6, best_cc) or DEFAULT_GPU_IMAGE
             items.append(CheckItem(id="driver", title=title, status="fail",
                 detail=f"{drv}: too old for every vLLM image this GPU can run (the oldest, "
                        f"{GPU_IMAGES[-1].image}, needs CUDA {GPU_IMAGES[-1].cuda_text}); the "
@@ -220,16 +220,15 @@ def check(profile: HardwareProfile, bandwidth: BandwidthResult | None = None) ->
             items.append(CheckItem(id="driver", title=title, status="pass",
                                    detail=f"{drv}: runs the default image {choice.image}"))
         else:
-            why = ("too old for" if profile.cuda_driver_version < DEFAULT_GPU_IMAGE.cuda
-                   else "fine, but the GPU cannot run")
+            driver_too_old = profile.cuda_driver_version < DEFAULT_GPU_IMAGE.cuda
+            why = "too old for" if driver_too_old else "fine, but the GPU cannot run"
             items.append(CheckItem(id="driver", title=title, status="warn",
                 detail=f"{drv}: {why} the default image {DEFAULT_GPU_IMAGE.image} "
                        f"(CUDA {DEFAULT_GPU_IMAGE.cuda_text}); use {choice.image} "
                        f"(vLLM {choice.vllm}, CUDA {choice.cuda_text})",
                 remedy=f"kanoa-local picks {choice.image} by itself"
                        + (f"; update the driver to {DEFAULT_GPU_IMAGE.min_driver}+ for the "
-                          "newest release" if profile.cuda_driver_version < DEFAULT_GPU_IMAGE.cuda
-                          else "")))
+                          "newest release" if driver_too_old else "")))
     # 3. RAM
     ram = profile.ram_total / GIB
     ok_ram = ram >= RAM_MIN_GIB - RAM_SLACK_GIB
