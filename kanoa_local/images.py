@@ -46,7 +46,9 @@ GPU_IMAGES: list[ImageLine] = [
     ImageLine(tag="v0.10.2", vllm="0.10.2", cuda=12080, min_driver="570.124.06", min_cc=70,
               note="CUDA 12.8; last release with Llama 3.2 Vision (Mllama)"),
     ImageLine(tag="v0.8.5", vllm="0.8.5", cuda=12040, min_driver="550.54.15", min_cc=70,
-              note="CUDA 12.4; the oldest line kanoa-local knows"),
+              note="CUDA 12.4, for R550-R565 drivers"),
+    ImageLine(tag="v0.6.6.post1", vllm="0.6.6", cuda=12010, min_driver="530.30.02", min_cc=70,
+              note="CUDA 12.1, for R530-R545 drivers; the oldest line kanoa-local knows"),
 ]
 
 DEFAULT_GPU_IMAGE = GPU_IMAGES[0]

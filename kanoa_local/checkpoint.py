@@ -1,0 +1,221 @@
+"""Real numbers from checkpoint files, where they are on this machine.
+
+A variant's ``config.json`` and safetensors headers may be in a local directory (``path``) or in
+the Hugging Face cache (``repo``, found with huggingface_hub's cache lookup; nothing is
+downloaded). From them come the architecture (layers, KV heads, head dim, sliding-window
+layers, context) and exact weight bytes, split into quantised, unquantised, embedding and
+vision tensors. The catalog's table is the fallback; whatever is read here wins.
+
+A safetensors file starts with an 8-byte little-endian header length and a JSON header listing
+every tensor's dtype, shape and byte range, so reading headers costs a few KiB per shard.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from .catalog import Arch, Catalog, ModelEntry, Variant
+from .plan.memory import Weights
+
+FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+OTHER_BYTES = {"I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 0.5}
+VISION_PREFIXES = ("vision_tower", "vision_model", "visual", "vision_embed", "multi_modal_projector",
+                   "mlp1", "image_newline", "vit", "image_encoder", "model.vision", "model.visual",
+                   "model.multi_modal_projector", "model.vision_tower", "model.vision_model",
+                   "model.image_", "vision_backbone", "model.vision_backbone")
+EMBED_MARKERS = ("embed_tokens", "lm_head", "wte", "word_embeddings", "tok_embeddings", "embed_out",
+                 "ff_out", "wte.embedding")
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of one .safetensors file (tensor name → dtype/shape/offsets)."""
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path.name}: too short for a safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER:
+            raise ValueError(f"{path.name}: header length {n} is not plausible")
+        header = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def weights_from_headers(headers: list[dict[str, Any]], compute_bytes: int) -> Weights:
+    """Bytes each tensor will take once loaded: float tensors become the compute dtype (an fp32
+    checkpoint loads as bf16), packed/quantised ones (int, fp8) stay as stored."""
+    quantised = unquantised = embeddings = vision = 0
+    for header in headers:
+        for name, t in header.items():
+            numel = 1
+            for d in t.get("shape", []):
+                numel *= d
+            dtype = t.get("dtype", "")
+            if dtype in FLOAT_BYTES:
+                size = numel * compute_bytes
+                kind = "float"
+            else:
+                size = int(numel * OTHER_BYTES.get(dtype, 1))
+                kind = "packed"
+            if name.startswith(VISION_PREFIXES):
+                vision += size
+            elif any(m in name for m in EMBED_MARKERS):
+                embeddings += size
+            elif kind == "packed" or name.endswith(("scales", "zeros", "g_idx", "weight_scale",
+                                                     "input_scale", "weight_zero_point")):
+                quantised += size
+            else:
+                unquantised += size
+    return Weights(quantised=quantised, unquantised=unquantised, embeddings=embeddings,
+                   vision=vision, source="checkpoint")
+
+
+def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    for key in ("text_config", "llm_config", "language_config", "text_model"):
+        sub = cfg.get(key)
+        if isinstance(sub, dict) and sub.get("num_hidden_layers"):
+            return sub
+    return cfg
+
+
+def arch_from_config(cfg: dict[str, Any], vision_params_b: float = 0.0) -> Arch:
+    """Arch numbers from a Hugging Face config.json (nested text configs of VLMs included)."""
+    t = _text_config(cfg)
+
+    def pick(*keys: str, default: Any = None) -> Any:
+        for k in keys:
+            if t.get(k) is not None:
+                return t[k]
+            if cfg.get(k) is not None:
+                return cfg[k]
+        return default
+
+    layers = int(pick("num_hidden_layers", "n_layers", "num_layers"))
+    heads = int(pick("num_attention_heads", "n_heads"))
+    kv_heads = int(pick("num_key_value_heads", "n_kv_heads", default=heads))
+    hidden = int(pick("hidden_size", "d_model", "dim"))
+    head_dim = int(pick("head_dim", default=0) or hidden // heads)
+    vocab = int(pick("vocab_size", "embedding_size"))
+    max_ctx = int(pick("max_position_embeddings", "max_sequence_length", "seq_length", default=4096))
+    window = pick("sliding_window")
+    sliding = 0
+    layer_types = pick("layer_types")
+    if isinstance(layer_types, list) and layer_types:
+        sliding = sum(1 for x in layer_types if "sliding" in str(x))
+    elif window and pick("use_sliding_window", default=True) is not False:
+        pattern = pick("sliding_window_pattern", "_sliding_window_pattern")
+        if isinstance(pattern, int) and pattern > 1:
+            sliding = layers - layers // pattern
+        elif window < max_ctx:
+            sliding = layers          # every layer windowed (Mistral v0.1 style)
+    if not sliding or not window or window >= max_ctx:
+        sliding, window = 0, None
+    experts = pick("num_local_experts", "num_experts", "n_routed_experts")
+    return Arch(
+        layers=layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, hidden=hidden,
+        intermediate=pick("moe_intermediate_size", "intermediate_size", "ffn_dim"),
+        vocab=vocab, max_context=max_ctx, sliding_window=window, sliding_layers=sliding,
+        tie_embeddings=bool(pick("tie_word_embeddings", default=cfg.get("tie_word_embeddings", False))),
+        experts=experts, experts_per_token=pick("num_experts_per_tok", "moe_topk"),
+        vision_params_b=vision_params_b, source="config.json")
+
+
+def find_files(variant: Variant, hf_cache: Path | None = None) -> Path | None:
+    """The directory with the variant's config.json, locally or in the HF cache; None if absent."""
+    if variant.path:
+        p = Path(variant.path).expanduser()
+        return p if (p / "config.json").is_file() else None
+    if not variant.repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    hit = try_to_load_from_cache(variant.repo, "config.json",
+                                 cache_dir=str(hf_cache) if hf_cache else None)
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+def read_checkpoint(folder: Path, compute_bytes: int = 2) -> tuple[Arch | None, Weights | None]:
+    """(arch, weights) from a checkpoint directory; either is None when its files are missing.
+    Weights need every shard named by the index to be present."""
+    arch = weights = None
+    cfg_path = folder / "config.json"
+    if cfg_path.is_file():
+        try:
+            arch = arch_from_config(json.loads(cfg_path.read_text()))
+        except (ValueError, TypeError, KeyError):
+            arch = None
+    shards = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except ValueError:
+            names = set()
+        shards = [folder / n for n in sorted(names)] if names else shards
+    if shards and all(s.is_file() for s in shards):
+        try:
+            weights = weights_from_headers([read_header(s) for s in shards], compute_bytes)
+        except (OSError, ValueError):
+            weights = None
+    if arch is not None and weights is not None and weights.vision:
+        arch = arch.model_copy(update={"vision_params_b": round(weights.vision / compute_bytes / 1e9, 3)})
+    return arch, weights
+
+
+def enrich(catalog: Catalog, hf_cache: Path | None = None) -> tuple[Catalog, dict[tuple[str, str], Weights]]:
+    """The catalog with numbers read from checkpoints found on this machine, and the exact
+    weights per (model id, variant source). Variants found in the cache are marked ``cached``."""
+    weights: dict[tuple[str, str], Weights] = {}
+    models: dict[str, ModelEntry] = {}
+    for key, entry in catalog.models.items():
+        arch = entry.arch
+        variants = []
+        for v in entry.variants:
+            folder = find_files(v, hf_cache)
+            if folder is None:
+                variants.append(v)
+                continue
+            a, w = read_checkpoint(folder)
+            if w is not None:
+                weights[(key, v.source)] = w
+            # The unquantised checkpoint's config is the model's architecture.
+            if a is not None and (arch is None or arch.source != "config.json" or not v.is_quantised):
+                if arch is not None and not a.vision_params_b:
+                    a = a.model_copy(update={"vision_params_b": arch.vision_params_b})
+                arch = a
+            variants.append(v.model_copy(update={"cached": bool(v.repo)}))
+        models[key] = entry.model_copy(update={"arch": arch, "variants": variants})
+    return catalog.model_copy(update={"models": models}), weights
+
+
+def entry_from_directory(folder: Path) -> ModelEntry:
+    """A catalog entry for a local checkpoint directory given on the command line."""
+    from .errors import ConfigError
+
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{folder}: no config.json", remedy="point at a Hugging Face checkpoint directory")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{cfg_path}: not valid JSON ({exc})", remedy=f"fix {cfg_path}") from exc
+    arch, w = read_checkpoint(folder)
+    if arch is None:
+        raise ConfigError(f"{cfg_path}: not a decoder config kanoa-local can read",
+                          remedy="add the model to models.toml with an [arch] table")
+    quant = (cfg.get("quantization_config") or {}).get("quant_method")
+    precision = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bitsandbytes": "bnb-4bit",
+                 "compressed-tensors": "w4a16"}.get(str(quant), "bf16")
+    params = (w.total / 2 if w and not quant else 0) or arch.layers * 12 * arch.hidden ** 2
+    vision = bool(cfg.get("vision_config")) or arch.vision_params_b > 0
+    return ModelEntry(id=folder.name.lower(), name=folder.name, family=str(cfg.get("model_type", "local")),
+                      params_b=round(params / 1e9, 3), vision=vision, status="theoretical",
+                      arch=arch, variants=[Variant(precision=precision, path=str(folder))],
+                      trust_remote_code=bool(cfg.get("auto_map")), source_file="(directory)")

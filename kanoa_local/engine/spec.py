@@ -1,0 +1,151 @@
+"""A planned candidate → exactly what to start: image, vLLM arguments, environment, mounts,
+ports and labels. Pure (no I/O), so `plan` can print the command `up` will run and tests can
+pin it.
+
+Secrets never enter the spec's argv: the API key travels as ``VLLM_API_KEY`` and the Hugging
+Face token as ``HF_TOKEN`` in the container's environment, and the printed command refers to
+them as ``$VLLM_API_KEY`` / ``$HF_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Literal
+
+from pydantic import Field
+
+from ..hardware import Model
+from ..images import CPU_REPO
+from ..plan.fit import Candidate
+
+CONTAINER_PORT = 8000
+CONTAINER_HF_CACHE = "/root/.cache/huggingface"
+CONTAINER_VLLM_CACHE = "/root/.cache/vllm"
+CONTAINER_MODEL_DIR = "/model"
+LABEL_PREFIX = "io.kanoa-local."
+DEFAULT_CPU_IMAGE = f"{CPU_REPO}:v0.33.0-x86_64"
+
+
+class Mount(Model):
+    source: str
+    target: str
+    read_only: bool = False
+
+
+class LaunchSpec(Model):
+    runtime: Literal["docker", "process"]
+    image: str | None = None
+    argv: list[str] = Field(description="arguments after the image's entrypoint")
+    env: dict[str, str] = Field(default_factory=dict, description="values; secrets appear as names only")
+    secret_env: list[str] = Field(default_factory=list, description="passed through from the caller, never stored")
+    mounts: list[Mount] = []
+    host: str = "127.0.0.1"
+    port: int = 8000
+    gpus: list[int] | None = None
+    shm_size: str | None = None
+    ipc_host: bool = False
+    labels: dict[str, str] = {}
+    served_model_name: str
+
+    def docker_command(self) -> str:
+        """The equivalent `docker run` line, for people who want to run it by hand."""
+        parts = ["docker", "run", "-d", "--name", f"kanoa-{self.labels.get(LABEL_PREFIX + 'deployment', 'default')}"]
+        if self.gpus is not None:
+            parts += ["--gpus", f'"device={",".join(str(i) for i in self.gpus)}"' if self.gpus else "all"]
+        parts += ["-p", f"{self.host}:{self.port}:{CONTAINER_PORT}"]
+        if self.ipc_host:
+            parts.append("--ipc=host")
+        elif self.shm_size:
+            parts += ["--shm-size", self.shm_size]
+        for m in self.mounts:
+            parts += ["-v", f"{m.source}:{m.target}" + (":ro" if m.read_only else "")]
+        for k, v in self.env.items():
+            parts += ["-e", f"{k}={v}"]
+        for k in self.secret_env:
+            parts += ["-e", k]
+        for k, v in self.labels.items():
+            parts += ["--label", f"{k}={v}"]
+        parts.append(self.image or "?")
+        return " ".join(shlex.quote(p) if not p.startswith('"') else p for p in parts) + " \\\n  " + \
+            " ".join(shlex.quote(a) for a in self.argv)
+
+    def process_command(self, python: str = "python") -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (env + " " if env else "") + f"{python} -m vllm.entrypoints.openai.api_server " + \
+            " ".join(shlex.quote(a) for a in self.argv)
+
+
+def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port: int) -> list[str]:
+    s = c.settings
+    assert s is not None, "only a fitting candidate can be launched"
+    args = ["--model", model_ref, "--served-model-name", served_name, "--host", host, "--port", str(port)]
+    args += ["--max-model-len", str(s.max_model_len)]
+    if s.dtype and (c.device == "cpu" or s.dtype != "bfloat16"):
+        args += ["--dtype", s.dtype]
+    if s.quantization:
+        args += ["--quantization", s.quantization]
+        if s.quantization == "bitsandbytes":
+            args += ["--load-format", "bitsandbytes"]
+    if s.kv_cache_dtype != "auto":
+        args += ["--kv-cache-dtype", s.kv_cache_dtype]
+    if s.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", f"{s.gpu_memory_utilization:.2f}"]
+    if s.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(s.tensor_parallel_size)]
+    if s.limit_images is not None:
+        args += ["--limit-mm-per-prompt", json.dumps({"image": s.limit_images}, separators=(",", ":"))]
+    if s.max_num_seqs:
+        args += ["--max-num-seqs", str(s.max_num_seqs)]
+    if s.trust_remote_code:
+        args.append("--trust-remote-code")
+    if s.enforce_eager:
+        args.append("--enforce-eager")
+    return args
+
+
+def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, host: str = "127.0.0.1",
+                runtime: Literal["docker", "process"] = "docker", hf_cache: str = "~/.cache/huggingface",
+                vllm_cache: str = "~/.cache/vllm", cpu_image: str | None = None,
+                model_dir: str | None = None) -> LaunchSpec:
+    """What `up` starts for candidate ``c``. ``model_dir`` is the local directory of the
+    weights when they do not come from the hub (a path variant or a packaged model)."""
+    s = c.settings
+    assert s is not None, "only a fitting candidate can be launched"
+    v = c.variant
+    local = model_dir or v.path
+    mounts: list[Mount] = []
+    if runtime == "docker":
+        model_ref = CONTAINER_MODEL_DIR if local else (v.repo or "")
+        bind = "0.0.0.0"          # inside the container; published on `host` only
+        mounts.append(Mount(source=hf_cache, target=CONTAINER_HF_CACHE))
+        mounts.append(Mount(source=vllm_cache, target=CONTAINER_VLLM_CACHE))
+        if local:
+            mounts.append(Mount(source=local, target=CONTAINER_MODEL_DIR, read_only=True))
+    else:
+        model_ref = local or v.repo or ""
+        bind = host
+    env: dict[str, str] = {}
+    secret_env = ["VLLM_API_KEY"]
+    if v.repo and not local:
+        secret_env.append("HF_TOKEN")
+    if local:
+        env["HF_HUB_OFFLINE"] = "1"
+    if c.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kv_cache_gib or 1)
+    labels = {
+        LABEL_PREFIX + "role": "server",
+        LABEL_PREFIX + "deployment": deployment,
+        LABEL_PREFIX + "model": c.model_id,
+        LABEL_PREFIX + "precision": v.precision,
+    }
+    image = (s.image if c.device == "gpu" else (cpu_image or DEFAULT_CPU_IMAGE)) if runtime == "docker" else None
+    return LaunchSpec(
+        runtime=runtime, image=image,
+        argv=vllm_args(c, model_ref=model_ref, served_name=c.model_id, host=bind,
+                       port=CONTAINER_PORT if runtime == "docker" else port),
+        env=env, secret_env=secret_env, mounts=mounts, host=host, port=port,
+        gpus=s.gpu_indices if c.device == "gpu" else None,
+        ipc_host=c.device == "gpu" and runtime == "docker",
+        shm_size="2g" if c.device == "cpu" and runtime == "docker" else None,
+        labels=labels, served_model_name=c.model_id)

@@ -1,0 +1,252 @@
+"""Memory arithmetic for one vLLM configuration: pure functions, every term kept.
+
+vLLM sizes itself like this (V1 engine, read from its worker and kv_cache_utils sources):
+
+* GPU: the engine may use ``gpu_memory_utilization × total`` bytes per GPU (the *budget*); at
+  start-up the GPU must have that much free, after the engine's own CUDA context, or it stops
+  with "Free memory on device ... is less than desired GPU memory utilization". From the budget
+  it subtracts the weights, the peak of a profiling forward pass (activations, sampler logits,
+  the vision encoder's dummy images) and memory that torch does not track (cuBLAS workspaces,
+  NCCL buffers). What is left is the KV cache. CUDA graphs are captured after that and live in
+  the slack above the budget, next to the CUDA context.
+* CPU: the KV cache is exactly ``VLLM_CPU_KVCACHE_SPACE`` GiB; weights, the runtime and the KV
+  cache must all fit in RAM.
+
+KV cache per token and layer is ``2 (K and V) × KV heads × head dim × dtype bytes``, with KV
+heads divided across tensor-parallel ranks (never below one). vLLM groups layers of one kind
+(full or sliding-window attention) into equal groups that share one pool of blocks; a request
+of L tokens needs ``cdiv(L, block)`` blocks per full group and only
+``cdiv(min(window - 1 + in-flight tokens, L), block) + 1`` per sliding group. vLLM reports
+"KV cache size: N tokens" as ``concurrency × max_model_len`` where
+``concurrency = blocks / blocks-per-request``; :func:`kv_capacity` follows that exactly.
+
+Worked example (Gemma 3 270M on the CPU engine, float32, 1 GiB KV, max_model_len 4096, block
+128): 18 layers, 1 KV head, head dim 256 → 2048 B per token and layer; 3 full + 15 sliding
+layers → 6 groups of 3; blocks = 1 GiB / (128 × 2048 × 3) = 1365; per request 32 full blocks
++ 5 × (cdiv(511 + 2048, 128) + 1 = 21) = 137; concurrency 9.96, "40,810 tokens" — what vLLM
+0.32 printed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+
+from ..catalog import Arch, ModelEntry, Variant
+from ..hardware import GIB, Model
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
+
+# Defaults of the engine (vLLM >= 0.11, OpenAI server), by device.
+GPU_BLOCK_SIZE = 16
+CPU_BLOCK_SIZE = 128           # the CPU attention backend needs a multiple of 32; 0.32 uses 128
+BIG_GPU_BYTES = 70 * GIB       # H100/H200 class: larger scheduler defaults
+CUDA_CONTEXT_BYTES = int(0.55 * GIB)   # per GPU, outside vLLM's budget (driver + torch context)
+CPU_RUNTIME_BYTES = int(2.0 * GIB)     # API server + engine core + worker processes (RSS)
+
+
+class Term(Model):
+    name: str
+    bytes: int
+    note: str = ""
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / GIB
+
+
+class Weights(Model):
+    """Weight bytes per device, split the way quantisation treats them."""
+
+    quantised: int = Field(0, description="quantised linear layers (incl. scales/zeros)")
+    unquantised: int = Field(0, description="layers kept in the compute dtype")
+    embeddings: int = Field(0, description="token embeddings + lm_head")
+    vision: int = Field(0, description="vision encoder + projector")
+    source: Literal["estimate", "checkpoint"] = "estimate"
+    note: str = ""
+
+    @property
+    def total(self) -> int:
+        return self.quantised + self.unquantised + self.embeddings + self.vision
+
+
+def weights(entry: ModelEntry, variant: Variant, dtype_bytes: int, tp: int = 1,
+            checkpoint: Weights | None = None) -> Weights:
+    """Weight bytes on each of ``tp`` devices.
+
+    From the checkpoint's own tensor list when known (``checkpoint``: tensors read from
+    safetensors headers, float tensors counted at 2 bytes, packed ones as stored); otherwise from parameter counts: the
+    embeddings (``vocab × hidden``, twice when the lm_head is untied) and the vision tower stay
+    in the compute dtype, the transformer body takes the variant's bits per weight.
+    Example: Llama 3.1 8B AWQ: 8.03 B params, 2 × 128256 × 4096 = 1.05 B in embeddings at 2 B
+    → 2.1 GB, 6.98 B body at 4.16 bits → 3.63 GB; total 5.73 GB = 5.34 GiB (the published
+    checkpoint is about 5.7 GB).
+    """
+    if checkpoint is not None:
+        # Read from headers with float tensors counted at 2 bytes (see checkpoint.py).
+        scale = dtype_bytes / 2
+        w = checkpoint.model_copy(update={
+            "unquantised": int(checkpoint.unquantised * scale),
+            "embeddings": int(checkpoint.embeddings * scale),
+            "vision": int(checkpoint.vision * scale)})
+    else:
+        arch = entry.arch
+        assert arch is not None, f"{entry.id}: no architecture numbers"
+        params = entry.params_b * 1e9
+        embed = arch.vocab * arch.hidden * (1 if arch.tie_embeddings else 2)
+        vision = arch.vision_params_b * 1e9
+        body = max(params - embed - vision, 0.0)
+        if variant.is_quantised:
+            w = Weights(quantised=int(body * variant.weight_bits / 8),
+                        embeddings=int(embed * dtype_bytes),
+                        vision=int(vision * (variant.weight_bits / 8 if variant.quantized_vision
+                                             else dtype_bytes)))
+        else:
+            w = Weights(unquantised=int(body * dtype_bytes), embeddings=int(embed * dtype_bytes),
+                        vision=int(vision * dtype_bytes))
+    if tp == 1:
+        return w
+    # Tensor parallelism splits the body and the (vocab-parallel) embeddings; the vision
+    # encoder is replicated on every rank in vLLM's multimodal models.
+    return w.model_copy(update={"quantised": w.quantised // tp, "unquantised": w.unquantised // tp,
+                                "embeddings": w.embeddings // tp})
+
+
+def kv_heads_per_rank(arch: Arch, tp: int) -> int:
+    return max(1, arch.kv_heads // tp)
+
+
+def kv_bytes_per_token_layer(arch: Arch, kv_dtype_bytes: int, tp: int = 1) -> int:
+    """K and V of one token in one layer on one device: 2 × KV heads × head dim × bytes."""
+    return 2 * kv_heads_per_rank(arch, tp) * arch.head_dim * kv_dtype_bytes
+
+
+def kv_bytes_per_token(arch: Arch, kv_dtype_bytes: int, tp: int = 1, context: int | None = None) -> float:
+    """Average KV bytes per token of a request of ``context`` tokens, sliding-window layers
+    costing only their window (all layers at full cost when ``context`` is None)."""
+    per_layer = kv_bytes_per_token_layer(arch, kv_dtype_bytes, tp)
+    if context is None or not arch.sliding_layers or not arch.sliding_window:
+        return per_layer * arch.layers
+    window_share = min(arch.sliding_window, context) / context
+    return per_layer * (arch.full_layers + arch.sliding_layers * window_share)
+
+
+class KvCapacity(Model):
+    block_size: int
+    num_blocks: int
+    groups_full: int
+    groups_sliding: int
+    blocks_per_request: int
+    concurrency: float = Field(description="requests of max_model_len tokens that fit at once")
+    tokens: int = Field(description="what vLLM logs as 'KV cache size: N tokens'")
+
+
+def kv_groups(arch: Arch) -> tuple[int, int, int]:
+    """(tensors per group, full groups, sliding groups) as vLLM's hybrid allocator forms them."""
+    full, sliding = arch.full_layers, arch.sliding_layers
+    if not sliding or not full:
+        return arch.layers, (1 if full else 0), (1 if sliding else 0)
+    size = min(full, sliding)
+    if max(full, sliding) < size * 1.5:
+        size = max(full, sliding)
+    return size, math.ceil(full / size), math.ceil(sliding / size)
+
+
+def kv_capacity(arch: Arch, kv_bytes: int, max_model_len: int, *, kv_dtype_bytes: int,
+                tp: int = 1, block_size: int = GPU_BLOCK_SIZE, in_flight_tokens: int = 2048) -> KvCapacity:
+    """How many requests of ``max_model_len`` tokens ``kv_bytes`` of KV cache hold, and the
+    token figure vLLM logs. ``in_flight_tokens`` is max_num_batched_tokens × batches in flight
+    (2 with async scheduling on GPUs, 1 on the CPU engine)."""
+    page = block_size * kv_bytes_per_token_layer(arch, kv_dtype_bytes, tp)
+    tensors, g_full, g_sliding = kv_groups(arch)
+    num_blocks = max(int(kv_bytes // page // tensors), 0)
+    per_req = g_full * math.ceil(max_model_len / block_size)
+    if g_sliding:
+        window = min(arch.sliding_window - 1 + in_flight_tokens, max_model_len)  # type: ignore[operator]
+        per_req += g_sliding * (math.ceil(window / block_size) + 1)
+    concurrency = num_blocks / per_req if per_req else 0.0
+    return KvCapacity(block_size=block_size, num_blocks=num_blocks, groups_full=g_full,
+                      groups_sliding=g_sliding, blocks_per_request=per_req,
+                      concurrency=concurrency, tokens=int(concurrency * max_model_len))
+
+
+def max_len_for(arch: Arch, kv_bytes: int, concurrency: float, *, kv_dtype_bytes: int, tp: int,
+                block_size: int, in_flight_tokens: int, ceiling: int, step: int = 256) -> int:
+    """The largest max_model_len (a multiple of ``step``, at most ``ceiling``) at which
+    ``concurrency`` requests of that length fit; 0 when not even ``step`` tokens do."""
+    def ok(n: int) -> bool:
+        cap = kv_capacity(arch, kv_bytes, n, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
+                          block_size=block_size, in_flight_tokens=in_flight_tokens)
+        return cap.concurrency >= concurrency
+    if ok(ceiling):
+        return ceiling
+    lo, hi = 0, ceiling // step       # ok(lo*step) holds trivially for lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid * step):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * step
+
+
+# ----------------------------------------------------------------------------- overheads
+
+
+def scheduler_defaults(device: Literal["gpu", "cpu"], total_bytes: int, gpu_name: str = "",
+                       world_size: int = 1) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) vLLM's OpenAI server picks when not given."""
+    if device == "cpu":
+        return 2048 * world_size, 128 * world_size
+    if total_bytes >= 160 * GIB:
+        return 16384, 1024
+    if total_bytes >= BIG_GPU_BYTES and "a100" not in gpu_name.lower():
+        return 8192, 1024
+    return 2048, 256
+
+
+def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtype_bytes: int,
+                     tp: int = 1, images: int = 1) -> Term:
+    """Peak of vLLM's profiling pass beyond the weights.
+
+    The pass runs ``batched_tokens`` tokens through the model and samples ``max_seqs`` rows:
+    the widest activations are the fused gate/up MLP output (2 × intermediate per rank) and
+    the hidden states around it, plus float32 logits for the sampled rows. A vision model also
+    encodes its dummy images (the encoder's own activations).
+    """
+    arch = entry.arch
+    assert arch is not None
+    inter = (arch.intermediate or 4 * arch.hidden) // tp
+    if arch.experts:
+        inter *= min(arch.experts_per_token or 2, 4)  # routed tokens are gathered per expert
+    hidden_states = batched_tokens * (2 * inter + 4 * arch.hidden) * dtype_bytes
+    logits = max_seqs * (arch.vocab // tp) * 4 * 2
+    vision = 0
+    if entry.vision and images and entry.vision_profile_gib:
+        vision = int(entry.vision_profile_gib * GIB)
+    elif entry.vision and images:
+        # Dummy images at the largest size the processor allows; the encoder's activations
+        # grow with its width. Measured peaks in public logs are 0.5-2 GiB for 0.3-0.7 B towers.
+        vision = int((0.4 + 1.6 * min(arch.vision_params_b, 1.0)) * GIB)
+    total = hidden_states + logits + vision
+    note = f"{batched_tokens} tokens × MLP/hidden + {max_seqs} × vocab logits"
+    if vision:
+        note += f" + vision encoder ({images} image{'s' if images > 1 else ''})"
+    return Term(name="activations", bytes=total, note=note)
+
+
+def non_torch_bytes(tp: int) -> Term:
+    """cuBLAS/cuDNN workspaces and, with tensor parallelism, NCCL + custom all-reduce buffers."""
+    base = int(0.25 * GIB) + (int(0.35 * GIB) if tp > 1 else 0)
+    return Term(name="non-torch", bytes=base, note="cuBLAS workspaces" + (" + NCCL buffers" if tp > 1 else ""))
+
+
+def cuda_graph_bytes(arch: Arch, max_seqs: int, tp: int = 1) -> Term:
+    """CUDA graphs captured after the KV cache: a fixed pool plus a share per layer and per
+    captured batch size (up to 512 sequences). Public logs show 0.2-1.5 GiB."""
+    sizes = min(max_seqs, 512)
+    per_layer = 2.5e6 * (sizes / 256) * max(1.0, arch.hidden / 4096)
+    total = int(0.12 * GIB + arch.layers * per_layer / max(1, tp) ** 0.5)
+    return Term(name="CUDA graphs", bytes=total, note="captured after the KV cache; outside the budget")
