@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from .errors import (CHECK_EXIT_CANNOT_SERVE, CHECK_EXIT_CPU_ONLY, CHECK_EXIT_GPU_NOT_READY,
                      CHECK_EXIT_GPU_READY)
 from .hardware import GIB, PCIE_LANE_GBPS, Gpu, HardwareProfile
+from .plan.matrix import ModelVerdict
 from .images import DEFAULT_GPU_IMAGE, GPU_IMAGES, image_for_driver
 
 Status = Literal["pass", "warn", "fail", "info", "skip"]
@@ -68,6 +69,7 @@ class CheckReport(BaseModel):
     items: list[CheckItem]
     profile: HardwareProfile
     bandwidth: BandwidthResult | None = None
+    models: list[ModelVerdict] = Field(default_factory=list, description="a verdict per model of the matrix")
 
 
 def _gib(n: int | float | None) -> str:
@@ -176,7 +178,8 @@ def _pcie_item(g: Gpu) -> CheckItem:
     return CheckItem(id="pcie", gpu=g.index, status=status, title=title, detail=detail, remedy=remedy)
 
 
-def check(profile: HardwareProfile, bandwidth: BandwidthResult | None = None) -> CheckReport:
+def check(profile: HardwareProfile, bandwidth: BandwidthResult | None = None,
+          models: list[ModelVerdict] | None = None) -> CheckReport:
     items: list[CheckItem] = []
     gpus = profile.gpus
     # 1. GPU present
@@ -283,7 +286,7 @@ def check(profile: HardwareProfile, bandwidth: BandwidthResult | None = None) ->
             detail=bandwidth.detail or bandwidth.reason or "", remedy=bandwidth.remedy))
     verdict, summary = _verdict(profile, items)
     return CheckReport(verdict=verdict, exit_code=EXIT_CODES[verdict], summary=summary,
-                       items=items, profile=profile, bandwidth=bandwidth)
+                       items=items, profile=profile, bandwidth=bandwidth, models=models or [])
 
 
 _BLOCKING = {"vram", "compute-capability", "driver", "nvidia-runtime", "docker"}

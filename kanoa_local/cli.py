@@ -47,6 +47,61 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="print the result as JSON (same content as the human view)")(f)
 
 
+def machine_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--hardware/--gpu/--vram/--gpus: plan or check for another machine (what-if)."""
+    f = click.option("--gpus", "gpu_count", type=click.IntRange(1, 16), metavar="N",
+                     help="what-if: N of the machine's (or --gpu's) GPU")(f)
+    f = click.option("--vram", "vram_gb", type=click.FloatRange(1, 4096), metavar="GB",
+                     help="what-if: GPU memory as sold, e.g. 16 or 24")(f)
+    f = click.option("--gpu", "gpu_name", metavar="NAME",
+                     help="a named GPU profile (e.g. rtx5080-egpu, l4, rtx4090, a100-80g, h100, t4)")(f)
+    return click.option("--hardware", "hardware_file", type=click.Path(dir_okay=True),
+                        help="a saved profile (check --save) or an NVML recording instead of this machine")(f)
+
+
+def catalog_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--no-user-models", is_flag=True,
+                     help="ignore models.toml in the config directory")(f)
+    return click.option("--models", "models_files", multiple=True, type=click.Path(dir_okay=False),
+                        metavar="FILE", help="more models (TOML), merged over the bundled matrix")(f)
+
+
+def resolve_profile(hardware_file: str | None, gpu_name: str | None, vram_gb: float | None = None,
+                    gpu_count: int | None = None, docker: bool = True) -> Any:
+    from .errors import UsageError
+    from .hardware import what_if
+    from .probe import load_preset, load_profile, probe
+
+    if hardware_file is not None and gpu_name is not None:
+        raise UsageError("--hardware and --gpu both name a machine", remedy="give one of them")
+    if hardware_file is not None:
+        if not hardware_file.strip():
+            raise UsageError("--hardware needs a file name",
+                             remedy="give a file written by `kanoa-local check --save FILE`")
+        profile = load_profile(hardware_file)
+    elif gpu_name is not None:
+        profile = load_preset(gpu_name)
+    else:
+        profile = probe(docker=docker)
+    return what_if(profile, vram_gb=vram_gb, gpus=gpu_count)
+
+
+def host_caches() -> dict[str, str]:
+    """The host directories mounted into the engine: the Hugging Face home and vLLM's cache."""
+    from .settings import hf_cache_dir
+
+    hub = hf_cache_dir()
+    hf_home = hub.parent if hub.name == "hub" else hub
+    return {"hf_cache": str(hf_home), "vllm_cache": str(hf_home.parent / "vllm")}
+
+
+def load_models(models_files: tuple[str, ...], no_user_models: bool) -> tuple[Any, Any]:
+    from .catalog import load_catalog
+    from .checkpoint import enrich
+
+    return enrich(load_catalog(list(models_files), user=not no_user_models))
+
+
 def verbosity(ctx: click.Context, sub_verbose: int) -> int:
     return (ctx.obj or {}).get("verbose", 0) + sub_verbose
 
@@ -76,40 +131,30 @@ def cli(ctx: click.Context, debug: bool, verbose: int, as_json: bool) -> None:
 
 @cli.command(epilog=EXIT_CODE_HELP)
 @json_option
-@click.option("--hardware", "hardware_file", type=click.Path(dir_okay=True),
-              help="check a saved profile (from --save) or an NVML recording instead of this machine")
-@click.option("--gpu", "gpu_name", metavar="NAME",
-              help="check a named GPU profile (e.g. rtx5080-egpu, l4, rtx4090, a100-80g, h100, t4)")
+@machine_options
+@catalog_options
 @click.option("--save", "save_file", type=click.Path(dir_okay=False),
               help="write the probed profile to FILE (JSON)")
 @click.option("--bandwidth", is_flag=True,
               help="measure host-to-GPU copy bandwidth inside the vLLM image")
 @click.option("--image", metavar="IMAGE", help="vLLM image for --bandwidth (default: by driver)")
 @click.pass_context
-def check(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: str | None, gpu_name: str | None,
-          save_file: str | None, bandwidth: bool, image: str | None) -> None:
+def check(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: str | None,
+          gpu_name: str | None, vram_gb: float | None, gpu_count: int | None,
+          models_files: tuple[str, ...], no_user_models: bool, save_file: str | None,
+          bandwidth: bool, image: str | None) -> None:
     """Check this machine against kanoa-local's hardware requirements.
 
     GPU, VRAM tiers (12 GB minimum; 16/24 GB recommended), system RAM, PCIe link (judged on
     the maximum link), compute capability, driver vs the vLLM image, Docker and the NVIDIA
-    runtime, disk space for weights.
+    runtime, disk space for weights; then a verdict for every model of the matrix.
     """
     from .check import check as run_check
-    from .errors import UsageError
-    from .probe import load_preset, load_profile, probe
+    from .plan import plan
+    from .plan.matrix import verdicts
 
     as_json = wants_json(ctx, as_json)
-    if hardware_file is not None and gpu_name is not None:
-        raise UsageError("--hardware and --gpu both name a machine", remedy="give one of them")
-    if hardware_file is not None:
-        if not hardware_file.strip():
-            raise UsageError("--hardware needs a file name",
-                             remedy="give a file written by `kanoa-local check --save FILE`")
-        profile = load_profile(hardware_file)
-    elif gpu_name is not None:
-        profile = load_preset(gpu_name)
-    else:
-        profile = probe()
+    profile = resolve_profile(hardware_file, gpu_name, vram_gb, gpu_count)
     bw = None
     if bandwidth:
         from .engine.bandwidth import measure
@@ -117,7 +162,9 @@ def check(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: st
         bw = measure(profile, image=image, live=hardware_file is None and gpu_name is None)
     if save_file:
         _save(save_file, profile)
-    report = run_check(profile, bandwidth=bw)
+    catalog, weights = load_models(models_files, no_user_models)
+    models = verdicts(plan(profile, catalog, checkpoints=weights), catalog)
+    report = run_check(profile, bandwidth=bw, models=models)
     if as_json:
         emit_json(report)
     else:
@@ -127,6 +174,109 @@ def check(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: st
         if save_file:
             click.echo(f"profile saved to {save_file}", err=True)
     ctx.exit(report.exit_code)
+
+
+@cli.command()
+@json_option
+@machine_options
+@catalog_options
+@click.option("--vision/--text", "vision", default=None, help="only models that read images / text-only")
+@click.option("--fits", "fits_only", is_flag=True, help="only models that fit this machine")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: str | None,
+           gpu_name: str | None, vram_gb: float | None, gpu_count: int | None,
+           models_files: tuple[str, ...], no_user_models: bool, vision: bool | None,
+           fits_only: bool) -> None:
+    """The model matrix, with whether each model fits this machine (or --gpu/--hardware)."""
+    from .plan import PlanRequest, plan
+    from .plan.matrix import ModelsReport, verdicts
+
+    as_json = wants_json(ctx, as_json)
+    profile = resolve_profile(hardware_file, gpu_name, vram_gb, gpu_count, docker=False)
+    catalog, weights = load_models(models_files, no_user_models)
+    result = plan(profile, catalog, PlanRequest(), checkpoints=weights)
+    rows = [v for v in verdicts(result, catalog)
+            if (vision is None or v.vision == vision) and (not fits_only or v.fits != "no")]
+    report = ModelsReport(machine=result.machine, models=rows, sources=catalog.sources)
+    if as_json:
+        emit_json(report)
+    else:
+        from . import render
+
+        render.models_report(report, verbose=verbosity(ctx, sub_verbose) > 0)
+
+
+@cli.command(name="plan")
+@json_option
+@machine_options
+@catalog_options
+@click.argument("model", required=False)
+@click.option("--vision/--text", "vision", default=None,
+              help="require a model that reads images / text is enough")
+@click.option("--min-context", type=click.IntRange(256), metavar="TOKENS",
+              help="the shortest --max-model-len that is acceptable")
+@click.option("--max-context", type=click.IntRange(256), metavar="TOKENS", help="cap --max-model-len")
+@click.option("--quant", "precision", metavar="PRECISION",
+              help="preferred precision: bf16 fp8 awq gptq w4a16 bnb-4bit ...")
+@click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default=None,
+              help="force the KV cache dtype (default: fp8 only where it is needed)")
+@click.option("--cpu", "force_cpu", is_flag=True, help="plan for the CPU engine even with a GPU")
+@click.option("--offline", is_flag=True, default=None,
+              help="no model hub: only local, cached or packaged weights (default: $HF_HUB_OFFLINE)")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--strict", is_flag=True, help="exit 5 when nothing fits")
+@click.pass_context
+def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: str | None,
+             gpu_name: str | None, vram_gb: float | None, gpu_count: int | None,
+             models_files: tuple[str, ...], no_user_models: bool, model: str | None,
+             vision: bool | None, min_context: int | None, max_context: int | None,
+             precision: str | None, kv_cache_dtype: str | None, force_cpu: bool,
+             offline: bool | None, port: int, strict: bool) -> None:
+    """Which model, precision and vLLM settings fit, why, and the command `up` would run.
+
+    MODEL is a model id, alias or Hugging Face repo id from `kanoa-local models`, or a local
+    checkpoint directory; without it the best model that fits is chosen.
+    """
+    from pathlib import Path
+
+    from .catalog import PRECISIONS
+    from .engine.spec import PlanReport, launch_spec
+    from .errors import NoFitError, UsageError
+    from .plan import PlanRequest, plan
+
+    as_json = wants_json(ctx, as_json)
+    if precision and precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}",
+                         remedy="one of: " + ", ".join(PRECISIONS))
+    if min_context and max_context and min_context > max_context:
+        raise UsageError("--min-context is larger than --max-context", remedy="swap or drop one")
+    profile = resolve_profile(hardware_file, gpu_name, vram_gb, gpu_count, docker=False)
+    catalog, weights = load_models(models_files, no_user_models)
+    if model and Path(model).expanduser().is_dir():
+        from .checkpoint import entry_from_directory
+
+        entry = entry_from_directory(Path(model).expanduser())
+        catalog = catalog.model_copy(update={"models": {**catalog.models, entry.id: entry}})
+        model = entry.id
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+    request = PlanRequest(model=model, vision=vision, min_context=min_context,
+                          max_context=max_context, precision=precision,
+                          kv_cache_dtype=kv_cache_dtype, device="cpu" if force_cpu else "auto",
+                          offline=offline)
+    result = plan(profile, catalog, request, checkpoints=weights)
+    spec = launch_spec(result.chosen, port=port, **host_caches()) if result.chosen else None
+    report = PlanReport(plan=result, launch=spec, command=spec.docker_command() if spec else None)
+    if as_json:
+        emit_json(report)
+    else:
+        from . import render
+
+        render.plan_report(report, verbose=verbosity(ctx, sub_verbose))
+    if strict and result.chosen is None:
+        if as_json:
+            ctx.exit(NoFitError.exit_code)
+        raise NoFitError(result.summary, remedy=result.remedy)
 
 
 def _save(path: str, model: Any) -> None:

@@ -163,3 +163,35 @@ class HardwareProfile(Model):
     def cuda_driver_text(self) -> str | None:
         v = self.cuda_driver_version
         return None if v is None else f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def what_if(profile: HardwareProfile, vram_gb: float | None = None, gpus: int | None = None) -> HardwareProfile:
+    """The same machine with other GPU memory and/or another number of its (first) GPU.
+
+    ``vram_gb`` is what a card is sold as: "16 GB" cards carry 16 GiB, of which the driver
+    keeps a little. A machine without a GPU gets a generic one (compute capability 8.9, PCIe
+    4.0 x16, a CUDA 13 driver) so what-if planning works anywhere.
+    """
+    if vram_gb is None and gpus is None:
+        return profile
+    if profile.gpus:
+        base = profile.gpus[0]
+    else:
+        base = Gpu(index=0, uuid="GPU-what-if", name="GPU (what-if)", memory_total=0, memory_free=0,
+                   memory_used=0, compute_capability=(8, 9),
+                   pcie=PcieLink(current_gen=4, current_width=16, max_gen=4, max_width=16))
+    if vram_gb is not None:
+        total = int(vram_gb * GIB * 0.995)
+        used = int(0.3 * GIB)
+        base = base.model_copy(update={"memory_total": total, "memory_used": used,
+                                       "memory_free": total - used, "processes": [],
+                                       "name": f"{base.name} ({vram_gb:g} GB what-if)"})
+    count = gpus if gpus is not None else max(1, len(profile.gpus))
+    new = [base.model_copy(update={"index": i, "uuid": f"{base.uuid}-{i}" if count > 1 else base.uuid})
+           for i in range(count)]
+    changes = [f"{vram_gb:g} GB" if vram_gb is not None else "", f"{count} GPU(s)" if gpus is not None else ""]
+    update: dict[str, object] = {"gpus": new, "source": f"{profile.source} + what-if {' '.join(c for c in changes if c)}"}
+    if profile.cuda_driver_version is None:
+        update.update(cuda_driver_version=13000, driver_version="580 (what-if)", nvml_available=True,
+                      nvml_error=None)
+    return profile.model_copy(update=update)

@@ -15,9 +15,15 @@ _VERDICT_STYLE = {"gpu-ready": "bold green", "cpu-only": "bold yellow",
 
 
 def console(stderr: bool = False) -> Any:
+    import shutil
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    # Piped output (a file, a pager, CI logs) gets a wide page instead of rich's 80 columns.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else max(shutil.get_terminal_size((140, 24)).columns, 140)
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def gib(n: int | float | None) -> str:
@@ -79,5 +85,137 @@ def check_report(report: "CheckReport", verbose: bool = False) -> None:
             t.add_row("", "", f"[dim]→ {item.remedy}[/]")
     out.print(t)
     out.print()
+    if report.models:
+        out.print("[bold]Models[/]")
+        out.print(model_verdicts_table(report.models, verbose))
+        out.print()
     out.print(f"[{_VERDICT_STYLE[report.verdict]}]{report.summary}[/]  "
               f"[dim](exit {report.exit_code})[/]")
+
+
+_FIT = {"good": "[green]✓ fits[/]", "tight": "[yellow]~ tight[/]", "no": "[red]✗ no[/]"}
+
+
+def model_verdicts_table(rows: list[Any], verbose: bool = False) -> Any:
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("model", "params", "vision", "status", "seed says", "fits here", "best here / why not"):
+        t.add_column(col, no_wrap=col != "best here / why not",
+                     ratio=1 if col == "best here / why not" else None)
+    for m in rows:
+        params = f"{m.params_b:g}B" + (f" ({m.active_params_b:g}B act.)" if m.active_params_b else "")
+        seed = f"{m.seed_vram_gb:g} GB {m.seed_precision or ''}".strip() if m.seed_vram_gb else "-"
+        detail = m.best or (m.reason if verbose else m.reason.split(";")[0])
+        if m.best and verbose:
+            detail += f"  [dim]{m.reason}[/]"
+        if not m.best and m.needs:
+            detail += f"  [dim](needs {m.needs})[/]"
+        flags = ("  [dim]gated[/]" if m.gated else "") + ("  [dim]remote code[/]" if m.trust_remote_code and verbose else "")
+        t.add_row(f"{m.id}{flags}", params, "✓" if m.vision else "-", m.status, seed, _FIT[m.fits], detail)
+    return t
+
+
+def models_report(report: Any, verbose: bool = False) -> None:
+    out = console()
+    out.print(f"[bold]Models[/] on {report.machine}")
+    out.print(model_verdicts_table(report.models, verbose))
+    n = sum(1 for m in report.models if m.fits != "no")
+    out.print(f"\n{n} of {len(report.models)} fit.  `kanoa-local plan MODEL` explains one; "
+              "`--gpu NAME` / `--vram GB` / `--gpus N` ask what-if.")
+
+
+def _bar(terms: list[Any], budget: int, width: int = 40) -> str:
+    colors = ["blue", "magenta", "cyan", "yellow", "green", "red"]
+    out, used = "", 0
+    for i, t in enumerate(terms):
+        n = max(1, round(t.bytes / budget * width)) if t.bytes > 0 else 0
+        n = min(n, width - used)
+        out += f"[{colors[i % len(colors)]}]" + "█" * n + "[/]"
+        used += n
+    return out + "[dim]" + "░" * max(0, width - used) + "[/]"
+
+
+def plan_report(report: Any, verbose: int = 0) -> None:
+    from rich.table import Table
+
+    from .plan.fit import why_lost
+
+    out = console()
+    r = report.plan
+    out.print(f"[bold]Plan[/] for {r.machine}")
+    c = r.chosen
+    if c is None:
+        out.print(f"[bold red]{r.summary}[/]")
+        if r.remedy:
+            out.print(f"[dim]→ {r.remedy}[/]")
+        _rejected(out, r.candidates[: 12 if verbose else 6])
+        return
+    s = c.settings
+    out.print(f"[bold green]{r.summary}[/]")
+    v = c.variant
+    rows = [("model", f"{c.model_name}  [dim]{v.source}[/]"),
+            ("precision", v.label + (f"  (--quantization {s.quantization})" if s.quantization else "")),
+            ("dtype", s.dtype), ("context", f"--max-model-len {s.max_model_len}")]
+    if c.device == "gpu":
+        rows += [("GPUs", f"{c.gpu_name}  (indices {', '.join(map(str, s.gpu_indices))})"),
+                 ("memory use", f"--gpu-memory-utilization {s.gpu_memory_utilization:.2f}"),
+                 ("KV cache", s.kv_cache_dtype), ("image", s.image or "-")]
+    else:
+        rows += [("KV cache", f"VLLM_CPU_KVCACHE_SPACE={s.cpu_kv_cache_gib} GiB")]
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, val in rows:
+        t.add_row(k, val)
+    out.print(t)
+    m = c.memory
+    if m is not None:
+        out.print()
+        per = " per GPU" if c.device == "gpu" else ""
+        out.print(f"[bold]Memory{per}[/]: budget {gib(m.budget)} of {gib(m.per_device_total)} "
+                  f"({gib(m.per_device_free)} free)")
+        out.print("  " + _bar(m.terms, m.budget))
+        mt = Table(show_header=False, box=None, pad_edge=False)
+        mt.add_column()
+        mt.add_column(justify="right")
+        mt.add_column(style="dim")
+        for term in m.terms:
+            mt.add_row(f"  {term.name}", gib(term.bytes), term.note)
+        for term in m.outside_budget:
+            mt.add_row(f"  + {term.name}", gib(term.bytes), term.note)
+        out.print(mt)
+    for line in c.reasons:
+        out.print(f"[dim]{line}[/]")
+    for w in c.warnings:
+        out.print(f"[yellow]![/] {w}")
+    if report.command:
+        out.print("\n[bold]up would run[/] (the API key and HF token come from the environment):")
+        out.print(report.command, markup=False, highlight=False, soft_wrap=True)
+    alts = r.alternatives(12 if verbose else 6, per_model=4 if r.request.model else 1)
+    if alts:
+        out.print("\n[bold]Alternatives[/]")
+        at = Table(box=None, pad_edge=False, header_style="bold")
+        for col in ("model", "precision", "on", "context", "why not chosen"):
+            at.add_column(col)
+        for a in alts:
+            at.add_row(a.model_id, a.variant.precision, a.gpu_name or "CPU",
+                       f"{a.settings.max_model_len:,}" if a.settings else "-", why_lost(a, c))
+        out.print(at)
+    if verbose:
+        _rejected(out, [x for x in r.candidates if x.fits == "no"][:15])
+
+
+def _rejected(out: Any, cands: list[Any]) -> None:
+    from rich.table import Table
+
+    rows = [x for x in cands if x.fits == "no"]
+    if not rows:
+        return
+    out.print("\n[bold]Does not fit[/]")
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("model", "precision", "why", "needs"):
+        t.add_column(col)
+    for x in rows:
+        t.add_row(x.model_id, x.variant.precision, x.reasons[0] if x.reasons else "-", x.needs or "")
+    out.print(t)

