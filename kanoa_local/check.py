@@ -122,7 +122,8 @@ def gpu_items(g: Gpu) -> list[CheckItem]:
             title=f"{_gpu_label(g)}: compute capability ≥ 7.5", detail="could not be read"))
     elif cc < MIN_CC:
         old = next((line for line in GPU_IMAGES if line.min_cc <= cc), None)
-        items.append(CheckItem(id="compute-capability", gpu=g.index, status="fail",
+        # An older image still has kernels for it (the planner uses it): a warning, not a stop.
+        items.append(CheckItem(id="compute-capability", gpu=g.index, status="warn" if old else "fail",
             title=f"{_gpu_label(g)}: compute capability ≥ 7.5",
             detail=f"{g.cc_text}: below 7.5, which vLLM images from v0.20 are built for; "
                    + (f"{old.image} (vLLM {old.vllm}) is the last with kernels for it, "

@@ -225,7 +225,9 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
     logits = max_seqs * (arch.vocab // tp) * 4 * 2
     vision = 0
     if entry.vision and images and entry.vision_profile_gib:
-        vision = int(entry.vision_profile_gib * GIB)
+        # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
+        scale = max_seqs / entry.max_num_seqs if entry.max_num_seqs else 1.0
+        vision = int(entry.vision_profile_gib * scale * GIB)
     elif entry.vision and images:
         # Dummy images at the largest size the processor allows; the encoder's activations
         # grow with its width. Measured peaks in public logs are 0.5-2 GiB for 0.3-0.7 B towers.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -49,14 +50,22 @@ def start_and_read(venv: Path, model: Path, timeout: float = 240) -> vllm_log.St
     figures = vllm_log.StartupFigures()
     lines: list[str] = []
     deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    buf = ""
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            vllm_log.feed(figures, line)
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            chunk = proc.stdout.read() if ready else ""
+            if chunk:
+                buf += chunk
+                *done, buf = buf.split("\n")
+                for line in done:
+                    lines.append(line + "\n")
+                    vllm_log.feed(figures, line)
             if figures.kv_tokens is not None and figures.checkpoint_gib is not None:
                 break
-            if time.monotonic() > deadline:
+            if proc.poll() is not None and not chunk:
                 break
     finally:
         try:
