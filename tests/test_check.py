@@ -57,7 +57,7 @@ def test_verdicts(case_name, name, verdict, expect):
 def test_exit_codes_follow_the_verdict():
     assert check(load_preset("l4")).exit_code == 0
     assert check(load_preset("no-driver")).exit_code == 10
-    assert check(load_preset("v100")).exit_code == 11
+    assert check(load_preset("old-driver")).exit_code == 11
 
 
 def test_idle_link_is_judged_on_its_max_and_says_so():
