@@ -73,52 +73,32 @@ def _write(tmp_path, text: str):
     return p
 
 
+HEAD = textwrap.dedent("""
+    [models.x]
+    name = "X"
+    family = "x"
+    params_b = 7
+    vision = false
+    status = "theoretical"
+    """)
+
+
 @pytest.mark.parametrize("case_name,text,where", [
     ("not TOML", "[models.x\n", "not valid TOML"),
-    ("wrong type", """
-        [models.x]
-        name = "X"
-        family = "x"
-        params_b = "seven"
-        vision = false
-        status = "theoretical"
+    ("wrong type", HEAD.replace("params_b = 7", 'params_b = "seven"') + """
         variants = [{ precision = "bf16", repo = "a/b" }]
         """, "models.x.params_b"),
-    ("unknown key", """
-        [models.x]
-        name = "X"
-        family = "x"
-        params_b = 7
-        vision = false
-        status = "theoretical"
+    ("unknown key", HEAD + """
         colour = "blue"
         variants = [{ precision = "bf16", repo = "a/b" }]
         """, "models.x.colour"),
-    ("bad precision", """
-        [models.x]
-        name = "X"
-        family = "x"
-        params_b = 7
-        vision = false
-        status = "theoretical"
+    ("bad precision", HEAD + """
         variants = [{ precision = "awq4", repo = "a/b" }]
         """, "models.x.variants[0].precision"),
-    ("two sources", """
-        [models.x]
-        name = "X"
-        family = "x"
-        params_b = 7
-        vision = false
-        status = "theoretical"
+    ("two sources", HEAD + """
         variants = [{ precision = "bf16", repo = "a/b", path = "/c" }]
         """, "models.x.variants[0]"),
-    ("bad arch", """
-        [models.x]
-        name = "X"
-        family = "x"
-        params_b = 7
-        vision = false
-        status = "theoretical"
+    ("bad arch", HEAD + """
         arch = { layers = 4, heads = 6, kv_heads = 4, head_dim = 64, hidden = 384, vocab = 100, max_context = 2048 }
         variants = [{ precision = "bf16", repo = "a/b" }]
         """, "models.x.arch"),

@@ -579,33 +579,18 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
              "add a smaller model to models.toml") + "; `kanoa-local models` lists them all")
 
 
+_LOST = ["not the precision asked for", "fits only tightly", "demo-grade fallback",
+         "less proven (status)", "text-only", "smaller model", "lower precision",
+         "needs more GPUs", "needs an FP8 KV cache", "shorter context"]
+
+
 def why_lost(c: Candidate, chosen: Candidate) -> str:
     """One phrase: why ``c`` ranks below ``chosen`` (the first rank key that differs)."""
-    names = ["precision asked for", "fit", "fallback model", "status", "vision",
-             "model size", "precision", "GPUs", "KV cache", "context"]
     for i, (a, b) in enumerate(zip(c.rank, chosen.rank)):
-        if a == b:
-            continue
-        what = names[i] if i < len(names) else "rank"
-        if what == "fit":
-            return "fits only tightly" if c.fits == "tight" else "does not fit"
-        if what == "status":
-            return "less proven (status)"
-        if what == "fallback model":
-            return "demo-grade fallback"
-        if what == "vision":
-            return "text-only"
-        if what == "model size":
-            return "smaller model" if a > b else "larger but less proven"
-        if what == "precision":
-            return "lower precision"
-        if what == "GPUs":
-            return "needs more GPUs"
-        if what == "KV cache":
-            return "needs an FP8 KV cache"
-        if what == "context":
-            return "shorter context"
-        return what
+        if a != b:
+            if i == 5 and a < b:
+                return "larger but less proven"
+            return _LOST[i] if i < len(_LOST) else "ranked lower"
     return "equal"
 
 
