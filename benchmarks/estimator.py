@@ -153,7 +153,8 @@ def engine_rows() -> None:
             w = params * nbytes / GIB
         pred = t.predicted_tokens(arch)
         rule = int((t.KV_GIB * GIB) / mem.kv_bytes_per_token(arch, 4))   # all layers full
-        w_err.append(rel(w, figures.checkpoint_gib))
+        if figures.checkpoint_gib >= 0.05:          # vLLM prints two decimals
+            w_err.append(rel(w, figures.checkpoint_gib))
         kv_err.append(rel(pred, figures.kv_tokens))
         rule_err.append(rel(rule, figures.kv_tokens))
         print(f"{name:<24} {w:>12.3f} / {figures.checkpoint_gib:<11.2f} {pred:>12,} / {figures.kv_tokens:,} / {rule:,}")

@@ -31,8 +31,9 @@ MAX_LEN = 4096
 # name, tiny_model.py arguments (checkpoint dtype varies; the engine always serves float32)
 SHAPES = [
     ("2L-kv1-hd64-f32", ["--layers", "2", "--kv-heads", "1", "--heads", "2", "--head-dim", "64"]),
-    ("6L-kv2-hd128-bf16", ["--layers", "6", "--heads", "8", "--kv-heads", "2", "--head-dim", "128",
-                           "--hidden", "256", "--intermediate", "512", "--dtype", "bfloat16"]),
+    # big enough (~0.26 GiB) for vLLM's two-decimal "Checkpoint size" to measure the weights
+    ("12L-kv2-hd128-bf16", ["--layers", "12", "--heads", "8", "--kv-heads", "2", "--head-dim", "128",
+                            "--hidden", "1024", "--intermediate", "2816", "--dtype", "bfloat16"]),
     ("5L-kv3-hd64-tied", ["--layers", "5", "--heads", "6", "--kv-heads", "3", "--head-dim", "64",
                           "--hidden", "192", "--vocab", "2048", "--tie"]),
 ]
