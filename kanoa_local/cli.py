@@ -263,9 +263,16 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
     request = PlanRequest(model=model, vision=vision, min_context=min_context,
                           max_context=max_context, precision=precision,
                           kv_cache_dtype=kv_cache_dtype, device="cpu" if force_cpu else "auto",
-                          offline=offline)
+                          offline=offline,
+                          hf_token=bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")))
     result = plan(profile, catalog, request, checkpoints=weights)
-    spec = launch_spec(result.chosen, port=port, **host_caches()) if result.chosen else None
+    spec = None
+    if result.chosen is not None:
+        from .settings import packaged_models_dir
+
+        c = result.chosen
+        model_dir = str(packaged_models_dir() / c.model_id) if c.variant.package else None
+        spec = launch_spec(c, port=port, model_dir=model_dir, **host_caches())
     report = PlanReport(plan=result, launch=spec, command=spec.docker_command() if spec else None)
     if as_json:
         emit_json(report)

@@ -155,7 +155,8 @@ def plan_report(report: Any, verbose: int = 0) -> None:
     out.print(f"[bold green]{r.summary}[/]")
     v = c.variant
     rows = [("model", f"{c.model_name}  [dim]{v.source}[/]"),
-            ("precision", v.label + (f"  (--quantization {s.quantization})" if s.quantization else "")),
+            ("precision", (v.label if c.device == "gpu" else "float32 (the CPU engine casts the checkpoint)")
+             + (f"  (--quantization {s.quantization})" if s.quantization else "")),
             ("dtype", s.dtype), ("context", f"--max-model-len {s.max_model_len}")]
     if c.device == "gpu":
         rows += [("GPUs", f"{c.gpu_name}  (indices {', '.join(map(str, s.gpu_indices))})"),

@@ -48,6 +48,11 @@ def cache_dir() -> Path:
     return _user_dir("cache")
 
 
+def packaged_models_dir() -> Path:
+    """Where weights that ship as a Python package are unpacked into a checkpoint directory."""
+    return cache_dir() / "models"
+
+
 def hf_cache_dir() -> Path:
     """Where Hugging Face weights go on this host (huggingface_hub's own rules)."""
     if os.environ.get("HF_HUB_CACHE"):

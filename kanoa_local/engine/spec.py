@@ -125,6 +125,8 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
     else:
         model_ref = local or v.repo or ""
         bind = host
+    if not model_ref:
+        raise ValueError(f"{v.source}: a packaged or local variant needs model_dir")
     env: dict[str, str] = {}
     secret_env = ["VLLM_API_KEY"]
     if v.repo and not local:

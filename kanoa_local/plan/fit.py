@@ -56,6 +56,7 @@ class PlanRequest(Model):
     max_gpus: int | None = Field(None, ge=1)
     kv_cache_dtype: Literal["auto", "fp8"] | None = None
     offline: bool = Field(False, description="no model hub: only local or packaged weights")
+    hf_token: bool | None = Field(None, description="whether HF_TOKEN is set (None: unknown)")
 
 
 class Settings(Model):
@@ -480,6 +481,21 @@ def _rank(c: Candidate, entry: ModelEntry, req: PlanRequest) -> list[float]:
             -(s.max_model_len if s else 0)]
 
 
+def _source_warnings(entry: ModelEntry, variant: Variant, profile: HardwareProfile,
+                     req: PlanRequest) -> list[str]:
+    """What stands between the plan and its weights: a gated repo, disk space."""
+    out = []
+    if variant.repo and not variant.cached and entry.gated and req.hf_token is False:
+        out.append(f"{variant.repo} is gated: accept its license on Hugging Face and set HF_TOKEN")
+    if variant.repo and not variant.cached and profile.disk_free is not None:
+        size = variant.size_gb * 1e9 if variant.size_gb else entry.params_b * 1e9 * (
+            variant.weight_bits / 8 if variant.is_quantised else 2)
+        if size * 1.1 > profile.disk_free:
+            out.append(f"the download is about {size / 1e9:.0f} GB and {profile.disk_free / 1e9:.0f} GB "
+                       f"is free at {profile.disk_path}")
+    return out
+
+
 def _usable_gpus(profile: HardwareProfile) -> list[Gpu]:
     # A GPU split into MIG slices cannot be used whole; its slices can, one at a time.
     return [g for g in profile.gpus
@@ -529,6 +545,8 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
                         model_cands.append(_gpu_candidate(entry, variant, group, tp, kv_fp8, profile, req, ck))
         for c in model_cands:
             c.rank = _rank(c, entry, req)
+            if c.fits != "no":
+                c.warnings.extend(_source_warnings(entry, c.variant, profile, req))
         out.extend(_prune(model_cands))
     out.sort(key=lambda c: c.rank)
     chosen = next((c for c in out if c.fits != "no"), None)
@@ -565,7 +583,8 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
         s = chosen.settings
         assert s is not None
         where = f"on {chosen.gpu_name}" if device == "gpu" else "on the CPU engine"
-        return (f"{chosen.model_name} ({chosen.variant.label}) {where}, context "
+        form = chosen.variant.label if device == "gpu" else "float32"
+        return (f"{chosen.model_name} ({form}) {where}, context "
                 f"{_tokens(s.max_model_len)}" + (" — tight" if chosen.fits == "tight" else ""), None)
     if req.model:
         entry = catalog.get(req.model)

@@ -40,7 +40,9 @@ def _best_text(c: Candidate) -> str:
     kv = ", fp8 KV" if s.kv_cache_dtype == "fp8" else ""
     if c.device == "cpu":
         return f"float32 on the CPU engine ({s.max_model_len // 1024}k context)"
-    return f"{c.variant.precision} ({where}{s.max_model_len // 1024}k context{kv})"
+    form = c.variant.precision if c.variant.is_quantised else \
+        {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(s.dtype, s.dtype)
+    return f"{form} ({where}{s.max_model_len // 1024}k context{kv})"
 
 
 def verdicts(result: PlanResult, catalog: Catalog) -> list[ModelVerdict]:
