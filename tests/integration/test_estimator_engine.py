@@ -125,3 +125,16 @@ def test_gemma_270m_sliding_window(cpu_venv, gemma_model):
     w = mem.weights(entry, variant, 4)
     assert figures.checkpoint_gib is not None
     assert abs(w.total / GIB - figures.checkpoint_gib) / figures.checkpoint_gib <= 0.05
+
+
+def test_gemma_checkpoint_files_agree_with_the_catalog(gemma_model):
+    """checkpoint.py reads the converted checkpoint: its numbers are the catalog's."""
+    from kanoa_local.checkpoint import read_checkpoint
+
+    arch, w = read_checkpoint(gemma_model, compute_bytes=2)
+    table = load_catalog(user=False).get("gemma-3-270m").arch
+    assert arch is not None and w is not None
+    for key in ("layers", "heads", "kv_heads", "head_dim", "hidden", "vocab", "sliding_window",
+                "sliding_layers", "tie_embeddings"):
+        assert getattr(arch, key) == getattr(table, key), key
+    assert abs(w.total / 2 / 1e9 - 0.268) < 0.005      # 268 M parameters

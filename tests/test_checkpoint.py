@@ -1,0 +1,112 @@
+"""Real numbers from checkpoint files: config.json and safetensors headers (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from kanoa_local.catalog import Catalog, ModelEntry, Variant, load_catalog
+from kanoa_local.checkpoint import arch_from_config, enrich, read_checkpoint, read_header
+from kanoa_local.plan import PlanRequest, plan
+from kanoa_local.probe import load_preset
+
+BYTES = {"BF16": 2, "F32": 4, "I32": 4, "F16": 2}
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """A valid safetensors file (header + zero-filled data) with the given dtypes and shapes."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        n = BYTES[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+
+
+def test_header_split_into_quantised_embeddings_vision(tmp_path):
+    f = tmp_path / "model.safetensors"
+    write_safetensors(f, {
+        "model.embed_tokens.weight": ("BF16", [1000, 64]),
+        "lm_head.weight": ("BF16", [1000, 64]),
+        "model.layers.0.mlp.down_proj.qweight": ("I32", [64, 16]),
+        "model.layers.0.mlp.down_proj.scales": ("F16", [1, 128]),
+        "model.layers.0.input_layernorm.weight": ("BF16", [64]),
+        "visual.blocks.0.attn.qkv.weight": ("F32", [192, 64]),
+    })
+    assert "lm_head.weight" in read_header(f)
+    _, w = read_checkpoint(tmp_path, compute_bytes=2)
+    assert w is not None and w.source == "checkpoint"
+    assert w.embeddings == 2 * 1000 * 64 * 2
+    assert w.quantised == 64 * 16 * 4 + 128 * 2     # packed ints as stored, scales at compute bytes
+    assert w.vision == 192 * 64 * 2                  # an fp32 tower loads in the compute dtype
+    assert w.unquantised == 64 * 2
+
+
+def test_config_with_nested_text_config_and_layer_types():
+    cfg = {"model_type": "gemma3", "vision_config": {"hidden_size": 1152},
+           "text_config": {"num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 1,
+                           "head_dim": 256, "hidden_size": 640, "vocab_size": 262144,
+                           "max_position_embeddings": 32768, "sliding_window": 512,
+                           "layer_types": ["sliding_attention"] * 5 + ["full_attention"]}}
+    a = arch_from_config(cfg)
+    assert (a.layers, a.kv_heads, a.head_dim, a.sliding_layers, a.sliding_window) == (6, 1, 256, 5, 512)
+    # Qwen2-style: a window is configured but switched off
+    q = arch_from_config({"num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+                          "hidden_size": 512, "vocab_size": 1000, "max_position_embeddings": 32768,
+                          "sliding_window": 4096, "use_sliding_window": False})
+    assert q.sliding_layers == 0 and q.sliding_window is None and q.head_dim == 64
+
+
+def test_enrich_uses_a_local_checkpoint_and_the_planner_reads_its_weights(tmp_path):
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 256,
+        "vocab_size": 1000, "max_position_embeddings": 8192, "intermediate_size": 512}))
+    write_safetensors(d / "model.safetensors", {"model.embed_tokens.weight": ("BF16", [1000, 256]),
+                                                "model.layers.0.mlp.up_proj.weight": ("BF16", [512, 256])})
+    entry = ModelEntry(id="mine", name="Mine", family="llama", params_b=9.0, vision=False,
+                       status="theoretical", variants=[Variant(precision="bf16", path=str(d))])
+    cat, weights = enrich(Catalog(models={"mine": entry}))
+    assert cat.models["mine"].arch.source == "config.json"
+    w = weights[("mine", str(d))]
+    assert w.total == (1000 * 256 + 512 * 256) * 2
+    r = plan(load_preset("l4"), cat, PlanRequest(model="mine"), checkpoints=weights)
+    assert r.chosen is not None
+    assert r.chosen.memory.weights.source == "checkpoint"     # not 9 B × 2 bytes from the table
+
+
+def test_bundled_catalog_is_unchanged_without_local_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    cat = load_catalog(user=False)
+    enriched, weights = enrich(cat)
+    assert weights == {} and enriched.models["qwen3-vl-4b"].arch == cat.models["qwen3-vl-4b"].arch
+
+
+def test_a_repo_in_the_hugging_face_cache_is_read_and_marked_cached(tmp_path):
+    """The real cache layout (models--org--name/refs/main → snapshots/<commit>/)."""
+    repo = tmp_path / "hub" / "models--Qwen--Qwen3-VL-4B-Instruct"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snap / "config.json").write_text(json.dumps({
+        "model_type": "qwen3_vl", "text_config": {
+            "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 128, "hidden_size": 2560, "vocab_size": 151936,
+            "max_position_embeddings": 262144, "tie_word_embeddings": True}}))
+    cat, _ = enrich(load_catalog(user=False), hf_cache=tmp_path / "hub")
+    entry = cat.get("qwen3-vl-4b")
+    bf16 = next(v for v in entry.variants if v.repo == "Qwen/Qwen3-VL-4B-Instruct")
+    assert bf16.cached and bf16.local
+    assert entry.arch.source == "config.json" and entry.arch.vision_params_b > 0   # kept from the table
+    # offline planning may use it now
+    r = plan(load_preset("l4"), cat, PlanRequest(model="qwen3-vl-4b", offline=True))
+    assert r.chosen is not None and r.chosen.variant.repo == "Qwen/Qwen3-VL-4B-Instruct"
