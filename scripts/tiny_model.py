@@ -113,6 +113,23 @@ def write_model(out: Path, a: argparse.Namespace, vocab: int, eos_id: int, bos_i
         {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False}))
 
 
+def publish(final: Path, key: str, build) -> Path:
+    """Build into a temp dir beside ``final`` and move it into place, marked complete; a
+    finished ``final`` is reused. A crash leaves no half-written model behind."""
+    if (final / ".complete").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text(key)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=2)
@@ -135,21 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     key = hashlib.sha256((Path(__file__).read_text() + json.dumps(shape, sort_keys=True))
                          .encode()).hexdigest()[:12]
     final = Path(a.out_root) / f"{a.name}-{key}"
-    if (final / ".complete").is_file():
-        print(final)
-        return 0
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{a.name}-", dir=final.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         vocab = train_tokenizer(tmp, a.vocab, a.seed)
         ids = json.loads((tmp / "tokenizer.json").read_text())["model"]["vocab"]
         write_model(tmp, a, vocab, eos_id=ids["</s>"], bos_id=ids["<s>"])
         (tmp / "kanoa-tiny.json").write_text(json.dumps(shape, indent=1, sort_keys=True))
-        (tmp / ".complete").write_text(key)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish(final, key, build)
     print(final)
     return 0
 

@@ -192,7 +192,7 @@ def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc
                       f"that serves it ({newest.tag}) needs CUDA {newest.cuda_text} "
                       f"(driver {newest.min_driver} or newer)")
     window = " to ".join(x for x in (entry.vllm_min, entry.vllm_max) if x)
-    return None, (f"no vLLM image kanoa-local knows serves it on this GPU"
+    return None, ("no vLLM image kanoa-local knows serves it on this GPU"
                   + (f" (it needs vLLM {window})" if window else "") + ("; " + why[-1] if why else ""))
 
 
@@ -258,7 +258,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         reasons.append(f"{variant.label} kernels need 16-bit activations; {dtype_note}")
         return cand
     if variant.precision == "fp8" and cc < 89:
-        warnings.append(f"FP8 runs weight-only (Marlin) below compute capability 8.9: slower than on Ada/Hopper")
+        warnings.append("FP8 runs weight-only (Marlin) below compute capability 8.9: slower than on Ada/Hopper")
     image, why = _image_for(entry, variant, profile, cc)
     if image is None:
         reasons.append(why)
