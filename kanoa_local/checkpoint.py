@@ -132,6 +132,13 @@ def find_files(variant: Variant, hf_cache: Path | None = None) -> Path | None:
         return p if (p / "config.json").is_file() else None
     if not variant.repo:
         return None
+    if hf_cache is None:
+        from .settings import hf_cache_dir
+
+        hf_cache = hf_cache_dir()
+    # The hub cache keeps a repo under models--<org>--<name>: look before importing the hub client.
+    if not (hf_cache / ("models--" + variant.repo.replace("/", "--"))).is_dir():
+        return None
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - a declared dependency
