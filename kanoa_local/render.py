@@ -100,19 +100,23 @@ def model_verdicts_table(rows: list[Any], verbose: bool = False) -> Any:
     from rich.table import Table
 
     t = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("model", "params", "vision", "status", "seed says", "fits here", "best here / why not"):
+    cols = ["model", "params", "vision", "status", "variants"] + (["seed page says"] if verbose else []) \
+        + ["fits here", "best here / why not"]
+    for col in cols:
         t.add_column(col, no_wrap=col != "best here / why not",
                      ratio=1 if col == "best here / why not" else None)
     for m in rows:
-        params = f"{m.params_b:g}B" + (f" ({m.active_params_b:g}B act.)" if m.active_params_b else "")
-        seed = f"{m.seed_vram_gb:g} GB {m.seed_precision or ''}".strip() if m.seed_vram_gb else "-"
+        params = f"{m.params_b:g}B" + (f"/{m.active_params_b:g}B" if m.active_params_b else "")
         detail = m.best or (m.reason if verbose else m.reason.split(";")[0])
         if m.best and verbose:
             detail += f"  [dim]{m.reason}[/]"
         if not m.best and m.needs:
             detail += f"  [dim](needs {m.needs})[/]"
         flags = ("  [dim]gated[/]" if m.gated else "") + ("  [dim]remote code[/]" if m.trust_remote_code and verbose else "")
-        t.add_row(f"{m.id}{flags}", params, "✓" if m.vision else "-", m.status, seed, _FIT[m.fits], detail)
+        row = [f"{m.id}{flags}", params, "✓" if m.vision else "-", m.status, " ".join(m.precisions)]
+        if verbose:
+            row.append(f"{m.seed_vram_gb:g} GB {m.seed_precision or ''}".strip() if m.seed_vram_gb else "-")
+        t.add_row(*row, _FIT[m.fits], detail)
     return t
 
 
@@ -122,7 +126,8 @@ def models_report(report: Any, verbose: bool = False) -> None:
     out.print(model_verdicts_table(report.models, verbose))
     n = sum(1 for m in report.models if m.fits != "no")
     out.print(f"\n{n} of {len(report.models)} fit.  `kanoa-local plan MODEL` explains one; "
-              "`--gpu NAME` / `--vram GB` / `--gpus N` ask what-if.")
+              "`--gpu NAME` / `--vram GB` / `--gpus N` ask what-if; -v adds the seed page's VRAM "
+              "figures.  Params: total/active for mixtures of experts.")
 
 
 def _bar(terms: list[Any], budget: int, width: int = 40) -> str:

@@ -50,7 +50,7 @@ def verdicts(result: PlanResult, catalog: Catalog) -> list[ModelVerdict]:
     by_model: dict[str, list[Candidate]] = {}
     for c in result.candidates:
         by_model.setdefault(c.model_id, []).append(c)
-    for entry in catalog.ranked():
+    for entry in catalog.models.values():     # the order of models.toml (the seed page)
         cands = by_model.get(entry.id, [])
         best = next((c for c in cands if c.fits != "no"), None)
         closest = closest_miss(cands) or (cands[0] if cands else None)
