@@ -86,8 +86,15 @@ def check_report(report: "CheckReport", verbose: bool = False) -> None:
     out.print(t)
     out.print()
     if report.models:
-        out.print("[bold]Models[/]")
-        out.print(model_verdicts_table(report.models, verbose))
+        shown = report.models if verbose else [m for m in report.models if m.fits != "no"]
+        rest = len(report.models) - len(shown)
+        out.print("[bold]Models that fit[/]" if not verbose else "[bold]Models[/]")
+        if shown:
+            out.print(model_verdicts_table(shown, verbose))
+        else:
+            out.print("  none")
+        if rest:
+            out.print(f"[dim]{rest} more do not fit here: `kanoa-local models` (or -v) says why[/]")
         out.print()
     out.print(f"[{_VERDICT_STYLE[report.verdict]}]{report.summary}[/]  "
               f"[dim](exit {report.exit_code})[/]")
