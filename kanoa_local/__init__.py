@@ -10,9 +10,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["HardwareProfile", "KanoaError", "__version__", "check", "load_profile", "probe"]
+__all__ = ["Catalog", "HardwareProfile", "KanoaError", "PlanRequest", "PlanResult", "__version__",
+           "check", "load_catalog", "load_profile", "plan", "probe"]
 
 _LAZY = {
+    "Catalog": ("kanoa_local.catalog", "Catalog"),
+    "load_catalog": ("kanoa_local.catalog", "load_catalog"),
+    "PlanRequest": ("kanoa_local.plan", "PlanRequest"),
+    "PlanResult": ("kanoa_local.plan", "PlanResult"),
+    "plan": ("kanoa_local.plan", "plan"),
     "HardwareProfile": ("kanoa_local.hardware", "HardwareProfile"),
     "KanoaError": ("kanoa_local.errors", "KanoaError"),
     "check": ("kanoa_local.check", "check"),

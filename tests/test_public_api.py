@@ -27,10 +27,20 @@ def test_cli_import_pulls_no_heavy_module():
 
 
 def test_each_foreign_library_is_imported_in_one_module():
-    owners = {"pynvml": {"probe/nvml.py"}, "docker": {"engine/docker.py"}}
+    owners = {"pynvml": {"probe/nvml.py"}, "docker": {"engine/docker.py"},
+              "huggingface_hub": {"checkpoint.py"}}
     for lib, allowed in owners.items():
         found = set()
         for f in PKG.rglob("*.py"):
             if re.search(rf"^\s*(import {lib}\b|from {lib}\b)", f.read_text(), re.M):
                 found.add(str(f.relative_to(PKG)))
         assert found == allowed, (lib, found)
+
+
+def test_the_planner_is_pure():
+    """plan/ never imports the probe or the engine: planning a GPU you don't have must work."""
+    code = ("import sys, kanoa_local.plan, kanoa_local.plan.matrix; "
+            "print([m for m in sys.modules if m.startswith(('kanoa_local.probe', 'kanoa_local.engine', "
+            "'docker', 'pynvml', 'huggingface_hub'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
