@@ -222,7 +222,8 @@ def entry_from_directory(folder: Path) -> ModelEntry:
                  "compressed-tensors": "w4a16"}.get(str(quant), "bf16")
     params = (w.total / 2 if w and not quant else 0) or arch.layers * 12 * arch.hidden ** 2
     vision = bool(cfg.get("vision_config")) or arch.vision_params_b > 0
+    params_b = max(round(params / 1e9, 3), 0.001)
     return ModelEntry(id=folder.name.lower(), name=folder.name, family=str(cfg.get("model_type", "local")),
-                      params_b=round(params / 1e9, 3), vision=vision, status="theoretical",
+                      params_b=params_b, vision=vision, status="theoretical", cpu=params_b <= 4.0,
                       arch=arch, variants=[Variant(precision=precision, path=str(folder))],
                       trust_remote_code=bool(cfg.get("auto_map")), source_file="(directory)")

@@ -286,6 +286,187 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         raise NoFitError(result.summary, remedy=result.remedy)
 
 
+def _plan_for_up(model: str | None, model_path: str | None, models_files: tuple[str, ...],
+                 no_user_models: bool, precision: str | None, max_model_len: int | None,
+                 force_cpu: bool, offline: bool | None) -> tuple[Any, str | None]:
+    """Plan on this machine for `up`: the chosen candidate and the local weights directory."""
+    from pathlib import Path
+
+    from .errors import EngineError, NoFitError, UsageError
+    from .plan import PlanRequest, plan
+    from .probe import probe
+    from .settings import packaged_models_dir
+
+    if model and model_path:
+        raise UsageError("give MODEL or --model-path, not both", remedy="see `kanoa-local up --help`")
+    catalog, weights = load_models(models_files, no_user_models)
+    model_dir = None
+    if model_path:
+        from .checkpoint import entry_from_directory
+
+        p = Path(model_path).expanduser().resolve()
+        if not p.is_dir():
+            raise UsageError(f"--model-path {model_path}: no such directory",
+                             remedy="give a Hugging Face checkpoint directory (with config.json)")
+        entry = entry_from_directory(p)
+        catalog = catalog.model_copy(update={"models": {**catalog.models, entry.id: entry}})
+        model, model_dir, offline = entry.id, str(p), True
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+    request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
+                          device="cpu" if force_cpu else "auto", offline=offline,
+                          hf_token=bool(os.environ.get("HF_TOKEN")))
+    result = plan(probe(docker=False), catalog, request, checkpoints=weights)
+    if result.chosen is None:
+        raise NoFitError(result.summary, remedy=result.remedy)
+    c = result.chosen
+    if c.variant.package and model_dir is None:
+        unpacked = packaged_models_dir() / c.model_id
+        if not (unpacked / "config.json").is_file():
+            raise EngineError(f"{c.model_name} ships as a package ({c.variant.package}) and is not "
+                              f"unpacked in {unpacked} yet",
+                              remedy="pass --model-path DIR of a converted checkpoint for now")
+        model_dir = str(unpacked)
+    return c, model_dir
+
+
+@cli.command(epilog=EXIT_CODE_HELP)
+@json_option
+@catalog_options
+@click.argument("model", required=False)
+@click.option("--model-path", metavar="DIR", help="serve a local checkpoint directory (offline)")
+@click.option("--name", help="deployment name (default: the model id)")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="host port (the next free one when taken)")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; anything but loopback is reachable from the network")
+@click.option("--runtime", type=click.Choice(["process"]), default="process", show_default=True,
+              help="process: vLLM from a Python interpreter (--python)")
+@click.option("--python", "python_path", metavar="PATH",
+              help="interpreter with vLLM for the process runtime (default: $KANOA_VLLM_PYTHON or this one)")
+@click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)")
+@click.option("--max-model-len", type=click.IntRange(256), metavar="TOKENS", help="cap the context")
+@click.option("--cpu", "force_cpu", is_flag=True, help="the CPU engine even with a GPU")
+@click.option("--offline", is_flag=True, default=None, help="no model hub (default: $HF_HUB_OFFLINE)")
+@click.option("--timeout", type=click.FloatRange(10), default=1200, show_default=True,
+              help="seconds to wait for the first token")
+@click.option("--replace", is_flag=True, help="replace a running deployment of the same name")
+@click.pass_context
+def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[str, ...],
+       no_user_models: bool, model: str | None, model_path: str | None, name: str | None, port: int,
+       host: str, runtime: str, python_path: str | None, precision: str | None,
+       max_model_len: int | None, force_cpu: bool, offline: bool | None, timeout: float,
+       replace: bool) -> None:
+    """Plan, start vLLM's OpenAI-compatible server, and wait until it answers.
+
+    Ready means one real token came back. The API key is generated and kept (mode 0600) in the
+    state directory; the server listens on 127.0.0.1 unless --host says otherwise.
+    """
+    from . import deploy
+
+    as_json = wants_json(ctx, as_json)
+    candidate, model_dir = _plan_for_up(model, model_path, models_files, no_user_models, precision,
+                                        max_model_len, force_cpu, offline)
+
+    def on_stage(ev: Any) -> None:
+        if not as_json:
+            click.echo(f"  [{ev.at_s:6.1f}s] {ev.stage}", err=True)
+
+    if not as_json:
+        s = candidate.settings
+        click.echo(f"Starting {candidate.model_name} ({candidate.device}, --max-model-len "
+                   f"{s.max_model_len}) on the {runtime} runtime ...", err=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(f"warning: listening on {host}: anyone who can reach this machine can use "
+                       "the server with the API key", err=True)
+    result = deploy.up(candidate, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
+                       python=python_path, model_dir=model_dir, timeout=timeout, replace=replace,
+                       on_stage=on_stage)
+    if as_json:
+        emit_json(result)
+        return
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    d = result.deployment
+    click.echo(f"{'Already running' if result.reused else 'Ready'}: {d.name}  {result.base_url}  "
+               f"model {d.served_model_name}")
+    click.echo(f"  API key: {result.api_key_file} (mode 0600)")
+    click.echo(f"  export OPENAI_BASE_URL={result.base_url} OPENAI_API_KEY=$(cat {result.api_key_file})")
+    click.echo(f"  stop it with `kanoa-local down {d.name}`")
+
+
+@cli.command()
+@json_option
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="every deployment")
+@click.pass_context
+def down(ctx: click.Context, as_json: bool, sub_verbose: int, name: str | None, all_: bool) -> None:
+    """Stop a deployment and remove its process/container and state (caches stay)."""
+    from . import deploy
+
+    result = deploy.down(name, all_=all_)
+    if wants_json(ctx, as_json):
+        emit_json(result)
+    else:
+        click.echo("removed: " + (", ".join(result.removed) or "nothing"))
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def ps(ctx: click.Context, as_json: bool, sub_verbose: int) -> None:
+    """Every deployment, running or dead."""
+    from . import deploy
+
+    report = deploy.ps()
+    if wants_json(ctx, as_json):
+        emit_json(report)
+        return
+    from . import render
+
+    render.ps_report(report)
+
+
+@cli.command()
+@json_option
+@click.argument("name", required=False)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, sub_verbose: int, name: str | None) -> None:
+    """Health, endpoint, uptime and vLLM's request/token/KV metrics of a deployment."""
+    from . import deploy
+
+    report = deploy.status(name)
+    if wants_json(ctx, as_json):
+        emit_json(report)
+        return
+    from . import render
+
+    render.status_report(report)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--tail", "-n", type=click.IntRange(1), default=None, help="the last N lines")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines (Ctrl-C stops)")
+def logs(name: str, tail: int | None, follow: bool) -> None:
+    """The engine's log (kept after a failed start too)."""
+    import time
+
+    from . import deploy
+
+    for line in deploy.log_lines(name, tail):
+        click.echo(line)
+    if follow:
+        from .engine.process import LogFollower
+
+        f = LogFollower(deploy.log_path(name))
+        f()                       # skip what was printed
+        while True:
+            for line in f():
+                click.echo(line)
+            time.sleep(0.5)
+
+
 def _save(path: str, model: Any) -> None:
     """Write atomically: a failed write leaves no half-written file."""
     import tempfile

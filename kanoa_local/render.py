@@ -232,3 +232,53 @@ def _rejected(out: Any, cands: list[Any]) -> None:
     for x in rows:
         t.add_row(x.model_id, x.variant.precision, x.reasons[0] if x.reasons else "-", x.needs or "")
     out.print(t)
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def ps_report(report: Any) -> None:
+    from rich.table import Table
+
+    out = console()
+    if not report.deployments:
+        out.print("no deployments (start one with `kanoa-local up`)")
+    else:
+        t = Table(box=None, pad_edge=False, header_style="bold")
+        for col in ("name", "state", "model", "endpoint", "runtime", "uptime"):
+            t.add_column(col)
+        for d in report.deployments:
+            st = "[green]running[/]" if d.state == "running" else "[red]dead[/]"
+            t.add_row(d.name, st, d.model, d.base_url, d.runtime, _dur(d.uptime_s))
+        out.print(t)
+    for name in report.unreadable:
+        out.print(f"[yellow]![/] unreadable state for {name!r}: `kanoa-local down {name}` cleans it up")
+
+
+def status_report(r: Any) -> None:
+    from rich.table import Table
+
+    out = console()
+    style = {"running": "green", "starting": "yellow", "dead": "red"}[r.state]
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("deployment", f"{r.name}  [{style}]{r.state}[/]" + ("" if r.healthy or r.state == "dead" else "  (not healthy)"))
+    t.add_row("model", r.model)
+    t.add_row("endpoint", r.base_url)
+    t.add_row("API key", f"{r.api_key_hint}  ({r.deployment.api_key_file})")
+    t.add_row("runtime", f"{r.runtime}" + (f"  pid {r.deployment.pid}" if r.deployment.pid else ""))
+    t.add_row("uptime", _dur(r.uptime_s))
+    m = r.metrics
+    if m is not None:
+        def n(x: float | None) -> str:
+            return "-" if x is None else f"{x:,.0f}"
+        t.add_row("requests", f"{n(m.requests_running)} running, {n(m.requests_waiting)} waiting")
+        t.add_row("tokens", f"{n(m.prompt_tokens)} prompt, {n(m.generation_tokens)} generated")
+        if m.kv_cache_usage is not None:
+            t.add_row("KV cache", f"{m.kv_cache_usage * 100:.1f} % in use")
+    out.print(t)

@@ -1,0 +1,292 @@
+"""Start, find, inspect and stop deployments: the library behind `up`, `down`, `ps`, `status`
+and `logs`. Never prints or exits; progress goes through ``on_stage``.
+
+Runtimes: ``process`` (vLLM's server from an interpreter that has vLLM, detached, logging to a
+file in the state dir). The Docker runtime (issue 4) plugs in beside it.
+
+Whatever `up` starts is stopped and removed again when it fails or is interrupted, so a failed
+`up` leaves no process, no port and no state behind (its log stays readable with `logs`).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import BaseModel, Field
+
+from . import state
+from .engine import process
+from .engine.ready import ReadyReport, StageEvent, first_token, wait_until_ready
+from .engine.spec import launch_spec
+from .errors import EngineError, EngineStartError, Interrupted, UsageError
+from .plan.fit import Candidate
+from .settings import state_dir
+from .state import Deployment
+
+
+class UpResult(BaseModel):
+    deployment: Deployment
+    reused: bool = False
+    ready: ReadyReport | None = None
+    notes: list[str] = []
+    base_url: str
+    api_key_file: str
+
+
+class PsRow(BaseModel):
+    name: str
+    runtime: str
+    model: str
+    base_url: str
+    state: Literal["running", "dead"]
+    pid: int | None = None
+    container_id: str | None = None
+    uptime_s: float | None = None
+
+
+class PsReport(BaseModel):
+    deployments: list[PsRow]
+    unreadable: list[str] = Field(default_factory=list, description="state files that could not be read")
+
+
+class Metrics(BaseModel):
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    kv_cache_usage: float | None = None
+    prompt_tokens: float | None = None
+    generation_tokens: float | None = None
+
+
+class StatusReport(BaseModel):
+    name: str
+    state: Literal["running", "starting", "dead"]
+    healthy: bool
+    model: str
+    base_url: str
+    runtime: str
+    api_key_hint: str
+    uptime_s: float | None = None
+    metrics: Metrics | None = None
+    deployment: Deployment
+
+
+class DownResult(BaseModel):
+    removed: list[str]
+
+
+def log_path(name: str) -> Path:
+    return state_dir() / "logs" / f"{name}.log"
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host if host not in ("0.0.0.0", "::") else "0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def pick_port(host: str, port: int, tries: int = 20) -> int:
+    for p in range(port, min(port + tries, 65536)):
+        if port_free(host, p):
+            return p
+    raise EngineError(f"ports {port}-{port + tries - 1} are all in use on {host}",
+                      remedy="choose another --port, or `kanoa-local ps` / `down` to free one")
+
+
+def is_alive(dep: Deployment) -> bool:
+    if dep.runtime == "process":
+        return process.is_running(dep.pid)
+    return False
+
+
+def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host: str = "127.0.0.1",
+       runtime: Literal["process"] = "process", python: str | None = None, model_dir: str | None = None,
+       timeout: float = 1200, stall: float = 300, replace: bool = False,
+       on_stage: Callable[[StageEvent], None] | None = None) -> UpResult:
+    """Start ``candidate`` (a fitting plan) and wait until one token comes back."""
+    if candidate.settings is None:
+        raise UsageError("this plan does not fit, so it cannot be started",
+                         remedy="`kanoa-local plan` shows what fits")
+    name = state.check_name(name or candidate.model_id)
+    notes: list[str] = []
+    existing = _existing(name)
+    if existing is not None:
+        probe_spec = launch_spec(candidate, deployment=name, port=existing.port, host=host,
+                                 runtime=runtime, model_dir=model_dir)
+        if state.plan_hash(probe_spec) == existing.plan_hash and not replace:
+            return UpResult(deployment=existing, reused=True, base_url=existing.base_url,
+                            api_key_file=existing.api_key_file,
+                            notes=[f"{name} is already running this plan"])
+        if not replace:
+            raise UsageError(f"deployment {name!r} already runs a different plan",
+                             remedy=f"add --replace, or `kanoa-local down {name}`, or choose another --name")
+        down(name)
+        notes.append(f"replaced the running {name}")
+    chosen = pick_port(host, port)
+    if chosen != port:
+        notes.append(f"port {port} is in use: using {chosen}")
+    python = python or process.default_python()
+    process.check_python(python)
+    spec = launch_spec(candidate, deployment=name, port=chosen, host=host, runtime=runtime,
+                       model_dir=model_dir)
+    key, key_file = state.new_api_key(name)
+    log = log_path(name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    proc = None
+    dep = None
+    try:
+        proc = process.start(spec, python, log, {"VLLM_API_KEY": key})
+        dep = Deployment(name=name, runtime=runtime, model_id=candidate.model_id,
+                         served_model_name=spec.served_model_name, host=host, port=chosen,
+                         device=candidate.device, plan_hash=state.plan_hash(spec),
+                         api_key_file=str(key_file), pid=proc.pid, log_file=str(log), spec=spec)
+        state.save(dep)
+        report = wait_until_ready(
+            read_lines=process.LogFollower(log), alive=lambda: proc.poll() is None,
+            probe=lambda: first_token(dep.base_url, key, spec.served_model_name)[0],
+            timeout=timeout, stall=stall, on_stage=on_stage,
+            exit_info=lambda: {"exit_code": proc.poll()})
+    except KeyboardInterrupt:
+        _cleanup(name, proc)
+        raise Interrupted("interrupted: the engine that was starting is stopped and removed",
+                          remedy=None) from None
+    except BaseException:
+        _cleanup(name, proc)
+        raise
+    if report.outcome != "ready":
+        _cleanup(name, proc)
+        d = report.diagnosis
+        assert d is not None
+        raise EngineStartError(
+            f"the engine did not start ({report.outcome} after {report.elapsed_s:.0f} s): {d.cause}",
+            remedy=d.remedy + f"; the log: `kanoa-local logs {name}`",
+            details={"diagnosis": d.model_dump(), "log_tail": report.log_tail[-20:]})
+    return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url,
+                    api_key_file=str(key_file))
+
+
+def _existing(name: str) -> Deployment | None:
+    deps, _ = state.list_all()
+    dep = next((d for d in deps if d.name == name), None)
+    if dep is None:
+        return None
+    if is_alive(dep):
+        return dep
+    state.remove(name)          # a dead leftover: forget it
+    return None
+
+
+def _cleanup(name: str, proc) -> None:
+    if proc is not None:
+        process.stop(proc.pid, timeout=10)
+        try:
+            proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001 - best effort; the group was killed
+            pass
+    state.remove(name)
+
+
+def down(name: str | None = None, *, all_: bool = False) -> DownResult:
+    deps, broken = state.list_all()
+    if all_:
+        targets = deps
+    else:
+        if name is None:
+            if len(deps) != 1:
+                raise UsageError("which deployment?" if deps else "nothing is running",
+                                 remedy="give a name (`kanoa-local ps`) or --all")
+            targets = deps
+        else:
+            targets = [state.load(state.check_name(name))]
+    removed = []
+    for dep in targets:
+        if dep.runtime == "process":
+            process.stop(dep.pid)
+        state.remove(dep.name)
+        removed.append(dep.name)
+    if all_:
+        for b in broken:
+            state.remove(b)
+            removed.append(b)
+    return DownResult(removed=removed)
+
+
+def ps() -> PsReport:
+    deps, broken = state.list_all()
+    rows = []
+    now = time.time()
+    for d in deps:
+        alive = is_alive(d)
+        rows.append(PsRow(name=d.name, runtime=d.runtime, model=d.model_id, base_url=d.base_url,
+                          state="running" if alive else "dead", pid=d.pid, container_id=d.container_id,
+                          uptime_s=round(now - d.created_at, 1) if alive else None))
+    return PsReport(deployments=rows, unreadable=broken)
+
+
+def _get(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return 0, ""
+
+
+_METRIC = re.compile(r"^(vllm:[a-z_]+)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$", re.M)
+
+
+def parse_metrics(text: str) -> Metrics:
+    """The Prometheus counters/gauges of vLLM that `status` shows (summed over labels)."""
+    vals: dict[str, float] = {}
+    for m in _METRIC.finditer(text):
+        vals[m.group(1)] = vals.get(m.group(1), 0.0) + float(m.group(2))
+    kv = vals.get("vllm:kv_cache_usage_perc", vals.get("vllm:gpu_cache_usage_perc"))
+    return Metrics(requests_running=vals.get("vllm:num_requests_running"),
+                   requests_waiting=vals.get("vllm:num_requests_waiting"), kv_cache_usage=kv,
+                   prompt_tokens=vals.get("vllm:prompt_tokens_total"),
+                   generation_tokens=vals.get("vllm:generation_tokens_total"))
+
+
+def status(name: str | None = None) -> StatusReport:
+    if name is None:
+        deps, _ = state.list_all()
+        if len(deps) != 1:
+            raise UsageError("which deployment?" if deps else "nothing is running",
+                             remedy="give a name (`kanoa-local ps`)")
+        dep = deps[0]
+    else:
+        dep = state.load(state.check_name(name))
+    alive = is_alive(dep)
+    root = dep.base_url.rsplit("/v1", 1)[0]
+    code, _ = _get(f"{root}/health") if alive else (0, "")
+    metrics = None
+    if code == 200:
+        mcode, text = _get(f"{root}/metrics")
+        metrics = parse_metrics(text) if mcode == 200 else None
+    key = state.read_api_key(dep) if Path(dep.api_key_file).exists() else ""
+    return StatusReport(name=dep.name, state="dead" if not alive else ("running" if code == 200 else "starting"),
+                        healthy=code == 200, model=dep.model_id, base_url=dep.base_url,
+                        runtime=dep.runtime, api_key_hint=(key[:6] + "…") if key else "(missing)",
+                        uptime_s=round(time.time() - dep.created_at, 1) if alive else None,
+                        metrics=metrics, deployment=dep)
+
+
+def log_lines(name: str, tail: int | None = None) -> list[str]:
+    p = log_path(state.check_name(name))
+    if not p.is_file():
+        from .errors import DeploymentNotFound
+
+        raise DeploymentNotFound(f"no log for {name!r}", remedy="`kanoa-local ps` lists deployments")
+    lines = p.read_text(errors="replace").splitlines()
+    return lines[-tail:] if tail else lines

@@ -1,0 +1,60 @@
+"""Readiness decisions with a fake clock (the real engine is in tests/integration)."""
+
+from __future__ import annotations
+
+from kanoa_local.engine.ready import wait_until_ready
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+def feed(batches):
+    it = iter(batches)
+    return lambda: next(it, [])
+
+
+def test_ready_after_stages_and_first_token():
+    c = Clock()
+    lines = feed([["INFO non-default args: {...}"], ["Loading weights took 0.5 seconds"],
+                  ["CPU KV cache size: 40,810 tokens, Maximum concurrency for 4,096 tokens per request: 9.96x"],
+                  ["INFO:     Application startup complete."]])
+    tokens = iter([False, True])
+    r = wait_until_ready(read_lines=lines, alive=lambda: True, probe=lambda: next(tokens), clock=c, sleep=c.sleep)
+    assert r.outcome == "ready"
+    assert [s.stage for s in r.stages] == ["engine starting", "weights loaded", "KV cache sized",
+                                          "serving", "first token"]
+    assert r.figures.kv_tokens == 40810 and r.diagnosis is None
+
+
+def test_exit_is_diagnosed_from_the_log():
+    c = Clock()
+    lines = feed([["ValueError: ... the estimated maximum model length is 43520. Try ..."]])
+    r = wait_until_ready(read_lines=lines, alive=lambda: False, probe=lambda: False, clock=c, sleep=c.sleep,
+                         exit_info=lambda: {"exit_code": 0})
+    assert r.outcome == "exited" and r.diagnosis.retry_max_model_len == 43520
+
+
+def test_stall_resets_on_progress_and_then_fires():
+    c = Clock()
+    batches = [["non-default args"]] + [[] for _ in range(50)] + [["Loading weights took 1 s"]]
+    r = wait_until_ready(read_lines=feed(batches), alive=lambda: True, probe=lambda: False,
+                         clock=c, sleep=c.sleep, stall=60, timeout=10_000)
+    assert r.outcome == "stalled"
+    assert r.elapsed_s > 100           # 50 s quiet, progress, then 60 s more
+    assert r.diagnosis.kind == "stalled" and "weights loaded" in r.diagnosis.cause
+
+
+def test_timeout():
+    c = Clock()
+    n = iter(range(10**6))
+    r = wait_until_ready(read_lines=lambda: [f"line {next(n)}"], alive=lambda: True, probe=lambda: False,
+                         clock=c, sleep=c.sleep, timeout=30, stall=10)
+    assert r.outcome == "timeout"
