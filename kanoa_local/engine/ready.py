@@ -26,7 +26,7 @@ Outcome = Literal["ready", "exited", "stalled", "timeout"]
 #: (stage name, what in the log says it began), in the order vLLM goes through them.
 STAGES: list[tuple[str, re.Pattern[str]]] = [
     ("engine starting", re.compile(r"non-default args|Initializing a V1 LLM engine|vLLM API server version")),
-    ("loading weights", re.compile(r"Starting to load model|Loading weights|Loading safetensors checkpoint")),
+    ("loading weights", re.compile(r"Starting to load model|Loading weights(?! took)|Loading safetensors checkpoint")),
     ("weights loaded", re.compile(r"Loading weights took|Model loading took|Loading model weights took")),
     ("KV cache sized", re.compile(r"KV cache size: |# GPU blocks|Available KV cache memory")),
     ("CUDA graphs", re.compile(r"Capturing CUDA graph|Graph capturing")),
