@@ -288,13 +288,12 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
 
 def _plan_for_up(model: str | None, model_path: str | None, models_files: tuple[str, ...],
                  no_user_models: bool, precision: str | None, max_model_len: int | None,
-                 force_cpu: bool, offline: bool | None) -> tuple[Any, str | None]:
+                 force_cpu: bool, offline: bool | None, profile: Any) -> tuple[Any, str | None]:
     """Plan on this machine for `up`: the chosen candidate and the local weights directory."""
     from pathlib import Path
 
     from .errors import EngineError, NoFitError, UsageError
     from .plan import PlanRequest, plan
-    from .probe import probe
     from .settings import packaged_models_dir
 
     if model and model_path:
@@ -316,7 +315,7 @@ def _plan_for_up(model: str | None, model_path: str | None, models_files: tuple[
     request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
                           device="cpu" if force_cpu else "auto", offline=offline,
                           hf_token=bool(os.environ.get("HF_TOKEN")))
-    result = plan(probe(docker=False), catalog, request, checkpoints=weights)
+    result = plan(profile, catalog, request, checkpoints=weights)
     if result.chosen is None:
         raise NoFitError(result.summary, remedy=result.remedy)
     c = result.chosen
@@ -340,8 +339,13 @@ def _plan_for_up(model: str | None, model_path: str | None, models_files: tuple[
               help="host port (the next free one when taken)")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on; anything but loopback is reachable from the network")
-@click.option("--runtime", type=click.Choice(["process"]), default="process", show_default=True,
-              help="process: vLLM from a Python interpreter (--python)")
+@click.option("--runtime", type=click.Choice(["auto", "docker", "process"]), default="auto", show_default=True,
+              help="docker: the vLLM image; process: vLLM from a Python interpreter (--python); "
+                   "auto: docker for GPU plans or with --image, else process")
+@click.option("--image", metavar="IMAGE", help="the vLLM image to run (default: from the plan)")
+@click.option("--hardware", "hardware_file", type=click.Path(dir_okay=False),
+              help="plan for this saved profile instead of probing (e.g. a remote Docker host's)")
+@click.option("--gpu", "gpu_name", metavar="NAME", help="plan for a named GPU profile instead of probing")
 @click.option("--python", "python_path", metavar="PATH",
               help="interpreter with vLLM for the process runtime (default: $KANOA_VLLM_PYTHON or this one)")
 @click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)")
@@ -354,7 +358,8 @@ def _plan_for_up(model: str | None, model_path: str | None, models_files: tuple[
 @click.pass_context
 def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[str, ...],
        no_user_models: bool, model: str | None, model_path: str | None, name: str | None, port: int,
-       host: str, runtime: str, python_path: str | None, precision: str | None,
+       host: str, runtime: str, image: str | None, hardware_file: str | None, gpu_name: str | None,
+       python_path: str | None, precision: str | None,
        max_model_len: int | None, force_cpu: bool, offline: bool | None, timeout: float,
        replace: bool) -> None:
     """Plan, start vLLM's OpenAI-compatible server, and wait until it answers.
@@ -365,8 +370,11 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
     from . import deploy
 
     as_json = wants_json(ctx, as_json)
+    profile = resolve_profile(hardware_file, gpu_name, docker=False)
     candidate, model_dir = _plan_for_up(model, model_path, models_files, no_user_models, precision,
-                                        max_model_len, force_cpu, offline)
+                                        max_model_len, force_cpu, offline, profile)
+    if runtime == "auto":
+        runtime = "docker" if candidate.device == "gpu" or image else "process"
 
     def on_stage(ev: Any) -> None:
         if not as_json:
@@ -380,8 +388,8 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
             click.echo(f"warning: listening on {host}: anyone who can reach this machine can use "
                        "the server with the API key", err=True)
     result = deploy.up(candidate, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
-                       python=python_path, model_dir=model_dir, timeout=timeout, replace=replace,
-                       on_stage=on_stage)
+                       python=python_path, model_dir=model_dir, image=image, caches=host_caches(),
+                       timeout=timeout, replace=replace, on_stage=on_stage)
     if as_json:
         emit_json(result)
         return

@@ -105,11 +105,14 @@ def pick_port(host: str, port: int, tries: int = 20) -> int:
 def is_alive(dep: Deployment) -> bool:
     if dep.runtime == "process":
         return process.is_running(dep.pid)
-    return False
+    from .engine import docker as dk
+
+    return bool(dep.container_id) and dk.container_state(dep.container_id)["running"]
 
 
 def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host: str = "127.0.0.1",
-       runtime: Literal["process"] = "process", python: str | None = None, model_dir: str | None = None,
+       runtime: Literal["process", "docker"] = "process", python: str | None = None,
+       model_dir: str | None = None, image: str | None = None, caches: dict[str, str] | None = None,
        timeout: float = 1200, stall: float = 300, replace: bool = False,
        on_stage: Callable[[StageEvent], None] | None = None) -> UpResult:
     """Start ``candidate`` (a fitting plan) and wait until one token comes back."""
@@ -118,10 +121,18 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
                          remedy="`kanoa-local plan` shows what fits")
     name = state.check_name(name or candidate.model_id)
     notes: list[str] = []
+    caches = caches or {}
+
+    def make_spec(p: int):
+        spec = launch_spec(candidate, deployment=name, port=p, host=host, runtime=runtime,
+                           model_dir=model_dir, cpu_image=image, **caches)
+        if image and runtime == "docker":
+            spec = spec.model_copy(update={"image": image})
+        return spec
+
     existing = _existing(name)
     if existing is not None:
-        probe_spec = launch_spec(candidate, deployment=name, port=existing.port, host=host,
-                                 runtime=runtime, model_dir=model_dir)
+        probe_spec = make_spec(existing.port)
         if state.plan_hash(probe_spec) == existing.plan_hash and not replace:
             return UpResult(deployment=existing, reused=True, base_url=existing.base_url,
                             api_key_file=existing.api_key_file,
@@ -134,37 +145,51 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
     chosen = pick_port(host, port)
     if chosen != port:
         notes.append(f"port {port} is in use: using {chosen}")
-    python = python or process.default_python()
-    process.check_python(python)
-    spec = launch_spec(candidate, deployment=name, port=chosen, host=host, runtime=runtime,
-                       model_dir=model_dir)
+    spec = make_spec(chosen)
+    if runtime == "process":
+        python = python or process.default_python()
+        process.check_python(python)
     key, key_file = state.new_api_key(name)
     log = log_path(name)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    proc = None
-    dep = None
+    started = _Started(name)
     try:
-        proc = process.start(spec, python, log, {"VLLM_API_KEY": key})
         dep = Deployment(name=name, runtime=runtime, model_id=candidate.model_id,
                          served_model_name=spec.served_model_name, host=host, port=chosen,
                          device=candidate.device, plan_hash=state.plan_hash(spec),
-                         api_key_file=str(key_file), pid=proc.pid, log_file=str(log), spec=spec)
+                         api_key_file=str(key_file), log_file=str(log), spec=spec)
+        if runtime == "process":
+            started.proc = process.start(spec, python, log, {"VLLM_API_KEY": key})
+            dep.pid = started.proc.pid
+            read_lines = process.LogFollower(log)
+            alive = lambda: started.proc.poll() is None  # noqa: E731
+            exit_info = lambda: {"exit_code": started.proc.poll()}  # noqa: E731
+        else:
+            from .engine import docker as dk
+
+            started.container = dk.run_server(
+                spec, name=name, secrets_env={"VLLM_API_KEY": key},
+                gpu_uuids=candidate.settings.gpu_uuids or None,
+                extra_labels={"io.kanoa-local.plan-hash": dep.plan_hash, "io.kanoa-local.port": str(chosen)})
+            dep.container_id = started.container
+            read_lines = dk.ContainerLogFollower(started.container)
+            alive = lambda: dk.container_state(started.container)["running"]  # noqa: E731
+            exit_info = lambda: dk.container_state(started.container)  # noqa: E731
         state.save(dep)
         report = wait_until_ready(
-            read_lines=process.LogFollower(log), alive=lambda: proc.poll() is None,
+            read_lines=read_lines, alive=alive,
             probe=lambda: first_token(dep.base_url, key, spec.served_model_name)[0],
-            timeout=timeout, stall=stall, on_stage=on_stage,
-            exit_info=lambda: {"exit_code": proc.poll()})
+            timeout=timeout, stall=stall, on_stage=on_stage, exit_info=exit_info)
     except KeyboardInterrupt:
-        _cleanup(name, proc)
+        started.cleanup()
         raise Interrupted("interrupted: the engine that was starting is stopped and removed",
                           remedy=None) from None
     except BaseException:
-        _cleanup(name, proc)
+        started.cleanup()
         raise
     if report.outcome != "ready":
-        _cleanup(name, proc)
+        started.cleanup(keep_log_from=report.log_tail)
         d = report.diagnosis
         assert d is not None
         raise EngineStartError(
@@ -186,14 +211,29 @@ def _existing(name: str) -> Deployment | None:
     return None
 
 
-def _cleanup(name: str, proc) -> None:
-    if proc is not None:
-        process.stop(proc.pid, timeout=10)
-        try:
-            proc.wait(timeout=5)
-        except Exception:  # noqa: BLE001 - best effort; the group was killed
-            pass
-    state.remove(name)
+class _Started:
+    """What one `up` started, so that a failure or Ctrl-C removes exactly that."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc = None
+        self.container: str | None = None
+
+    def cleanup(self, keep_log_from: list[str] | None = None) -> None:
+        if self.proc is not None:
+            process.stop(self.proc.pid, timeout=10)
+            try:
+                self.proc.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - best effort; the group was killed
+                pass
+        if self.container is not None:
+            from .engine import docker as dk
+
+            text = dk.container_logs(self.container)
+            if text:                      # `logs NAME` still shows why it failed
+                log_path(self.name).write_text(text)
+            dk.stop_remove(self.container, timeout=5)
+        state.remove(self.name)
 
 
 def down(name: str | None = None, *, all_: bool = False) -> DownResult:
@@ -212,6 +252,11 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
     for dep in targets:
         if dep.runtime == "process":
             process.stop(dep.pid)
+        else:
+            from .engine import docker as dk
+
+            for ctr in dk.find_servers(dep.name) or [{"id": dep.container_id}]:
+                dk.stop_remove(ctr["id"])
         state.remove(dep.name)
         removed.append(dep.name)
     if all_:
@@ -230,6 +275,21 @@ def ps() -> PsReport:
         rows.append(PsRow(name=d.name, runtime=d.runtime, model=d.model_id, base_url=d.base_url,
                           state="running" if alive else "dead", pid=d.pid, container_id=d.container_id,
                           uptime_s=round(now - d.created_at, 1) if alive else None))
+    # Containers are the truth: one with kanoa-local's label but no state file still shows.
+    known = {d.name for d in deps}
+    if any(d.runtime == "docker" for d in deps) or state.deployments_dir().is_dir():
+        from .engine import docker as dk
+
+        for ctr in dk.find_servers():
+            lab = ctr["labels"]
+            name = lab.get("io.kanoa-local.deployment", ctr["id"][:12])
+            if name in known:
+                continue
+            port = lab.get("io.kanoa-local.port", "?")
+            rows.append(PsRow(name=name, runtime="docker", model=lab.get("io.kanoa-local.model", "?"),
+                              base_url=f"http://127.0.0.1:{port}/v1",
+                              state="running" if ctr["status"] == "running" else "dead",
+                              container_id=ctr["id"][:12]))
     return PsReport(deployments=rows, unreadable=broken)
 
 
@@ -283,7 +343,17 @@ def status(name: str | None = None) -> StatusReport:
 
 
 def log_lines(name: str, tail: int | None = None) -> list[str]:
-    p = log_path(state.check_name(name))
+    name = state.check_name(name)
+    deps, _ = state.list_all()
+    dep = next((d for d in deps if d.name == name), None)
+    if dep is not None and dep.runtime == "docker" and dep.container_id:
+        from .engine import docker as dk
+
+        text = dk.container_logs(dep.container_id)
+        if text:
+            lines = text.splitlines()
+            return lines[-tail:] if tail else lines
+    p = log_path(name)
     if not p.is_file():
         from .errors import DeploymentNotFound
 

@@ -134,3 +134,130 @@ def daemon_facts(timeout: float = 3) -> DockerFacts:
         runtimes=sorted((info.get("Runtimes") or {}).keys()),
         default_runtime=info.get("DefaultRuntime"), cdi_spec_dirs=cdi_dirs,
         nvidia_cdi=nvidia_cdi, nvidia_hook=hook)
+
+
+# ----------------------------------------------------------------------------- serving containers
+
+
+def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: list[str] | None,
+               extra_labels: dict[str, str]) -> str:
+    """Create and start the vLLM container of ``spec``; its id. A container whose start failed
+    (a GPU request on a daemon without the NVIDIA runtime) is removed before the error."""
+    c = client()
+    image = spec.image
+    with translate_errors(image):
+        try:
+            c.images.get(image)
+        except Exception as exc:  # noqa: BLE001 - ImageNotFound, translated below
+            import docker
+
+            if isinstance(exc, docker.errors.ImageNotFound):
+                raise ImageUnavailable(
+                    f"the image {image} is not on this Docker host",
+                    remedy="pull it while online (`docker pull IMAGE`), load it (`docker load -i FILE`), "
+                           "or pass --image with one that is here") from exc
+            raise
+        for m in spec.mounts:
+            if not m.read_only:
+                Path(m.source).mkdir(parents=True, exist_ok=True)
+        env = {**spec.env, **secrets_env}
+        for k in spec.secret_env:
+            if k not in env and os.environ.get(k):
+                env[k] = os.environ[k]          # HF_TOKEN passes through, never stored
+        kwargs: dict[str, Any] = dict(
+            command=list(spec.argv), name=f"kanoa-{name}", detach=True, environment=env,
+            ports={"8000/tcp": (spec.host, spec.port)},
+            volumes={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts},
+            labels={**spec.labels, **extra_labels})
+        if spec.ipc_host:
+            kwargs["ipc_mode"] = "host"
+        elif spec.shm_size:
+            kwargs["shm_size"] = spec.shm_size
+        if spec.gpus is not None:
+            kwargs["device_requests"] = gpu_requests(gpu_uuids)
+        ctr = c.containers.create(image, **kwargs)
+        try:
+            ctr.start()
+        except BaseException:
+            ctr.remove(force=True)
+            raise
+        return ctr.id
+
+
+def container_state(cid: str) -> dict[str, Any]:
+    """{running, status, exit_code, oom_killed}; status 'gone' when the container is not there."""
+    import docker
+
+    try:
+        ctr = client().containers.get(cid)
+    except docker.errors.NotFound:
+        return {"running": False, "status": "gone", "exit_code": None, "oom_killed": False}
+    except docker.errors.DockerException:
+        return {"running": False, "status": "unknown", "exit_code": None, "oom_killed": False}
+    st = ctr.attrs.get("State", {})
+    return {"running": bool(st.get("Running")), "status": st.get("Status"),
+            "exit_code": st.get("ExitCode"), "oom_killed": bool(st.get("OOMKilled"))}
+
+
+def container_logs(cid: str) -> str:
+    import docker
+
+    try:
+        return client().containers.get(cid).logs().decode(errors="replace")
+    except docker.errors.DockerException:
+        return ""
+
+
+class ContainerLogFollower:
+    """New log lines of a container on each call."""
+
+    def __init__(self, cid: str) -> None:
+        self.cid, self.seen, self.buf = cid, 0, ""
+        self.c = client()
+
+    def __call__(self) -> list[str]:
+        import docker
+
+        try:
+            data = self.c.containers.get(self.cid).logs().decode(errors="replace")
+        except docker.errors.DockerException:
+            return []
+        new, self.seen = data[self.seen:], len(data)
+        self.buf += new
+        *lines, self.buf = self.buf.split("\n")
+        return [ln.rstrip("\r") for ln in lines]
+
+
+def stop_remove(cid: str | None, timeout: int = 20) -> bool:
+    """Stop (graceful, then kill) and remove a container; False when it was not there."""
+    import docker
+
+    if not cid:
+        return False
+    try:
+        ctr = client().containers.get(cid)
+    except docker.errors.NotFound:
+        return False
+    with translate_errors():
+        try:
+            ctr.stop(timeout=timeout)
+        except docker.errors.APIError:
+            pass
+        ctr.remove(force=True)
+    return True
+
+
+def find_servers(deployment: str | None = None) -> list[dict[str, Any]]:
+    """kanoa-local's server containers (all states), found by label: id, status, labels."""
+    import docker
+
+    filters = [f"{ROLE_LABEL}=server"]
+    if deployment:
+        filters.append(f"io.kanoa-local.deployment={deployment}")
+    try:
+        ctrs = client(timeout=5).containers.list(all=True, filters={"label": filters})
+    except DockerUnavailable:
+        return []
+    except docker.errors.DockerException:
+        return []
+    return [{"id": c.id, "status": c.status, "labels": dict(c.labels)} for c in ctrs]

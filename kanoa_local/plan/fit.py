@@ -71,6 +71,7 @@ class Settings(Model):
     gpu_memory_utilization: float | None = None
     tensor_parallel_size: int = 1
     gpu_indices: list[int] = []
+    gpu_uuids: list[str] = []
     cpu_kv_cache_gib: int | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
@@ -351,7 +352,8 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         image=image.image, vllm_version=image.vllm, dtype=dtype,
         quantization=variant.quantization, kv_cache_dtype="fp8" if kv_fp8 else "auto",
         max_model_len=max_len, gpu_memory_utilization=gmu, tensor_parallel_size=tp,
-        gpu_indices=sorted(g.index for g in gpus), limit_images=images if entry.vision else None,
+        gpu_indices=sorted(g.index for g in gpus), gpu_uuids=[g.uuid for g in sorted(gpus, key=lambda g: g.index)],
+        limit_images=images if entry.vision else None,
         max_num_seqs=entry.max_num_seqs, trust_remote_code=entry.trust_remote_code)
     if dtype_note:
         warnings.append(dtype_note)

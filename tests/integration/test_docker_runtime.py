@@ -1,0 +1,76 @@
+"""`up` on the Docker runtime with the real daemon and the locally built vLLM CPU image: the
+lifecycle, the NVIDIA-runtime diagnosis of a GPU plan on this GPU-less daemon, a missing image."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kanoa_local.deploy import PsReport, StatusReport, UpResult
+from tests.conftest import SESSION_ID, free_port, http, run_cli
+
+pytestmark = [pytest.mark.docker, pytest.mark.engine]
+
+
+@pytest.fixture
+def names(docker_client):
+    """Deployment names for this test; whatever carries them is removed afterwards."""
+    used: list[str] = []
+
+    def make(tag: str) -> str:
+        used.append(f"{tag}-{SESSION_ID}")
+        return used[-1]
+
+    yield make
+    for n in used:
+        for c in docker_client.containers.list(all=True, filters={"label": f"io.kanoa-local.deployment={n}"}):
+            c.remove(force=True)
+
+
+def _servers(docker_client, name):
+    return docker_client.containers.list(all=True, filters={"label": f"io.kanoa-local.deployment={name}"})
+
+
+def test_lifecycle_on_the_docker_runtime(docker_client, cpu_image, tiny_model, names):
+    name, port = names("dk"), free_port()
+    r = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--name", name,
+                "--port", str(port), "--json", timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = UpResult.model_validate_json(r.stdout)
+    assert res.deployment.runtime == "docker"
+    [ctr] = _servers(docker_client, name)
+    ctr.reload()
+    # published on loopback only, labelled, the key never in the labels
+    binding = ctr.attrs["NetworkSettings"]["Ports"]["8000/tcp"][0]
+    assert binding["HostIp"] == "127.0.0.1" and binding["HostPort"] == str(port)
+    key = open(res.api_key_file).read().strip()
+    assert ctr.labels["io.kanoa-local.model"] and key not in str(ctr.labels)
+    assert oct(os.stat(res.api_key_file).st_mode & 0o777) == "0o600"
+    status, _ = http("POST", f"{res.base_url}/completions", api_key=key,
+                     body={"model": res.deployment.served_model_name, "prompt": "total sales", "max_tokens": 2})
+    assert status == 200
+    assert http("GET", f"{res.base_url}/models")[0] == 401
+    st = StatusReport.model_validate_json(run_cli("status", name, "--json").stdout)
+    assert st.healthy and st.metrics.generation_tokens >= 1
+    assert "Application startup complete" in run_cli("logs", name).stdout
+    assert run_cli("down", name).returncode == 0
+    assert _servers(docker_client, name) == []
+    assert PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments == []
+
+
+def test_gpu_plan_on_a_daemon_without_the_nvidia_runtime(docker_client, cpu_image, tiny_model, names):
+    """A real 'could not select device driver' from this daemon → one line, nothing left."""
+    name = names("gpu")
+    r = run_cli("up", "--gpu", "l4", "--model-path", str(tiny_model), "--image", cpu_image,
+                "--name", name, "--port", str(free_port()))
+    assert r.returncode == 6, r.stderr
+    assert "NVIDIA runtime" in r.stderr and "nvidia-ctk" in r.stderr and "Traceback" not in r.stderr
+    assert _servers(docker_client, name) == []
+    assert PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments == []
+
+
+def test_missing_image_says_how_to_get_one(docker_client, tiny_model, names):
+    r = run_cli("up", "--model-path", str(tiny_model), "--image", "kanoa-local/no-such-image:0",
+                "--name", names("noimg"))
+    assert r.returncode == 6 and "not on this Docker host" in r.stderr and "docker load" in r.stderr
