@@ -355,13 +355,15 @@ def _plan_for_up(model: str | None, model_path: str | None, models_files: tuple[
 @click.option("--timeout", type=click.FloatRange(10), default=1200, show_default=True,
               help="seconds to wait for the first token")
 @click.option("--replace", is_flag=True, help="replace a running deployment of the same name")
+@click.option("--no-retry", is_flag=True,
+              help="do not retry with the context length vLLM says fits")
 @click.pass_context
 def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[str, ...],
        no_user_models: bool, model: str | None, model_path: str | None, name: str | None, port: int,
        host: str, runtime: str, image: str | None, hardware_file: str | None, gpu_name: str | None,
        python_path: str | None, precision: str | None,
        max_model_len: int | None, force_cpu: bool, offline: bool | None, timeout: float,
-       replace: bool) -> None:
+       replace: bool, no_retry: bool) -> None:
     """Plan, start vLLM's OpenAI-compatible server, and wait until it answers.
 
     Ready means one real token came back. The API key is generated and kept (mode 0600) in the
@@ -389,7 +391,7 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
                        "the server with the API key", err=True)
     result = deploy.up(candidate, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
                        python=python_path, model_dir=model_dir, image=image, caches=host_caches(),
-                       timeout=timeout, replace=replace, on_stage=on_stage)
+                       timeout=timeout, replace=replace, no_retry=no_retry, on_stage=on_stage)
     if as_json:
         emit_json(result)
         return

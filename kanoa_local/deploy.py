@@ -113,9 +113,12 @@ def is_alive(dep: Deployment) -> bool:
 def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host: str = "127.0.0.1",
        runtime: Literal["process", "docker"] = "process", python: str | None = None,
        model_dir: str | None = None, image: str | None = None, caches: dict[str, str] | None = None,
-       timeout: float = 1200, stall: float = 300, replace: bool = False,
+       timeout: float = 1200, stall: float = 300, replace: bool = False, no_retry: bool = False,
        on_stage: Callable[[StageEvent], None] | None = None) -> UpResult:
-    """Start ``candidate`` (a fitting plan) and wait until one token comes back."""
+    """Start ``candidate`` (a fitting plan) and wait until one token comes back.
+
+    When vLLM says the context does not fit and names the length that would, `up` retries once
+    with it (unless ``no_retry``) and says so in the notes."""
     if candidate.settings is None:
         raise UsageError("this plan does not fit, so it cannot be started",
                          remedy="`kanoa-local plan` shows what fits")
@@ -123,8 +126,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
     notes: list[str] = []
     caches = caches or {}
 
-    def make_spec(p: int):
-        spec = launch_spec(candidate, deployment=name, port=p, host=host, runtime=runtime,
+    def make_spec(p: int, cand: Candidate = candidate):
+        spec = launch_spec(cand, deployment=name, port=p, host=host, runtime=runtime,
                            model_dir=model_dir, cpu_image=image, **caches)
         if image and runtime == "docker":
             spec = spec.model_copy(update={"image": image})
@@ -145,21 +148,51 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
     chosen = pick_port(host, port)
     if chosen != port:
         notes.append(f"port {port} is in use: using {chosen}")
-    spec = make_spec(chosen)
     if runtime == "process":
         python = python or process.default_python()
         process.check_python(python)
+    attempt = candidate
+    for tries_left in ((0,) if no_retry else (1, 0)):
+        spec = make_spec(chosen, attempt)
+        dep, report = _start_once(attempt, spec, name=name, host=host, port=chosen, runtime=runtime,
+                                  python=python, timeout=timeout, stall=stall, on_stage=on_stage)
+        if report.outcome == "ready":
+            return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url,
+                            api_key_file=dep.api_key_file)
+        d = report.diagnosis
+        assert d is not None
+        fits = d.retry_max_model_len
+        if tries_left and d.kind == "max-model-len-too-large" and fits and fits >= 256 \
+                and fits < attempt.settings.max_model_len:
+            new_len = fits // 256 * 256 or fits
+            notes.append(f"vLLM said {fits:,} tokens fit, not {attempt.settings.max_model_len:,}: "
+                         f"retried with --max-model-len {new_len}")
+            attempt = attempt.model_copy(update={"settings": attempt.settings.model_copy(
+                update={"max_model_len": new_len})})
+            continue
+        raise EngineStartError(
+            f"the engine did not start ({report.outcome} after {report.elapsed_s:.0f} s): {d.cause}",
+            remedy=d.remedy + f"; the log: `kanoa-local logs {name}`",
+            details={"diagnosis": d.model_dump(), "log_tail": report.log_tail[-20:], "notes": notes})
+    raise AssertionError("unreachable")
+
+
+def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, runtime: str,
+                python: str | None, timeout: float, stall: float,
+                on_stage: Callable[[StageEvent], None] | None) -> tuple[Deployment, ReadyReport]:
+    """Start once and wait; on anything but ready, what was started is removed again."""
     key, key_file = state.new_api_key(name)
     log = log_path(name)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     started = _Started(name)
     try:
-        dep = Deployment(name=name, runtime=runtime, model_id=candidate.model_id,
-                         served_model_name=spec.served_model_name, host=host, port=chosen,
+        dep = Deployment(name=name, runtime=runtime, model_id=candidate.model_id,  # type: ignore[arg-type]
+                         served_model_name=spec.served_model_name, host=host, port=port,
                          device=candidate.device, plan_hash=state.plan_hash(spec),
                          api_key_file=str(key_file), log_file=str(log), spec=spec)
         if runtime == "process":
+            assert python is not None
             started.proc = process.start(spec, python, log, {"VLLM_API_KEY": key})
             dep.pid = started.proc.pid
             read_lines = process.LogFollower(log)
@@ -170,8 +203,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
 
             started.container = dk.run_server(
                 spec, name=name, secrets_env={"VLLM_API_KEY": key},
-                gpu_uuids=candidate.settings.gpu_uuids or None,
-                extra_labels={"io.kanoa-local.plan-hash": dep.plan_hash, "io.kanoa-local.port": str(chosen)})
+                gpu_uuids=(candidate.settings.gpu_uuids or None) if candidate.settings else None,
+                extra_labels={"io.kanoa-local.plan-hash": dep.plan_hash, "io.kanoa-local.port": str(port)})
             dep.container_id = started.container
             read_lines = dk.ContainerLogFollower(started.container)
             alive = lambda: dk.container_state(started.container)["running"]  # noqa: E731
@@ -189,15 +222,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
         started.cleanup()
         raise
     if report.outcome != "ready":
-        started.cleanup(keep_log_from=report.log_tail)
-        d = report.diagnosis
-        assert d is not None
-        raise EngineStartError(
-            f"the engine did not start ({report.outcome} after {report.elapsed_s:.0f} s): {d.cause}",
-            remedy=d.remedy + f"; the log: `kanoa-local logs {name}`",
-            details={"diagnosis": d.model_dump(), "log_tail": report.log_tail[-20:]})
-    return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url,
-                    api_key_file=str(key_file))
+        started.cleanup()
+    return dep, report
 
 
 def _existing(name: str) -> Deployment | None:

@@ -110,3 +110,55 @@ def test_missing_model_dir_and_missing_vllm_are_one_line_errors(tmp_path, cpu_ve
     assert r.returncode == 2 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
     r = run_cli("up", "--model-path", str(tiny_model), "--python", sys.executable)
     assert r.returncode == 6 and "has no vLLM" in r.stderr and "kanoa-local[cpu]" in r.stderr
+
+
+def test_two_deployments_a_busy_port_and_a_killed_engine(cpu_venv, tiny_model):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        a = UpResult.model_validate_json(up(cpu_venv, tiny_model, "--name", "a", "--port", str(port)).stdout)
+        assert a.deployment.port != port and any("in use" in n for n in a.notes)
+        b = UpResult.model_validate_json(up(cpu_venv, tiny_model, "--name", "b", "--port", str(free_port())).stdout)
+        ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
+        assert sorted(d.name for d in ps.deployments) == ["a", "b"]
+        # the engine dies under us: status says so at once
+        os.killpg(os.getpgid(b.deployment.pid), signal.SIGKILL)
+        time.sleep(1)
+        st = StatusReport.model_validate_json(run_cli("status", "b", "--json").stdout)
+        assert st.state == "dead" and not st.healthy
+        assert {d.name: d.state for d in PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments} \
+            == {"a": "running", "b": "dead"}
+    finally:
+        busy.close()
+        run_cli("down", "--all")
+    assert PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments == []
+
+
+def test_too_long_context_is_retried_with_what_vllm_says_fits(cpu_venv):
+    """A plan that asks for more context than the KV cache holds: vLLM names the length that
+    fits, `up` retries once with it and says so."""
+    from kanoa_local import deploy
+    from kanoa_local.catalog import Catalog
+    from kanoa_local.checkpoint import entry_from_directory
+    from kanoa_local.plan import PlanRequest, plan
+    from kanoa_local.probe import probe
+
+    model = make_tiny_model(cpu_venv, "--layers", "12", "--heads", "8", "--kv-heads", "2", "--head-dim", "128",
+                            "--hidden", "1024", "--intermediate", "2816", "--dtype", "bfloat16",
+                            "--max-len", "1048576", "--name", "long-ctx")
+    entry = entry_from_directory(model)
+    c = plan(probe(docker=False), Catalog(models={entry.id: entry}), PlanRequest(model=entry.id)).chosen
+    assert c is not None and c.settings.cpu_kv_cache_gib == 1
+    too_long = c.model_copy(update={"settings": c.settings.model_copy(update={"max_model_len": 200_000})})
+    res = deploy.up(too_long, name="retry", port=free_port(), runtime="process",
+                    python=str(cpu_venv / "bin" / "python"), model_dir=str(model), timeout=400)
+    try:
+        assert any("retried with --max-model-len 43520" in n for n in res.notes), res.notes
+        assert "--max-model-len" in res.deployment.spec.argv
+        assert res.deployment.spec.argv[res.deployment.spec.argv.index("--max-model-len") + 1] == "43520"
+    finally:
+        deploy.down("retry")
