@@ -382,6 +382,14 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
         if not as_json:
             click.echo(f"  [{ev.at_s:6.1f}s] {ev.stage}", err=True)
 
+    shown = {"pct": -5}
+
+    def on_pull(done: int, total: int) -> None:
+        pct = int(done * 100 / total) if total else 0
+        if not as_json and (pct >= shown["pct"] + 5 or done == total):
+            shown["pct"] = pct
+            click.echo(f"  pulling the image: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)", err=True)
+
     if not as_json:
         s = candidate.settings
         click.echo(f"Starting {candidate.model_name} ({candidate.device}, --max-model-len "
@@ -391,7 +399,8 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
                        "the server with the API key", err=True)
     result = deploy.up(candidate, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
                        python=python_path, model_dir=model_dir, image=image, caches=host_caches(),
-                       timeout=timeout, replace=replace, no_retry=no_retry, on_stage=on_stage)
+                       timeout=timeout, replace=replace, no_retry=no_retry, on_stage=on_stage,
+                       on_pull=on_pull)
     if as_json:
         emit_json(result)
         return

@@ -114,7 +114,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
        runtime: Literal["process", "docker"] = "process", python: str | None = None,
        model_dir: str | None = None, image: str | None = None, caches: dict[str, str] | None = None,
        timeout: float = 1200, stall: float = 300, replace: bool = False, no_retry: bool = False,
-       on_stage: Callable[[StageEvent], None] | None = None) -> UpResult:
+       on_stage: Callable[[StageEvent], None] | None = None,
+       on_pull: Callable[[int, int], None] | None = None) -> UpResult:
     """Start ``candidate`` (a fitting plan) and wait until one token comes back.
 
     When vLLM says the context does not fit and names the length that would, `up` retries once
@@ -155,7 +156,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
     for tries_left in ((0,) if no_retry else (1, 0)):
         spec = make_spec(chosen, attempt)
         dep, report = _start_once(attempt, spec, name=name, host=host, port=chosen, runtime=runtime,
-                                  python=python, timeout=timeout, stall=stall, on_stage=on_stage)
+                                  python=python, timeout=timeout, stall=stall, on_stage=on_stage,
+                                  on_pull=on_pull)
         if report.outcome == "ready":
             return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url,
                             api_key_file=dep.api_key_file)
@@ -179,7 +181,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
 
 def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, runtime: str,
                 python: str | None, timeout: float, stall: float,
-                on_stage: Callable[[StageEvent], None] | None) -> tuple[Deployment, ReadyReport]:
+                on_stage: Callable[[StageEvent], None] | None,
+                on_pull: Callable[[int, int], None] | None = None) -> tuple[Deployment, ReadyReport]:
     """Start once and wait; on anything but ready, what was started is removed again."""
     key, key_file = state.new_api_key(name)
     log = log_path(name)
@@ -204,7 +207,8 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
             started.container = dk.run_server(
                 spec, name=name, secrets_env={"VLLM_API_KEY": key},
                 gpu_uuids=(candidate.settings.gpu_uuids or None) if candidate.settings else None,
-                extra_labels={"io.kanoa-local.plan-hash": dep.plan_hash, "io.kanoa-local.port": str(port)})
+                extra_labels={"io.kanoa-local.plan-hash": dep.plan_hash, "io.kanoa-local.port": str(port)},
+                on_pull=on_pull)
             dep.container_id = started.container
             read_lines = dk.ContainerLogFollower(started.container)
             alive = lambda: dk.container_state(started.container)["running"]  # noqa: E731

@@ -139,24 +139,47 @@ def daemon_facts(timeout: float = 3) -> DockerFacts:
 # ----------------------------------------------------------------------------- serving containers
 
 
+def pull(image: str, on_progress: Any = None) -> None:
+    """Pull ``image`` with progress (bytes done, bytes total) summed over its layers."""
+    import docker
+
+    c = client()
+    repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+    done: dict[str, tuple[int, int]] = {}
+    try:
+        for ev in c.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+            if "error" in ev:
+                raise docker.errors.APIError(ev["error"])
+            detail = ev.get("progressDetail") or {}
+            if ev.get("id") and detail.get("total"):
+                done[ev["id"]] = (detail.get("current", 0), detail["total"])
+            if on_progress and done:
+                on_progress(sum(d for d, _ in done.values()), sum(t for _, t in done.values()))
+    except docker.errors.DockerException as exc:
+        why = getattr(exc, "explanation", None) or str(exc)
+        raise ImageUnavailable(
+            f"the image {image} is not on this Docker host and could not be pulled ({why.strip()[:160]})",
+            remedy="pull it where a registry is reachable and `docker save`/`docker load` it here, "
+                   "or pass --image with one that is here") from exc
+
+
 def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: list[str] | None,
-               extra_labels: dict[str, str]) -> str:
-    """Create and start the vLLM container of ``spec``; its id. A container whose start failed
-    (a GPU request on a daemon without the NVIDIA runtime) is removed before the error."""
+               extra_labels: dict[str, str], on_pull: Any = None) -> str:
+    """Create and start the vLLM container of ``spec``; its id. A missing image is pulled (with
+    progress). A container whose start failed (a GPU request on a daemon without the NVIDIA
+    runtime) is removed before the error."""
+    import docker
+
     c = client()
     image = spec.image
+    try:
+        c.images.get(image)
+    except docker.errors.ImageNotFound:
+        pull(image, on_pull)
+    except docker.errors.DockerException as exc:
+        reason, remedy = _classify_unreachable(exc)
+        raise DockerUnavailable(f"lost the Docker daemon ({reason})", remedy=remedy) from exc
     with translate_errors(image):
-        try:
-            c.images.get(image)
-        except Exception as exc:  # noqa: BLE001 - ImageNotFound, translated below
-            import docker
-
-            if isinstance(exc, docker.errors.ImageNotFound):
-                raise ImageUnavailable(
-                    f"the image {image} is not on this Docker host",
-                    remedy="pull it while online (`docker pull IMAGE`), load it (`docker load -i FILE`), "
-                           "or pass --image with one that is here") from exc
-            raise
         for m in spec.mounts:
             if not m.read_only:
                 Path(m.source).mkdir(parents=True, exist_ok=True)

@@ -73,4 +73,6 @@ def test_gpu_plan_on_a_daemon_without_the_nvidia_runtime(docker_client, cpu_imag
 def test_missing_image_says_how_to_get_one(docker_client, tiny_model, names):
     r = run_cli("up", "--model-path", str(tiny_model), "--image", "kanoa-local/no-such-image:0",
                 "--name", names("noimg"))
-    assert r.returncode == 6 and "not on this Docker host" in r.stderr and "docker load" in r.stderr
+    # a real pull attempt: no registry is reachable from these machines
+    assert r.returncode == 6 and "could not be pulled" in r.stderr and "docker load" in r.stderr
+    assert "Traceback" not in r.stderr
