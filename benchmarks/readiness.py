@@ -83,8 +83,15 @@ def run_raw(runtime: str, model: Path, image: str, venv: Path) -> float:
     if runtime == "docker":
         cname = f"bench-raw-{port}"
         t0 = time.monotonic()
+        # the same mounts `up` gives the container (HF cache, vLLM's compile cache, the model)
+        sys.path.insert(0, str(ROOT))
+        from kanoa_local.cli import host_caches
+
+        caches = host_caches()
         subprocess.run(["docker", "run", "-d", "--name", cname, "-p", f"127.0.0.1:{port}:8000", "--shm-size", "2g",
                         "-e", "VLLM_CPU_KVCACHE_SPACE=1", "-e", "HF_HUB_OFFLINE=1", "-e", f"VLLM_API_KEY={key}",
+                        "-v", f"{caches['hf_cache']}:/root/.cache/huggingface",
+                        "-v", f"{caches['vllm_cache']}:/root/.cache/vllm",
                         "-v", f"{model}:/model:ro", image, *raw_argv("/model", name, 8000)],
                        check=True, capture_output=True)
         try:
