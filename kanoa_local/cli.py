@@ -372,6 +372,8 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
     from . import deploy
 
     as_json = wants_json(ctx, as_json)
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
     profile = resolve_profile(hardware_file, gpu_name, docker=False)
     candidate, model_dir = _plan_for_up(model, model_path, models_files, no_user_models, precision,
                                         max_model_len, force_cpu, offline, profile)
@@ -390,6 +392,14 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
             shown["pct"] = pct
             click.echo(f"  pulling the image: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)", err=True)
 
+    dl = {"pct": -5}
+
+    def on_download(done: int, total: int) -> None:
+        pct = int(done * 100 / total) if total else 100
+        if not as_json and (pct >= dl["pct"] + 5 or done == total) and pct != dl["pct"]:
+            dl["pct"] = pct
+            click.echo(f"  weights: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)", err=True)
+
     if not as_json:
         s = candidate.settings
         click.echo(f"Starting {candidate.model_name} ({candidate.device}, --max-model-len "
@@ -400,7 +410,7 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
     result = deploy.up(candidate, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
                        python=python_path, model_dir=model_dir, image=image, caches=host_caches(),
                        timeout=timeout, replace=replace, no_retry=no_retry, on_stage=on_stage,
-                       on_pull=on_pull)
+                       on_pull=on_pull, offline=bool(offline), on_download=on_download)
     if as_json:
         emit_json(result)
         return

@@ -115,7 +115,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
        model_dir: str | None = None, image: str | None = None, caches: dict[str, str] | None = None,
        timeout: float = 1200, stall: float = 300, replace: bool = False, no_retry: bool = False,
        on_stage: Callable[[StageEvent], None] | None = None,
-       on_pull: Callable[[int, int], None] | None = None) -> UpResult:
+       on_pull: Callable[[int, int], None] | None = None, offline: bool = False,
+       on_download: Callable[[int, int], None] | None = None) -> UpResult:
     """Start ``candidate`` (a fitting plan) and wait until one token comes back.
 
     When vLLM says the context does not fit and names the length that would, `up` retries once
@@ -132,6 +133,9 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
                            model_dir=model_dir, cpu_image=image, **caches)
         if image and runtime == "docker":
             spec = spec.model_copy(update={"image": image})
+        if cand.variant.repo and not model_dir:
+            # the weights are in the host's cache already (downloaded below): keep vLLM off the hub
+            spec = spec.model_copy(update={"env": {**spec.env, "HF_HUB_OFFLINE": "1"}})
         return spec
 
     existing = _existing(name)
@@ -152,6 +156,14 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
     if runtime == "process":
         python = python or process.default_python()
         process.check_python(python)
+    if candidate.variant.repo and not model_dir:
+        import os
+
+        from .checkpoint import download
+
+        hf = caches.get("hf_cache")
+        download(candidate.variant.repo, offline=offline, token=os.environ.get("HF_TOKEN"),
+                 hf_cache=Path(hf) / "hub" if hf else None, on_progress=on_download)
     attempt = candidate
     for tries_left in ((0,) if no_retry else (1, 0)):
         spec = make_spec(chosen, attempt)

@@ -110,3 +110,49 @@ def test_a_repo_in_the_hugging_face_cache_is_read_and_marked_cached(tmp_path):
     # offline planning may use it now
     r = plan(load_preset("l4"), cat, PlanRequest(model="qwen3-vl-4b", offline=True))
     assert r.chosen is not None and r.chosen.variant.repo == "Qwen/Qwen3-VL-4B-Instruct"
+
+
+def _fake_repo(hub: Path, repo: str, files: dict[str, str]) -> Path:
+    d = hub / ("models--" + repo.replace("/", "--"))
+    snap = d / "snapshots" / "c0ffee"
+    snap.mkdir(parents=True)
+    (d / "refs").mkdir()
+    (d / "refs" / "main").write_text("c0ffee")
+    for name, text in files.items():
+        (snap / name).write_text(text)
+    return snap
+
+
+def test_offline_download_checks_the_cache_is_complete(tmp_path):
+    import pytest
+
+    from kanoa_local.checkpoint import download
+    from kanoa_local.errors import ConfigError
+
+    hub = tmp_path / "hub"
+    index = json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                       "b": "model-00002-of-00002.safetensors"}})
+    snap = _fake_repo(hub, "org/complete", {"config.json": "{}", "model.safetensors.index.json": index,
+                                            "model-00001-of-00002.safetensors": "x",
+                                            "model-00002-of-00002.safetensors": "x"})
+    assert download("org/complete", offline=True, hf_cache=hub) == snap
+    _fake_repo(hub, "org/partial", {"config.json": "{}", "model.safetensors.index.json": index,
+                                    "model-00001-of-00002.safetensors": "x"})
+    with pytest.raises(ConfigError) as e:
+        download("org/partial", offline=True, hf_cache=hub)
+    assert "model-00002-of-00002.safetensors" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        download("org/absent", offline=True, hf_cache=hub)
+    assert "not in the Hugging Face cache" in str(e.value)
+
+
+def test_online_download_failure_is_one_line(tmp_path):
+    """A real request: no such repo (or, on these machines, no hub at all) → one EngineError."""
+    import pytest
+
+    from kanoa_local.checkpoint import download
+    from kanoa_local.errors import EngineError
+
+    with pytest.raises(EngineError) as e:
+        download("kanoa-local-tests/no-such-repo-3f9a", hf_cache=tmp_path / "hub")
+    assert "\n" not in str(e.value) and e.value.remedy
