@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
@@ -63,6 +63,14 @@ class Metrics(BaseModel):
     generation_tokens: float | None = None
 
 
+class GpuUse(BaseModel):
+    uuid: str
+    name: str
+    memory_used: int
+    memory_total: int
+    processes: list[str] = Field(default_factory=list, description="'name (pid N, X GiB)'")
+
+
 class StatusReport(BaseModel):
     name: str
     state: Literal["running", "starting", "dead"]
@@ -73,6 +81,7 @@ class StatusReport(BaseModel):
     api_key_hint: str
     uptime_s: float | None = None
     metrics: Metrics | None = None
+    gpus: list[GpuUse] = []
     deployment: Deployment
 
 
@@ -175,6 +184,10 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
                             api_key_file=dep.api_key_file)
         d = report.diagnosis
         assert d is not None
+        if d.kind in ("gpu-memory-busy", "cuda-oom") and dep.gpu_uuids:
+            holders = [p for g in gpu_use(dep.gpu_uuids) for p in g.processes]
+            if holders:
+                d = d.model_copy(update={"cause": d.cause + "; GPU memory is held by " + ", ".join(holders[:4])})
         fits = d.retry_max_model_len
         if tries_left and d.kind == "max-model-len-too-large" and fits and fits >= 256 \
                 and fits < attempt.settings.max_model_len:
@@ -205,7 +218,8 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
         dep = Deployment(name=name, runtime=runtime, model_id=candidate.model_id,  # type: ignore[arg-type]
                          served_model_name=spec.served_model_name, host=host, port=port,
                          device=candidate.device, plan_hash=state.plan_hash(spec),
-                         api_key_file=str(key_file), log_file=str(log), spec=spec)
+                         api_key_file=str(key_file), log_file=str(log), spec=spec,
+                         gpu_uuids=(candidate.settings.gpu_uuids if candidate.settings else []))
         if runtime == "process":
             assert python is not None
             started.proc = process.start(spec, python, log, {"VLLM_API_KEY": key})
@@ -360,7 +374,27 @@ def parse_metrics(text: str) -> Metrics:
                    generation_tokens=vals.get("vllm:generation_tokens_total"))
 
 
-def status(name: str | None = None) -> StatusReport:
+def gpu_use(uuids: list[str], nvml: Any = None) -> list[GpuUse]:
+    """Memory in use on these GPUs and who holds it, from NVML (``nvml``: a replay in tests)."""
+    if not uuids:
+        return []
+    from .probe import probe
+
+    try:
+        prof = probe(nvml, docker=False)
+    except Exception:  # noqa: BLE001 - status must not fail because NVML did
+        return []
+    out = []
+    for g in prof.gpus:
+        if g.uuid in uuids:
+            procs = [f"{p.name or '?'} (pid {p.pid}" + (f", {p.used_memory / 1024**3:.1f} GiB)" if p.used_memory else ")")
+                     for p in g.processes]
+            out.append(GpuUse(uuid=g.uuid, name=g.name, memory_used=g.memory_used,
+                              memory_total=g.memory_total, processes=procs))
+    return out
+
+
+def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
     if name is None:
         deps, _ = state.list_all()
         if len(deps) != 1:
@@ -381,7 +415,7 @@ def status(name: str | None = None) -> StatusReport:
                         healthy=code == 200, model=dep.model_id, base_url=dep.base_url,
                         runtime=dep.runtime, api_key_hint=(key[:6] + "…") if key else "(missing)",
                         uptime_s=round(time.time() - dep.created_at, 1) if alive else None,
-                        metrics=metrics, deployment=dep)
+                        metrics=metrics, gpus=gpu_use(dep.gpu_uuids, nvml), deployment=dep)
 
 
 def log_lines(name: str, tail: int | None = None) -> list[str]:

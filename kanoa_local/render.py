@@ -281,4 +281,7 @@ def status_report(r: Any) -> None:
         t.add_row("tokens", f"{n(m.prompt_tokens)} prompt, {n(m.generation_tokens)} generated")
         if m.kv_cache_usage is not None:
             t.add_row("KV cache", f"{m.kv_cache_usage * 100:.1f} % in use")
+    for g in r.gpus:
+        t.add_row("GPU", f"{g.name}: {gib(g.memory_used)} of {gib(g.memory_total)} in use"
+                  + (f" ({', '.join(g.processes)})" if g.processes else ""))
     out.print(t)

@@ -40,6 +40,7 @@ class Deployment(Model):
     pid: int | None = None
     container_id: str | None = None
     log_file: str | None = None
+    gpu_uuids: list[str] = []
     spec: LaunchSpec
 
     @property

@@ -46,3 +46,23 @@ def test_damaged_file_is_skipped_and_named():
 def test_bad_names(name):
     with pytest.raises(UsageError):
         state.check_name(name)
+
+
+def test_status_of_a_dead_gpu_deployment_shows_gpu_memory_from_nvml():
+    """NVML played back from a recorded profile (the only fake): who holds GPU memory."""
+    import json
+
+    from kanoa_local import deploy
+    from kanoa_local.probe import PRESET_DIR
+    from kanoa_local.probe.nvml import Replay
+
+    rec = json.loads((PRESET_DIR / "rtx5080-egpu.json").read_text())
+    uuid = rec["devices"][0]["nvmlDeviceGetUUID"]
+    dep, _ = _dep("g")
+    dep = dep.model_copy(update={"gpu_uuids": [uuid]})
+    state.save(dep)
+    st = deploy.status("g", nvml=Replay(rec))
+    assert st.state == "dead" and not st.healthy
+    [g] = st.gpus
+    assert g.uuid == uuid and g.memory_used > 0
+    assert all("pid" in p for p in g.processes)
