@@ -288,7 +288,7 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
 
 def _plan_for_up(model: str | None, model_path: str | None, models_files: tuple[str, ...],
                  no_user_models: bool, precision: str | None, max_model_len: int | None,
-                 force_cpu: bool, offline: bool | None, profile: Any) -> tuple[Any, str | None]:
+                 force_cpu: bool, offline: bool | None, profile: Any) -> tuple[Any, str | None, list[Any]]:
     """Plan on this machine for `up`: the chosen candidate and the local weights directory."""
     from pathlib import Path
 
@@ -326,7 +326,12 @@ def _plan_for_up(model: str | None, model_path: str | None, models_files: tuple[
                               f"unpacked in {unpacked} yet",
                               remedy="pass --model-path DIR of a converted checkpoint for now")
         model_dir = str(unpacked)
-    return c, model_dir
+    # smaller plans of the same model, for `up` to fall back to after a memory failure
+    fallbacks = [x for x in result.candidates if x is not c and x.fits != "no" and x.model_id == c.model_id
+                 and x.device == c.device and not x.variant.package
+                 and (x.memory and c.memory and x.memory.weights and c.memory.weights
+                      and x.memory.weights.total < c.memory.weights.total)]
+    return c, model_dir, fallbacks
 
 
 @cli.command(epilog=EXIT_CODE_HELP)
@@ -375,8 +380,8 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
     profile = resolve_profile(hardware_file, gpu_name, docker=False)
-    candidate, model_dir = _plan_for_up(model, model_path, models_files, no_user_models, precision,
-                                        max_model_len, force_cpu, offline, profile)
+    candidate, model_dir, fallbacks = _plan_for_up(model, model_path, models_files, no_user_models,
+                                                   precision, max_model_len, force_cpu, offline, profile)
     if runtime == "auto":
         runtime = "docker" if candidate.device == "gpu" or image else "process"
 
@@ -410,7 +415,8 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
     result = deploy.up(candidate, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
                        python=python_path, model_dir=model_dir, image=image, caches=host_caches(),
                        timeout=timeout, replace=replace, no_retry=no_retry, on_stage=on_stage,
-                       on_pull=on_pull, offline=bool(offline), on_download=on_download)
+                       on_pull=on_pull, offline=bool(offline), on_download=on_download,
+                       fallbacks=[] if model_dir else fallbacks)
     if as_json:
         emit_json(result)
         return

@@ -125,11 +125,14 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
        timeout: float = 1200, stall: float = 300, replace: bool = False, no_retry: bool = False,
        on_stage: Callable[[StageEvent], None] | None = None,
        on_pull: Callable[[int, int], None] | None = None, offline: bool = False,
-       on_download: Callable[[int, int], None] | None = None) -> UpResult:
+       on_download: Callable[[int, int], None] | None = None,
+       fallbacks: list[Candidate] | None = None) -> UpResult:
     """Start ``candidate`` (a fitting plan) and wait until one token comes back.
 
     When vLLM says the context does not fit and names the length that would, `up` retries once
-    with it (unless ``no_retry``) and says so in the notes."""
+    with it; when a memory failure remains, it tries the next of ``fallbacks`` (smaller plans of
+    the same model, best first). Each retry is said in the notes; ``no_retry`` turns them off."""
+    fallbacks = fallbacks or []
     if candidate.settings is None:
         raise UsageError("this plan does not fit, so it cannot be started",
                          remedy="`kanoa-local plan` shows what fits")
@@ -174,7 +177,10 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
         download(candidate.variant.repo, offline=offline, token=os.environ.get("HF_TOKEN"),
                  hf_cache=Path(hf) / "hub" if hf else None, on_progress=on_download)
     attempt = candidate
-    for tries_left in ((0,) if no_retry else (1, 0)):
+    tried: set[tuple[str, str]] = set()
+    shrunk = False
+    for _ in range(1 if no_retry else 3):
+        tried.add(attempt.variant.key)
         spec = make_spec(chosen, attempt)
         dep, report = _start_once(attempt, spec, name=name, host=host, port=chosen, runtime=runtime,
                                   python=python, timeout=timeout, stall=stall, on_stage=on_stage,
@@ -188,20 +194,49 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
             holders = [p for g in gpu_use(dep.gpu_uuids) for p in g.processes]
             if holders:
                 d = d.model_copy(update={"cause": d.cause + "; GPU memory is held by " + ", ".join(holders[:4])})
-        fits = d.retry_max_model_len
-        if tries_left and d.kind == "max-model-len-too-large" and fits and fits >= 256 \
-                and fits < attempt.settings.max_model_len:
-            new_len = fits // 256 * 256 or fits
-            notes.append(f"vLLM said {fits:,} tokens fit, not {attempt.settings.max_model_len:,}: "
-                         f"retried with --max-model-len {new_len}")
-            attempt = attempt.model_copy(update={"settings": attempt.settings.model_copy(
-                update={"max_model_len": new_len})})
-            continue
-        raise EngineStartError(
-            f"the engine did not start ({report.outcome} after {report.elapsed_s:.0f} s): {d.cause}",
-            remedy=d.remedy + f"; the log: `kanoa-local logs {name}`",
-            details={"diagnosis": d.model_dump(), "log_tail": report.log_tail[-20:], "notes": notes})
-    raise AssertionError("unreachable")
+        nxt, note = next_attempt(d, attempt, [f for f in fallbacks if f.variant.key not in tried],
+                                 shrunk=shrunk)
+        if nxt is None or no_retry:
+            raise EngineStartError(
+                f"the engine did not start ({report.outcome} after {report.elapsed_s:.0f} s): {d.cause}",
+                remedy=d.remedy + f"; the log: `kanoa-local logs {name}`",
+                details={"diagnosis": d.model_dump(), "log_tail": report.log_tail[-20:], "notes": notes})
+        shrunk = shrunk or nxt.variant.key == attempt.variant.key
+        notes.append(note)
+        attempt = nxt
+        if attempt.variant.repo and not model_dir and attempt.variant.key != candidate.variant.key:
+            import os
+
+            from .checkpoint import download
+
+            hf = caches.get("hf_cache")
+            download(attempt.variant.repo, offline=offline, token=os.environ.get("HF_TOKEN"),
+                     hf_cache=Path(hf) / "hub" if hf else None, on_progress=on_download)
+    raise EngineStartError(f"the engine did not start after {len(tried)} plans",
+                           remedy=f"see `kanoa-local logs {name}`", details={"notes": notes})
+
+
+#: Failures that a smaller plan (less context, fewer bytes per weight) can get past.
+MEMORY_FAILURES = {"max-model-len-too-large", "no-kv-memory", "cuda-oom"}
+MIN_RETRY_CONTEXT = 1024
+
+
+def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: bool) -> tuple[Candidate | None, str]:
+    """After a failed start: the same plan with the context vLLM says fits (once), else the next
+    plan down for a memory failure, else nothing. Pure; returns (candidate, what to tell the user)."""
+    s = attempt.settings
+    assert s is not None
+    fits = d.retry_max_model_len
+    if d.kind == "max-model-len-too-large" and fits and not shrunk and MIN_RETRY_CONTEXT <= fits < s.max_model_len:
+        new_len = fits // 256 * 256 or fits
+        return (attempt.model_copy(update={"settings": s.model_copy(update={"max_model_len": new_len})}),
+                f"vLLM said {fits:,} tokens fit, not {s.max_model_len:,}: retried with --max-model-len {new_len}")
+    if d.kind in MEMORY_FAILURES and fallbacks:
+        f = fallbacks[0]
+        assert f.settings is not None
+        return f, (f"{attempt.variant.label} did not fit ({d.kind}): fell back to {f.variant.label}, "
+                   f"--max-model-len {f.settings.max_model_len}")
+    return None, ""
 
 
 def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, runtime: str,

@@ -58,3 +58,24 @@ def test_timeout():
     r = wait_until_ready(read_lines=lambda: [f"line {next(n)}"], alive=lambda: True, probe=lambda: False,
                          clock=c, sleep=c.sleep, timeout=30, stall=10)
     assert r.outcome == "timeout"
+
+
+def test_next_attempt_shrinks_context_once_then_falls_back_a_plan():
+    from kanoa_local.catalog import load_catalog
+    from kanoa_local.deploy import next_attempt
+    from kanoa_local.engine.diagnose import Diagnosis
+    from kanoa_local.plan import PlanRequest, plan
+    from kanoa_local.probe import load_preset
+
+    r = plan(load_preset("l4"), load_catalog(user=False), PlanRequest(model="qwen2.5-vl-7b"))
+    first = r.chosen
+    smaller = [c for c in r.candidates if c.fits != "no" and c is not first]
+    too_long = Diagnosis(kind="max-model-len-too-large", cause="", remedy="", retry_max_model_len=9000)
+    nxt, note = next_attempt(too_long, first, smaller, shrunk=False)
+    assert nxt.variant.key == first.variant.key and nxt.settings.max_model_len == 8960 and "8960" in note
+    nxt2, note2 = next_attempt(too_long, nxt, smaller, shrunk=True)      # shrunk already: a plan down
+    assert nxt2 is smaller[0] and "fell back" in note2
+    oom = Diagnosis(kind="cuda-oom", cause="", remedy="")
+    assert next_attempt(oom, first, [], shrunk=False) == (None, "")
+    other = Diagnosis(kind="gated-no-token", cause="", remedy="")
+    assert next_attempt(other, first, smaller, shrunk=False)[0] is None
