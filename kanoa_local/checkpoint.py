@@ -148,6 +148,15 @@ def find_files(variant: Variant, hf_cache: Path | None = None) -> Path | None:
     return Path(hit).parent if isinstance(hit, str) else None
 
 
+def indexed_shards(folder: Path) -> list[str]:
+    """The weight files model.safetensors.index.json names (empty without a readable index)."""
+    try:
+        index = json.loads((folder / "model.safetensors.index.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return sorted(set(index.get("weight_map", {}).values()))
+
+
 def read_checkpoint(folder: Path, compute_bytes: int = 2) -> tuple[Arch | None, Weights | None]:
     """(arch, weights) from a checkpoint directory; either is None when its files are missing.
     Weights need every shard named by the index to be present."""
@@ -158,14 +167,8 @@ def read_checkpoint(folder: Path, compute_bytes: int = 2) -> tuple[Arch | None, 
             arch = arch_from_config(json.loads(cfg_path.read_text()))
         except (ValueError, TypeError, KeyError):
             arch = None
-    shards = sorted(folder.glob("*.safetensors"))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        except ValueError:
-            names = set()
-        shards = [folder / n for n in sorted(names)] if names else shards
+    names = indexed_shards(folder)
+    shards = [folder / n for n in names] if names else sorted(folder.glob("*.safetensors"))
     if shards and all(s.is_file() for s in shards):
         try:
             weights = weights_from_headers([read_header(s) for s in shards], compute_bytes)
@@ -239,13 +242,8 @@ def missing_files(folder: Path) -> list[str]:
     """What a snapshot directory lacks to be served: config.json, or weight shards the index
     names, or any weights at all."""
     missing = [] if (folder / "config.json").is_file() else ["config.json"]
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        except ValueError:
-            names = set()
-        missing += sorted(n for n in names if not (folder / n).is_file())
+    if (folder / "model.safetensors.index.json").is_file():
+        missing += [n for n in indexed_shards(folder) if not (folder / n).is_file()]
     elif not list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin")):
         missing.append("*.safetensors")
     return missing

@@ -168,14 +168,18 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
     if runtime == "process":
         python = python or process.default_python()
         process.check_python(python)
-    if candidate.variant.repo and not model_dir:
-        import os
+    def fetch(c: Candidate) -> None:
+        """Weights into the host's HF cache before the engine starts (it then runs offline)."""
+        if c.variant.repo and not model_dir:
+            import os
 
-        from .checkpoint import download
+            from .checkpoint import download
 
-        hf = caches.get("hf_cache")
-        download(candidate.variant.repo, offline=offline, token=os.environ.get("HF_TOKEN"),
-                 hf_cache=Path(hf) / "hub" if hf else None, on_progress=on_download)
+            hf = caches.get("hf_cache")
+            download(c.variant.repo, offline=offline, token=os.environ.get("HF_TOKEN"),
+                     hf_cache=Path(hf) / "hub" if hf else None, on_progress=on_download)
+
+    fetch(candidate)
     attempt = candidate
     tried: set[tuple[str, str]] = set()
     shrunk = False
@@ -203,15 +207,9 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
                 details={"diagnosis": d.model_dump(), "log_tail": report.log_tail[-20:], "notes": notes})
         shrunk = shrunk or nxt.variant.key == attempt.variant.key
         notes.append(note)
+        if nxt.variant.key != attempt.variant.key:
+            fetch(nxt)
         attempt = nxt
-        if attempt.variant.repo and not model_dir and attempt.variant.key != candidate.variant.key:
-            import os
-
-            from .checkpoint import download
-
-            hf = caches.get("hf_cache")
-            download(attempt.variant.repo, offline=offline, token=os.environ.get("HF_TOKEN"),
-                     hf_cache=Path(hf) / "hub" if hf else None, on_progress=on_download)
     raise EngineStartError(f"the engine did not start after {len(tried)} plans",
                            remedy=f"see `kanoa-local logs {name}`", details={"notes": notes})
 
