@@ -10,10 +10,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Catalog", "HardwareProfile", "KanoaError", "PlanRequest", "PlanResult", "__version__",
-           "check", "load_catalog", "load_profile", "plan", "probe"]
+__all__ = ["Catalog", "Deployment", "HardwareProfile", "KanoaError", "PlanRequest", "PlanResult",
+           "__version__", "check", "connect", "load_catalog", "load_profile", "plan", "probe", "up"]
 
 _LAZY = {
+    "Deployment": ("kanoa_local.state", "Deployment"),
+    "connect": ("kanoa_local.deploy", "connect"),
     "Catalog": ("kanoa_local.catalog", "Catalog"),
     "load_catalog": ("kanoa_local.catalog", "load_catalog"),
     "PlanRequest": ("kanoa_local.plan", "PlanRequest"),
@@ -25,6 +27,15 @@ _LAZY = {
     "load_profile": ("kanoa_local.probe", "load_profile"),
     "probe": ("kanoa_local.probe", "probe"),
 }
+
+
+def up(model: str | None = None, **options: Any) -> Any:
+    """Plan and start a deployment on this machine (as `kanoa-local up`); its Deployment.
+    Options are `kanoa-local up`'s: model_path, name, port, host, runtime, image, python,
+    precision, max_model_len, cpu, offline, timeout, replace."""
+    from .deploy import start
+
+    return start(model, **options).deployment
 
 
 def __getattr__(name: str) -> Any:

@@ -205,6 +205,13 @@ def enrich(catalog: Catalog, hf_cache: Path | None = None) -> tuple[Catalog, dic
     return catalog.model_copy(update={"models": models}), weights
 
 
+def load_enriched(extra: list[str] | None = None, *, user: bool = True) -> tuple[Catalog, dict[tuple[str, str], Weights]]:
+    """The catalog (bundled + user + ``extra`` files) with what local checkpoints say."""
+    from .catalog import load_catalog
+
+    return enrich(load_catalog(list(extra or []), user=user))
+
+
 def entry_from_directory(folder: Path) -> ModelEntry:
     """A catalog entry for a local checkpoint directory given on the command line."""
     from .errors import ConfigError

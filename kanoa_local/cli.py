@@ -96,10 +96,9 @@ def host_caches() -> dict[str, str]:
 
 
 def load_models(models_files: tuple[str, ...], no_user_models: bool) -> tuple[Any, Any]:
-    from .catalog import load_catalog
-    from .checkpoint import enrich
+    from .checkpoint import load_enriched
 
-    return enrich(load_catalog(list(models_files), user=not no_user_models))
+    return load_enriched(list(models_files), user=not no_user_models)
 
 
 def verbosity(ctx: click.Context, sub_verbose: int) -> int:
@@ -286,54 +285,6 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         raise NoFitError(result.summary, remedy=result.remedy)
 
 
-def _plan_for_up(model: str | None, model_path: str | None, models_files: tuple[str, ...],
-                 no_user_models: bool, precision: str | None, max_model_len: int | None,
-                 force_cpu: bool, offline: bool | None, profile: Any) -> tuple[Any, str | None, list[Any]]:
-    """Plan on this machine for `up`: the chosen candidate and the local weights directory."""
-    from pathlib import Path
-
-    from .errors import EngineError, NoFitError, UsageError
-    from .plan import PlanRequest, plan
-    from .settings import packaged_models_dir
-
-    if model and model_path:
-        raise UsageError("give MODEL or --model-path, not both", remedy="see `kanoa-local up --help`")
-    catalog, weights = load_models(models_files, no_user_models)
-    model_dir = None
-    if model_path:
-        from .checkpoint import entry_from_directory
-
-        p = Path(model_path).expanduser().resolve()
-        if not p.is_dir():
-            raise UsageError(f"--model-path {model_path}: no such directory",
-                             remedy="give a Hugging Face checkpoint directory (with config.json)")
-        entry = entry_from_directory(p)
-        catalog = catalog.model_copy(update={"models": {**catalog.models, entry.id: entry}})
-        model, model_dir, offline = entry.id, str(p), True
-    if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
-    request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
-                          device="cpu" if force_cpu else "auto", offline=offline,
-                          hf_token=bool(os.environ.get("HF_TOKEN")))
-    result = plan(profile, catalog, request, checkpoints=weights)
-    if result.chosen is None:
-        raise NoFitError(result.summary, remedy=result.remedy)
-    c = result.chosen
-    if c.variant.package and model_dir is None:
-        unpacked = packaged_models_dir() / c.model_id
-        if not (unpacked / "config.json").is_file():
-            raise EngineError(f"{c.model_name} ships as a package ({c.variant.package}) and is not "
-                              f"unpacked in {unpacked} yet",
-                              remedy="pass --model-path DIR of a converted checkpoint for now")
-        model_dir = str(unpacked)
-    # smaller plans of the same model, for `up` to fall back to after a memory failure
-    fallbacks = [x for x in result.candidates if x is not c and x.fits != "no" and x.model_id == c.model_id
-                 and x.device == c.device and not x.variant.package
-                 and (x.memory and c.memory and x.memory.weights and c.memory.weights
-                      and x.memory.weights.total < c.memory.weights.total)]
-    return c, model_dir, fallbacks
-
-
 @cli.command(epilog=EXIT_CODE_HELP)
 @json_option
 @catalog_options
@@ -380,10 +331,11 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
     profile = resolve_profile(hardware_file, gpu_name, docker=False)
-    candidate, model_dir, fallbacks = _plan_for_up(model, model_path, models_files, no_user_models,
-                                                   precision, max_model_len, force_cpu, offline, profile)
-    if runtime == "auto":
-        runtime = "docker" if candidate.device == "gpu" or image else "process"
+    candidate, model_dir, fallbacks = deploy.plan_for_up(
+        profile, model=model, model_path=model_path, models_files=list(models_files),
+        user_models=not no_user_models, precision=precision, max_model_len=max_model_len,
+        force_cpu=force_cpu, offline=offline)
+    runtime = deploy.auto_runtime(runtime, candidate, image)
 
     def on_stage(ev: Any) -> None:
         if not as_json:
@@ -477,6 +429,28 @@ def status(ctx: click.Context, as_json: bool, sub_verbose: int, name: str | None
     from . import render
 
     render.status_report(report)
+
+
+@cli.command(name="env")
+@json_option
+@click.argument("name", required=False)
+@click.pass_context
+def env_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, name: str | None) -> None:
+    """Shell exports for a running deployment (OPENAI_BASE_URL, OPENAI_API_KEY, model).
+
+    eval "$(kanoa-local env)" — then any OpenAI-compatible tool talks to it. This prints the
+    deployment's API key, on purpose.
+    """
+    import shlex
+
+    from . import deploy
+
+    exports = deploy.connect(name).env()
+    if wants_json(ctx, as_json):
+        click.echo(json.dumps(exports, indent=2))
+        return
+    for k, v in exports.items():
+        click.echo(f"export {k}={shlex.quote(v)}")
 
 
 @cli.command()

@@ -93,6 +93,108 @@ def log_path(name: str) -> Path:
     return state_dir() / "logs" / f"{name}.log"
 
 
+def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | None = None,
+                models_files: list[str] | None = None, user_models: bool = True,
+                precision: str | None = None, max_model_len: int | None = None, force_cpu: bool = False,
+                offline: bool | None = None) -> tuple[Candidate, str | None, list[Candidate]]:
+    """Plan for `up`: the chosen candidate, the local weights directory (if any), and smaller
+    plans of the same model to fall back to."""
+    import os
+
+    from .checkpoint import load_enriched
+    from .errors import NoFitError
+    from .plan import PlanRequest, plan
+    from .settings import packaged_models_dir
+
+    if model and model_path:
+        raise UsageError("give MODEL or --model-path, not both", remedy="see `kanoa-local up --help`")
+    catalog, weights = load_enriched(models_files or [], user=user_models)
+    model_dir = None
+    if model_path:
+        from .checkpoint import entry_from_directory
+
+        p = Path(model_path).expanduser().resolve()
+        if not p.is_dir():
+            raise UsageError(f"--model-path {model_path}: no such directory",
+                             remedy="give a Hugging Face checkpoint directory (with config.json)")
+        entry = entry_from_directory(p)
+        catalog = catalog.model_copy(update={"models": {**catalog.models, entry.id: entry}})
+        model, model_dir, offline = entry.id, str(p), True
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+    request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
+                          device="cpu" if force_cpu else "auto", offline=offline,
+                          hf_token=bool(os.environ.get("HF_TOKEN")))
+    result = plan(profile, catalog, request, checkpoints=weights)
+    if result.chosen is None:
+        raise NoFitError(result.summary, remedy=result.remedy)
+    c = result.chosen
+    if c.variant.package and model_dir is None:
+        unpacked = packaged_models_dir() / c.model_id
+        if not (unpacked / "config.json").is_file():
+            raise EngineError(f"{c.model_name} ships as a package ({c.variant.package}) and is not "
+                              f"unpacked in {unpacked} yet",
+                              remedy="pass --model-path DIR of a converted checkpoint for now")
+        model_dir = str(unpacked)
+    # smaller plans of the same model, for `up` to fall back to after a memory failure
+    fallbacks = [x for x in result.candidates if x is not c and x.fits != "no" and x.model_id == c.model_id
+                 and x.device == c.device and not x.variant.package
+                 and (x.memory and c.memory and x.memory.weights and c.memory.weights
+                      and x.memory.weights.total < c.memory.weights.total)]
+    return c, model_dir, fallbacks
+
+
+def auto_runtime(runtime: str, candidate: Candidate, image: str | None) -> str:
+    """`auto`: the vLLM image for GPU plans (or when an image is named), else a process."""
+    if runtime != "auto":
+        return runtime
+    return "docker" if candidate.device == "gpu" or image else "process"
+
+
+def start(model: str | None = None, *, model_path: str | None = None, name: str | None = None,
+          port: int = 8000, host: str = "127.0.0.1", runtime: str = "auto", image: str | None = None,
+          python: str | None = None, precision: str | None = None, max_model_len: int | None = None,
+          cpu: bool = False, offline: bool | None = None, timeout: float = 1200, replace: bool = False,
+          profile: Any = None, **callbacks: Any) -> UpResult:
+    """Probe (or take ``profile``), plan and start: what `kanoa-local up` does."""
+    import os
+
+    from .probe import probe
+
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+    prof = profile if profile is not None else probe(docker=False)
+    cand, model_dir, fallbacks = plan_for_up(prof, model=model, model_path=model_path, precision=precision,
+                                             max_model_len=max_model_len, force_cpu=cpu, offline=offline)
+    from .settings import hf_cache_dir
+
+    hub = hf_cache_dir()
+    hf_home = hub.parent if hub.name == "hub" else hub
+    return up(cand, name=name, port=port, host=host, runtime=auto_runtime(runtime, cand, image),  # type: ignore[arg-type]
+              python=python, model_dir=model_dir, image=image, timeout=timeout, replace=replace,
+              offline=bool(offline), fallbacks=[] if model_dir else fallbacks,
+              caches={"hf_cache": str(hf_home), "vllm_cache": str(hf_home.parent / "vllm")}, **callbacks)
+
+
+def connect(name: str | None = None) -> Deployment:
+    """A running deployment: ``name``, or the only one running."""
+    if name is not None:
+        dep = state.load(state.check_name(name))
+        if not is_alive(dep):
+            raise EngineError(f"deployment {name!r} is not running",
+                              remedy=f"`kanoa-local up --name {name}` starts it again")
+        return dep
+    deps = [d for d in state.list_all()[0] if is_alive(d)]
+    if len(deps) == 1:
+        return deps[0]
+    if not deps:
+        from .errors import DeploymentNotFound
+
+        raise DeploymentNotFound("no deployment is running", remedy="start one with `kanoa-local up`")
+    raise UsageError("several deployments are running: " + ", ".join(d.name for d in deps),
+                     remedy="name one, e.g. connect(\"" + deps[0].name + "\")")
+
+
 def port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -14,7 +14,7 @@ import secrets
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
@@ -47,6 +47,32 @@ class Deployment(Model):
     def base_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}/v1"
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
+
+    @property
+    def model(self) -> str:
+        """The name to pass as ``model`` in requests (vLLM's --served-model-name)."""
+        return self.served_model_name
+
+    def env(self) -> dict[str, str]:
+        """OPENAI_BASE_URL, OPENAI_API_KEY and KANOA_LOCAL_MODEL for other tools."""
+        from .client import env_exports
+
+        return env_exports(self)
+
+    def openai(self, **kwargs: Any) -> Any:
+        """An ``openai.OpenAI`` client for this deployment."""
+        from .client import openai_client
+
+        return openai_client(self, **kwargs)
+
+    def async_openai(self, **kwargs: Any) -> Any:
+        from .client import openai_client
+
+        return openai_client(self, async_=True, **kwargs)
 
 
 def check_name(name: str) -> str:

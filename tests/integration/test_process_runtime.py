@@ -51,6 +51,19 @@ def test_lifecycle_on_the_process_runtime(cpu_venv, tiny_model):
     again = UpResult.model_validate_json(up(cpu_venv, tiny_model, "--name", "t1", "--port", str(port)).stdout)
     assert again.reused and again.deployment.pid == dep.pid and time.monotonic() - t0 < 15
 
+    # the hand-off: the library finds it, and `env` gives what other tools need
+    import kanoa_local
+
+    found = kanoa_local.connect()                  # the only running deployment
+    assert found.name == "t1" and found.endpoint == res.base_url
+    exports = json.loads(run_cli("env", "t1", "--json").stdout)
+    assert exports["OPENAI_BASE_URL"] == res.base_url and exports["OPENAI_API_KEY"] == key
+    reply = OpenAI(base_url=exports["OPENAI_BASE_URL"], api_key=exports["OPENAI_API_KEY"]).completions.create(
+        model=exports["KANOA_LOCAL_MODEL"], prompt="total", max_tokens=2)
+    assert reply.usage.completion_tokens >= 1
+    assert found.openai().models.list().data[0].id == dep.served_model_name
+    assert run_cli("env", "t1").stdout.startswith("export OPENAI_BASE_URL=")
+
     st = StatusReport.model_validate_json(run_cli("status", "t1", "--json").stdout)
     assert st.state == "running" and st.healthy
     assert st.metrics.generation_tokens >= 1 and st.metrics.prompt_tokens >= 1
@@ -162,3 +175,19 @@ def test_too_long_context_is_retried_with_what_vllm_says_fits(cpu_venv):
         assert res.deployment.spec.argv[res.deployment.spec.argv.index("--max-model-len") + 1] == "43520"
     finally:
         deploy.down("retry")
+
+
+def test_library_up_and_connect(cpu_venv, tiny_model):
+    """`kanoa_local.up()` is what the CLI does, as a function: a Deployment back."""
+    import kanoa_local
+    from kanoa_local import deploy
+
+    dep = kanoa_local.up(model_path=str(tiny_model), python=str(cpu_venv / "bin" / "python"),
+                         name="lib", port=free_port(), runtime="process")
+    try:
+        assert dep.runtime == "process" and kanoa_local.connect("lib").pid == dep.pid
+        assert dep.openai().completions.create(model=dep.model, prompt="x", max_tokens=1).usage.completion_tokens == 1
+    finally:
+        deploy.down("lib")
+    with pytest.raises(kanoa_local.KanoaError):
+        kanoa_local.connect("lib")
