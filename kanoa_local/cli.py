@@ -306,6 +306,8 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
               help="interpreter with vLLM for the process runtime (default: $KANOA_VLLM_PYTHON or this one)")
 @click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)")
 @click.option("--max-model-len", type=click.IntRange(256), metavar="TOKENS", help="cap the context")
+@click.option("--gpu-memory-utilization", "gmu", type=click.FloatRange(0.05, 0.99), metavar="FRACTION",
+              help="override the planned share of GPU memory vLLM may use")
 @click.option("--cpu", "force_cpu", is_flag=True, help="the CPU engine even with a GPU")
 @click.option("--offline", is_flag=True, default=None, help="no model hub (default: $HF_HUB_OFFLINE)")
 @click.option("--timeout", type=click.FloatRange(10), default=1200, show_default=True,
@@ -318,8 +320,8 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
        no_user_models: bool, model: str | None, model_path: str | None, name: str | None, port: int,
        host: str, runtime: str, image: str | None, hardware_file: str | None, gpu_name: str | None,
        python_path: str | None, precision: str | None,
-       max_model_len: int | None, force_cpu: bool, offline: bool | None, timeout: float,
-       replace: bool, no_retry: bool) -> None:
+       max_model_len: int | None, gmu: float | None, force_cpu: bool, offline: bool | None,
+       timeout: float, replace: bool, no_retry: bool) -> None:
     """Plan, start vLLM's OpenAI-compatible server, and wait until it answers.
 
     Ready means one real token came back. The API key is generated and kept (mode 0600) in the
@@ -336,6 +338,11 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
         user_models=not no_user_models, precision=precision, max_model_len=max_model_len,
         force_cpu=force_cpu, offline=offline)
     runtime = deploy.auto_runtime(runtime, candidate, image)
+    if gmu is not None and candidate.device == "gpu":
+        candidate = candidate.model_copy(update={"settings": candidate.settings.model_copy(
+            update={"gpu_memory_utilization": gmu})})
+        fallbacks = [f.model_copy(update={"settings": f.settings.model_copy(update={"gpu_memory_utilization": gmu})})
+                     for f in fallbacks]
 
     def on_stage(ev: Any) -> None:
         if not as_json:
@@ -454,16 +461,23 @@ def env_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, name: str | Non
 
 
 @cli.command()
+@json_option
 @click.argument("name")
 @click.option("--tail", "-n", type=click.IntRange(1), default=None, help="the last N lines")
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines (Ctrl-C stops)")
-def logs(name: str, tail: int | None, follow: bool) -> None:
+@click.pass_context
+def logs(ctx: click.Context, as_json: bool, sub_verbose: int, name: str, tail: int | None,
+         follow: bool) -> None:
     """The engine's log (kept after a failed start too)."""
     import time
 
     from . import deploy
 
-    for line in deploy.log_lines(name, tail):
+    lines = deploy.log_lines(name, tail)
+    if wants_json(ctx, as_json):
+        click.echo(json.dumps({"name": name, "lines": lines}, indent=2))
+        return
+    for line in lines:
         click.echo(line)
     if follow:
         from .engine.process import LogFollower

@@ -145,10 +145,16 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
 
 
 def auto_runtime(runtime: str, candidate: Candidate, image: str | None) -> str:
-    """`auto`: the vLLM image for GPU plans (or when an image is named), else a process."""
+    """`auto`: the vLLM image for GPU plans (or when an image is named) when the Docker daemon
+    answers, else a process (which needs an interpreter with vLLM)."""
     if runtime != "auto":
         return runtime
-    return "docker" if candidate.device == "gpu" or image else "process"
+    if candidate.device == "gpu" or image:
+        from .engine import docker as dk
+
+        if dk.daemon_facts(timeout=3).reachable:
+            return "docker"
+    return "process"
 
 
 def start(model: str | None = None, *, model_path: str | None = None, name: str | None = None,

@@ -53,3 +53,17 @@ def test_container_state_and_unknown():
     assert diagnose("", oom_killed=True).kind == "host-oom"
     d = diagnose("INFO all fine\n", exit_code=0)
     assert d.kind == "unknown" and "exit code 0" in d.cause
+
+
+def test_docker_start_errors_use_the_same_diagnosis():
+    """What the daemon answers at container start (the toolkit's driver check) reads as one line."""
+    import docker
+
+    from kanoa_local.engine.docker import translate_errors
+    from kanoa_local.errors import EngineError
+
+    text = (LOGS / "driver-too-old.txt").read_text().splitlines()[-1]
+    with pytest.raises(EngineError) as e:
+        with translate_errors("vllm/vllm-openai:v0.33.0"):
+            raise docker.errors.APIError(text)
+    assert "too old" in str(e.value) and "CUDA 12.8" in str(e.value) and e.value.remedy

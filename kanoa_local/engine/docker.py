@@ -91,6 +91,11 @@ def translate_errors(image: str | None = None) -> Iterator[None]:
                                       "(`docker load -i FILE`)") from exc
     except docker.errors.APIError as exc:
         text = str(exc)
+        from .diagnose import diagnose
+
+        d = diagnose(text)
+        if d.kind in ("driver-too-old", "port-in-use", "shm-too-small"):
+            raise EngineError(f"Docker could not start the container: {d.cause}", remedy=d.remedy) from exc
         if NO_GPU_DRIVER_MARK in text:
             raise GpuRuntimeMissing(
                 "Docker cannot give containers a GPU: no NVIDIA runtime is registered with "

@@ -69,8 +69,8 @@ def test_lifecycle_on_the_process_runtime(cpu_venv, tiny_model):
     assert st.metrics.generation_tokens >= 1 and st.metrics.prompt_tokens >= 1
     ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
     assert [(d.name, d.state) for d in ps.deployments] == [("t1", "running")]
-    logs = run_cli("logs", "t1", "--tail", "50")
-    assert logs.returncode == 0 and "Application startup complete" in run_cli("logs", "t1").stdout
+    logs = run_cli("logs", "t1", "--tail", "50", "--json")
+    assert logs.returncode == 0 and len(json.loads(logs.stdout)["lines"]) == 50 and "Application startup complete" in run_cli("logs", "t1").stdout
 
     # down leaves no process, no state, and the port free
     d = run_cli("down", "t1")
