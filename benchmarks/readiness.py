@@ -85,9 +85,9 @@ def run_raw(runtime: str, model: Path, image: str, venv: Path) -> float:
         t0 = time.monotonic()
         # the same mounts `up` gives the container (HF cache, vLLM's compile cache, the model)
         sys.path.insert(0, str(ROOT))
-        from kanoa_local.cli import host_caches
+        from kanoa_local.settings import engine_caches
 
-        caches = host_caches()
+        caches = engine_caches()
         subprocess.run(["docker", "run", "-d", "--name", cname, "-p", f"127.0.0.1:{port}:8000", "--shm-size", "2g",
                         "-e", "VLLM_CPU_KVCACHE_SPACE=1", "-e", "HF_HUB_OFFLINE=1", "-e", f"VLLM_API_KEY={key}",
                         "-v", f"{caches['hf_cache']}:/root/.cache/huggingface",

@@ -86,13 +86,10 @@ def resolve_profile(hardware_file: str | None, gpu_name: str | None, vram_gb: fl
     return what_if(profile, vram_gb=vram_gb, gpus=gpu_count)
 
 
-def host_caches() -> dict[str, str]:
-    """The host directories mounted into the engine: the Hugging Face home and vLLM's cache."""
-    from .settings import hf_cache_dir
+def _engine_caches() -> dict[str, str]:
+    from .settings import engine_caches
 
-    hub = hf_cache_dir()
-    hf_home = hub.parent if hub.name == "hub" else hub
-    return {"hf_cache": str(hf_home), "vllm_cache": str(hf_home.parent / "vllm")}
+    return engine_caches()
 
 
 def load_models(models_files: tuple[str, ...], no_user_models: bool) -> tuple[Any, Any]:
@@ -271,7 +268,9 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
 
         c = result.chosen
         model_dir = str(packaged_models_dir() / c.model_id) if c.variant.package else None
-        spec = launch_spec(c, port=port, model_dir=model_dir, **host_caches())
+        from .settings import engine_caches
+
+        spec = launch_spec(c, port=port, model_dir=model_dir, **engine_caches())
     report = PlanReport(plan=result, launch=spec, command=spec.docker_command() if spec else None)
     if as_json:
         emit_json(report)
@@ -372,7 +371,7 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
             click.echo(f"warning: listening on {host}: anyone who can reach this machine can use "
                        "the server with the API key", err=True)
     result = deploy.up(candidate, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
-                       python=python_path, model_dir=model_dir, image=image, caches=host_caches(),
+                       python=python_path, model_dir=model_dir, image=image, caches=_engine_caches(),
                        timeout=timeout, replace=replace, no_retry=no_retry, on_stage=on_stage,
                        on_pull=on_pull, offline=bool(offline), on_download=on_download,
                        fallbacks=[] if model_dir else fallbacks)

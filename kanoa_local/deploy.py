@@ -172,14 +172,12 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     prof = profile if profile is not None else probe(docker=False)
     cand, model_dir, fallbacks = plan_for_up(prof, model=model, model_path=model_path, precision=precision,
                                              max_model_len=max_model_len, force_cpu=cpu, offline=offline)
-    from .settings import hf_cache_dir
+    from .settings import engine_caches
 
-    hub = hf_cache_dir()
-    hf_home = hub.parent if hub.name == "hub" else hub
     return up(cand, name=name, port=port, host=host, runtime=auto_runtime(runtime, cand, image),  # type: ignore[arg-type]
               python=python, model_dir=model_dir, image=image, timeout=timeout, replace=replace,
               offline=bool(offline), fallbacks=[] if model_dir else fallbacks,
-              caches={"hf_cache": str(hf_home), "vllm_cache": str(hf_home.parent / "vllm")}, **callbacks)
+              caches=engine_caches(), **callbacks)
 
 
 def connect(name: str | None = None) -> Deployment:

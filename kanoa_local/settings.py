@@ -64,5 +64,13 @@ def hf_cache_dir() -> Path:
     return base / "huggingface" / "hub"
 
 
+def engine_caches() -> dict[str, str]:
+    """The host directories mounted into the engine: the Hugging Face home and vLLM's cache
+    (its torch.compile cache makes the second start faster)."""
+    hub = hf_cache_dir()
+    hf_home = hub.parent if hub.name == "hub" else hub
+    return {"hf_cache": str(hf_home), "vllm_cache": str(hf_home.parent / "vllm")}
+
+
 def debug_enabled() -> bool:
     return os.environ.get("KANOA_DEBUG", "") not in ("", "0", "false", "no")
