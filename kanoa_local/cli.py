@@ -86,12 +86,6 @@ def resolve_profile(hardware_file: str | None, gpu_name: str | None, vram_gb: fl
     return what_if(profile, vram_gb=vram_gb, gpus=gpu_count)
 
 
-def _engine_caches() -> dict[str, str]:
-    from .settings import engine_caches
-
-    return engine_caches()
-
-
 def load_models(models_files: tuple[str, ...], no_user_models: bool) -> tuple[Any, Any]:
     from .checkpoint import load_enriched
 
@@ -327,6 +321,7 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
     state directory; the server listens on 127.0.0.1 unless --host says otherwise.
     """
     from . import deploy
+    from .settings import engine_caches
 
     as_json = wants_json(ctx, as_json)
     if offline is None:
@@ -371,7 +366,7 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[
             click.echo(f"warning: listening on {host}: anyone who can reach this machine can use "
                        "the server with the API key", err=True)
     result = deploy.up(candidate, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
-                       python=python_path, model_dir=model_dir, image=image, caches=_engine_caches(),
+                       python=python_path, model_dir=model_dir, image=image, caches=engine_caches(),
                        timeout=timeout, replace=replace, no_retry=no_retry, on_stage=on_stage,
                        on_pull=on_pull, offline=bool(offline), on_download=on_download,
                        fallbacks=[] if model_dir else fallbacks)
