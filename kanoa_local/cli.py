@@ -278,98 +278,102 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         raise NoFitError(result.summary, remedy=result.remedy)
 
 
+def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Everything `up` takes besides MODEL and --name (shared with `session` and `doctor`)."""
+    opts = [
+        click.option("--model-path", metavar="DIR", help="serve a local checkpoint directory (offline)"),
+        click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+                     help="host port (the next free one when taken)"),
+        click.option("--host", default="127.0.0.1", show_default=True,
+                     help="address to listen on; anything but loopback is reachable from the network"),
+        click.option("--runtime", type=click.Choice(["auto", "docker", "process"]), default="auto",
+                     show_default=True,
+                     help="docker: the vLLM image; process: vLLM from a Python interpreter (--python); "
+                          "auto: docker for GPU plans or with --image, else process"),
+        click.option("--image", metavar="IMAGE", help="the vLLM image to run (default: from the plan)"),
+        click.option("--hardware", "hardware_file", type=click.Path(dir_okay=False),
+                     help="plan for this saved profile instead of probing (e.g. a remote Docker host's)"),
+        click.option("--gpu", "gpu_name", metavar="NAME", help="plan for a named GPU profile instead of probing"),
+        click.option("--python", "python", metavar="PATH",
+                     help="interpreter with vLLM for the process runtime (default: $KANOA_VLLM_PYTHON "
+                          "or this one)"),
+        click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)"),
+        click.option("--max-model-len", type=click.IntRange(256), metavar="TOKENS", help="cap the context"),
+        click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 0.99), metavar="FRACTION",
+                     help="override the planned share of GPU memory vLLM may use"),
+        click.option("--cpu", "cpu", is_flag=True, help="the CPU engine even with a GPU"),
+        click.option("--offline", is_flag=True, default=None, help="no model hub (default: $HF_HUB_OFFLINE)"),
+        click.option("--timeout", type=click.FloatRange(10), default=1200, show_default=True,
+                     help="seconds to wait for the first token"),
+        click.option("--replace", is_flag=True, help="replace a running deployment of the same name"),
+        click.option("--no-retry", is_flag=True, help="do not retry with the context length vLLM says fits"),
+        click.option("--temperature", type=click.FloatRange(0, 2), metavar="T",
+                     help="the handed clients' default temperature"),
+        click.option("--max-tokens", type=click.IntRange(1), metavar="N",
+                     help="the handed clients' default answer length"),
+        click.option("--cost-per-mtok", type=click.FloatRange(0), metavar="USD",
+                     help="estimated cost per million tokens, input + output (default 0.10)"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return catalog_options(f)
+
+
+def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | None,
+           opts: dict[str, Any]) -> Any:
+    """`up` with progress on stderr (none with --json); the UpResult."""
+    from . import deploy
+
+    opts = dict(opts)
+    profile = resolve_profile(opts.pop("hardware_file"), opts.pop("gpu_name"), docker=False)
+    models_files = list(opts.pop("models_files") or [])
+    user_models = not opts.pop("no_user_models")
+
+    def say(msg: str) -> None:
+        if not as_json:
+            click.echo(msg, err=True)
+
+    def on_plan(c: Any, runtime: str) -> None:
+        say(f"Starting {c.model_name} ({c.device}, --max-model-len {c.settings.max_model_len}) "
+            f"on the {runtime} runtime ...")
+        if opts["host"] not in ("127.0.0.1", "localhost", "::1"):
+            say(f"warning: listening on {opts['host']}: anyone who can reach this machine can use "
+                "the server with the API key")
+
+    def on_stage(ev: Any) -> None:
+        say(f"  [{ev.at_s:6.1f}s] {ev.stage}")
+
+    def progress(what: str) -> Callable[[int, int], None]:
+        shown = {"pct": -5}
+
+        def on(done: int, total: int) -> None:
+            pct = int(done * 100 / total) if total else 100
+            if (pct >= shown["pct"] + 5 or done == total) and pct != shown["pct"]:
+                shown["pct"] = pct
+                say(f"  {what}: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)")
+        return on
+
+    return deploy.start(model, name=name, profile=profile, models_files=models_files,
+                        user_models=user_models, on_plan=on_plan, on_status=lambda m: say("  " + m),
+                        on_stage=on_stage, on_pull=progress("pulling the image"),
+                        on_download=progress("weights"), **opts)
+
+
 @cli.command(epilog=EXIT_CODE_HELP)
 @json_option
-@catalog_options
 @click.argument("model", required=False)
-@click.option("--model-path", metavar="DIR", help="serve a local checkpoint directory (offline)")
 @click.option("--name", help="deployment name (default: the model id)")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
-              help="host port (the next free one when taken)")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="address to listen on; anything but loopback is reachable from the network")
-@click.option("--runtime", type=click.Choice(["auto", "docker", "process"]), default="auto", show_default=True,
-              help="docker: the vLLM image; process: vLLM from a Python interpreter (--python); "
-                   "auto: docker for GPU plans or with --image, else process")
-@click.option("--image", metavar="IMAGE", help="the vLLM image to run (default: from the plan)")
-@click.option("--hardware", "hardware_file", type=click.Path(dir_okay=False),
-              help="plan for this saved profile instead of probing (e.g. a remote Docker host's)")
-@click.option("--gpu", "gpu_name", metavar="NAME", help="plan for a named GPU profile instead of probing")
-@click.option("--python", "python_path", metavar="PATH",
-              help="interpreter with vLLM for the process runtime (default: $KANOA_VLLM_PYTHON or this one)")
-@click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)")
-@click.option("--max-model-len", type=click.IntRange(256), metavar="TOKENS", help="cap the context")
-@click.option("--gpu-memory-utilization", "gmu", type=click.FloatRange(0.05, 0.99), metavar="FRACTION",
-              help="override the planned share of GPU memory vLLM may use")
-@click.option("--cpu", "force_cpu", is_flag=True, help="the CPU engine even with a GPU")
-@click.option("--offline", is_flag=True, default=None, help="no model hub (default: $HF_HUB_OFFLINE)")
-@click.option("--timeout", type=click.FloatRange(10), default=1200, show_default=True,
-              help="seconds to wait for the first token")
-@click.option("--replace", is_flag=True, help="replace a running deployment of the same name")
-@click.option("--no-retry", is_flag=True,
-              help="do not retry with the context length vLLM says fits")
+@up_options
 @click.pass_context
-def up(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[str, ...],
-       no_user_models: bool, model: str | None, model_path: str | None, name: str | None, port: int,
-       host: str, runtime: str, image: str | None, hardware_file: str | None, gpu_name: str | None,
-       python_path: str | None, precision: str | None,
-       max_model_len: int | None, gmu: float | None, force_cpu: bool, offline: bool | None,
-       timeout: float, replace: bool, no_retry: bool) -> None:
+def up(ctx: click.Context, as_json: bool, sub_verbose: int, model: str | None, name: str | None,
+       **opts: Any) -> None:
     """Plan, start vLLM's OpenAI-compatible server, and wait until it answers.
 
     Ready means one real token came back. The API key is generated and kept (mode 0600) in the
     state directory; the server listens on 127.0.0.1 unless --host says otherwise.
     """
-    from . import deploy
-    from .settings import engine_caches
-
     as_json = wants_json(ctx, as_json)
-    if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
-    profile = resolve_profile(hardware_file, gpu_name, docker=False)
-    candidate, model_dir, fallbacks = deploy.plan_for_up(
-        profile, model=model, model_path=model_path, models_files=list(models_files),
-        user_models=not no_user_models, precision=precision, max_model_len=max_model_len,
-        force_cpu=force_cpu, offline=offline)
-    runtime = deploy.auto_runtime(runtime, candidate, image)
-    if gmu is not None and candidate.device == "gpu":
-        candidate = candidate.model_copy(update={"settings": candidate.settings.model_copy(
-            update={"gpu_memory_utilization": gmu})})
-        fallbacks = [f.model_copy(update={"settings": f.settings.model_copy(update={"gpu_memory_utilization": gmu})})
-                     for f in fallbacks]
-
-    def on_stage(ev: Any) -> None:
-        if not as_json:
-            click.echo(f"  [{ev.at_s:6.1f}s] {ev.stage}", err=True)
-
-    shown = {"pct": -5}
-
-    def on_pull(done: int, total: int) -> None:
-        pct = int(done * 100 / total) if total else 0
-        if not as_json and (pct >= shown["pct"] + 5 or done == total):
-            shown["pct"] = pct
-            click.echo(f"  pulling the image: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)", err=True)
-
-    dl = {"pct": -5}
-
-    def on_download(done: int, total: int) -> None:
-        pct = int(done * 100 / total) if total else 100
-        if not as_json and (pct >= dl["pct"] + 5 or done == total) and pct != dl["pct"]:
-            dl["pct"] = pct
-            click.echo(f"  weights: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)", err=True)
-
-    if not as_json:
-        s = candidate.settings
-        click.echo(f"Starting {candidate.model_name} ({candidate.device}, --max-model-len "
-                   f"{s.max_model_len}) on the {runtime} runtime ...", err=True)
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            click.echo(f"warning: listening on {host}: anyone who can reach this machine can use "
-                       "the server with the API key", err=True)
-    result = deploy.up(candidate, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
-                       python=python_path, model_dir=model_dir, image=image, caches=engine_caches(),
-                       timeout=timeout, replace=replace, no_retry=no_retry, on_stage=on_stage,
-                       on_pull=on_pull, offline=bool(offline), on_download=on_download,
-                       fallbacks=[] if model_dir else fallbacks)
+    result = run_up(ctx, as_json, model, name, opts)
     if as_json:
         emit_json(result)
         return

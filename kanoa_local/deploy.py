@@ -130,12 +130,10 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
         raise NoFitError(result.summary, remedy=result.remedy)
     c = result.chosen
     if c.variant.package and model_dir is None:
-        unpacked = packaged_models_dir() / c.model_id
-        if not (unpacked / "config.json").is_file():
-            raise EngineError(f"{c.model_name} ships as a package ({c.variant.package}) and is not "
-                              f"unpacked in {unpacked} yet",
-                              remedy="pass --model-path DIR of a converted checkpoint for now")
-        model_dir = str(unpacked)
+        from .packaged import unpacked
+
+        done = unpacked(c.model_id, c.variant.package)
+        model_dir = str(done) if done else None      # else start() unpacks it first
     # smaller plans of the same model, for `up` to fall back to after a memory failure
     fallbacks = [x for x in result.candidates if x is not c and x.fits != "no" and x.model_id == c.model_id
                  and x.device == c.device and not x.variant.package
@@ -160,24 +158,49 @@ def auto_runtime(runtime: str, candidate: Candidate, image: str | None) -> str:
 def start(model: str | None = None, *, model_path: str | None = None, name: str | None = None,
           port: int = 8000, host: str = "127.0.0.1", runtime: str = "auto", image: str | None = None,
           python: str | None = None, precision: str | None = None, max_model_len: int | None = None,
-          cpu: bool = False, offline: bool | None = None, timeout: float = 1200, replace: bool = False,
-          profile: Any = None, **callbacks: Any) -> UpResult:
-    """Probe (or take ``profile``), plan and start: what `kanoa-local up` does."""
+          gpu_memory_utilization: float | None = None, cpu: bool = False, offline: bool | None = None,
+          timeout: float = 1200, replace: bool = False, no_retry: bool = False,
+          models_files: list[str] | None = None, user_models: bool = True, profile: Any = None,
+          temperature: float | None = None, max_tokens: int | None = None,
+          cost_per_mtok: float | None = None,
+          on_plan: Callable[[Candidate, str], None] | None = None,
+          on_status: Callable[[str], None] | None = None, **callbacks: Any) -> UpResult:
+    """Probe (or take ``profile``), plan, fetch the weights and start: what `kanoa-local up`
+    does. ``on_plan(candidate, runtime)`` is told what will start; ``on_status`` gets one-line
+    news of slow preparation (unpacking a packaged model); ``on_stage``/``on_pull``/
+    ``on_download`` as for :func:`up`."""
     import os
 
     from .probe import probe
+    from .settings import engine_caches
 
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
     prof = profile if profile is not None else probe(docker=False)
     cand, model_dir, fallbacks = plan_for_up(prof, model=model, model_path=model_path, precision=precision,
-                                             max_model_len=max_model_len, force_cpu=cpu, offline=offline)
-    from .settings import engine_caches
+                                             max_model_len=max_model_len, force_cpu=cpu, offline=offline,
+                                             models_files=models_files, user_models=user_models)
+    if gpu_memory_utilization is not None and cand.device == "gpu":
+        def with_gmu(c: Candidate) -> Candidate:
+            assert c.settings is not None
+            return c.model_copy(update={"settings": c.settings.model_copy(
+                update={"gpu_memory_utilization": gpu_memory_utilization})})
+        cand, fallbacks = with_gmu(cand), [with_gmu(f) for f in fallbacks]
+    runtime = auto_runtime(runtime, cand, image)
+    if cand.variant.package and model_dir is None:
+        from . import packaged
 
-    return up(cand, name=name, port=port, host=host, runtime=auto_runtime(runtime, cand, image),  # type: ignore[arg-type]
+        model_dir = str(packaged.unpack(cand.model_id, cand.variant.package, family=cand.family,
+                                        python=python or process.default_python(), offline=bool(offline),
+                                        on_status=on_status))
+    if on_plan is not None:
+        on_plan(cand, runtime)
+    defaults = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens),
+                                  ("cost_per_mtok", cost_per_mtok)) if v is not None}
+    return up(cand, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
               python=python, model_dir=model_dir, image=image, timeout=timeout, replace=replace,
-              offline=bool(offline), fallbacks=[] if model_dir else fallbacks,
-              caches=engine_caches(), **callbacks)
+              no_retry=no_retry, offline=bool(offline), fallbacks=[] if model_dir else fallbacks,
+              caches=engine_caches(), defaults=defaults, **callbacks)
 
 
 def connect(name: str | None = None) -> Deployment:
@@ -232,12 +255,13 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
        on_stage: Callable[[StageEvent], None] | None = None,
        on_pull: Callable[[int, int], None] | None = None, offline: bool = False,
        on_download: Callable[[int, int], None] | None = None,
-       fallbacks: list[Candidate] | None = None) -> UpResult:
+       fallbacks: list[Candidate] | None = None, defaults: dict[str, Any] | None = None) -> UpResult:
     """Start ``candidate`` (a fitting plan) and wait until one token comes back.
 
     When vLLM says the context does not fit and names the length that would, `up` retries once
     with it; when a memory failure remains, it tries the next of ``fallbacks`` (smaller plans of
-    the same model, best first). Each retry is said in the notes; ``no_retry`` turns them off."""
+    the same model, best first). Each retry is said in the notes; ``no_retry`` turns them off.
+    ``defaults`` (temperature, max_tokens, cost_per_mtok) are what the handed clients use."""
     fallbacks = fallbacks or []
     if candidate.settings is None:
         raise UsageError("this plan does not fit, so it cannot be started",
@@ -260,6 +284,9 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
     if existing is not None:
         probe_spec = make_spec(existing.port)
         if state.plan_hash(probe_spec) == existing.plan_hash and not replace:
+            if defaults:
+                existing = existing.model_copy(update=defaults)
+                state.save(existing)
             return UpResult(deployment=existing, reused=True, base_url=existing.base_url,
                             api_key_file=existing.api_key_file,
                             notes=[f"{name} is already running this plan"])
@@ -294,7 +321,7 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
         spec = make_spec(chosen, attempt)
         dep, report = _start_once(attempt, spec, name=name, host=host, port=chosen, runtime=runtime,
                                   python=python, timeout=timeout, stall=stall, on_stage=on_stage,
-                                  on_pull=on_pull)
+                                  on_pull=on_pull, defaults=defaults or {})
         if report.outcome == "ready":
             return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url,
                             api_key_file=dep.api_key_file)
@@ -346,7 +373,8 @@ def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: b
 def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, runtime: str,
                 python: str | None, timeout: float, stall: float,
                 on_stage: Callable[[StageEvent], None] | None,
-                on_pull: Callable[[int, int], None] | None = None) -> tuple[Deployment, ReadyReport]:
+                on_pull: Callable[[int, int], None] | None = None,
+                defaults: dict[str, Any] | None = None) -> tuple[Deployment, ReadyReport]:
     """Start once and wait; on anything but ready, what was started is removed again."""
     key, key_file = state.new_api_key(name)
     log = log_path(name)
@@ -358,7 +386,10 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
                          served_model_name=spec.served_model_name, host=host, port=port,
                          device=candidate.device, plan_hash=state.plan_hash(spec),
                          api_key_file=str(key_file), log_file=str(log), spec=spec,
-                         gpu_uuids=(candidate.settings.gpu_uuids if candidate.settings else []))
+                         gpu_uuids=(candidate.settings.gpu_uuids if candidate.settings else []),
+                         vision=candidate.vision,
+                         max_model_len=candidate.settings.max_model_len if candidate.settings else None,
+                         **(defaults or {}))
         if runtime == "process":
             assert python is not None
             started.proc = process.start(spec, python, log, {"VLLM_API_KEY": key})

@@ -23,6 +23,8 @@ from .errors import ConfigError, DeploymentNotFound
 from .hardware import Model
 from .settings import state_dir
 
+#: the estimate the kanoa docs give for a local model: about $0.10 per million tokens (in + out)
+DEFAULT_COST_PER_MTOK = 0.10
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
@@ -42,6 +44,13 @@ class Deployment(Model):
     log_file: str | None = None
     gpu_uuids: list[str] = []
     spec: LaunchSpec
+    vision: bool = Field(False, description="the model takes images")
+    max_model_len: int | None = None
+    # what the handed clients use unless a call says otherwise (`up --temperature` ...)
+    temperature: float | None = None
+    max_tokens: int | None = None
+    cost_per_mtok: float = Field(DEFAULT_COST_PER_MTOK,
+                                 description="estimated USD per million tokens, input + output")
 
     @property
     def base_url(self) -> str:

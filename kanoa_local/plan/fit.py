@@ -97,6 +97,8 @@ class MemoryBreakdown(Model):
 class Candidate(Model):
     model_id: str
     model_name: str
+    family: str | None = None
+    vision: bool = False
     variant: Variant
     device: Device
     gpu_name: str | None = None
@@ -246,7 +248,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     total = g0.memory_total
     free = min(g.memory_free for g in gpus)
     name = f"{tp} × {g0.name}" if tp > 1 else g0.name
-    cand = Candidate(model_id=entry.id, model_name=entry.name, variant=variant, device="gpu",
+    cand = Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision, variant=variant, device="gpu",
                      gpu_name=name, fits="no")
     reasons, warnings = cand.reasons, cand.warnings
 
@@ -401,7 +403,7 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
                    checkpoint: Weights | None) -> Candidate:
     arch = entry.arch
     assert arch is not None
-    cand = Candidate(model_id=entry.id, model_name=entry.name, variant=variant, device="cpu",
+    cand = Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision, variant=variant, device="cpu",
                      gpu_name=None, fits="no")
     reasons, warnings = cand.reasons, cand.warnings
     if not entry.cpu:
@@ -520,18 +522,18 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
     out: list[Candidate] = []
     for entry in entries:
         if entry.arch is None:
-            out.append(Candidate(model_id=entry.id, model_name=entry.name, variant=entry.variants[0],
+            out.append(Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision, variant=entry.variants[0],
                                  device=device, fits="no",
                                  reasons=["no architecture numbers: add [arch] or a local config.json"]))
             continue
         if req.vision and not entry.vision:
-            out.append(Candidate(model_id=entry.id, model_name=entry.name, variant=entry.variants[0],
+            out.append(Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision, variant=entry.variants[0],
                                  device=device, fits="no", reasons=["text-only; --vision asks for a model that reads images"]))
             continue
         model_cands: list[Candidate] = []
         for variant in entry.variants:
             if req.offline and variant.repo and not variant.local:
-                model_cands.append(Candidate(model_id=entry.id, model_name=entry.name, variant=variant,
+                model_cands.append(Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision, variant=variant,
                                              device=device, fits="no",
                                              reasons=[f"offline and {variant.repo} is not in the Hugging Face cache"]))
                 continue
