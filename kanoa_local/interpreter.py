@@ -1,0 +1,131 @@
+"""The kanoa hand-off: an ``AnalyticsInterpreter`` wired to a deployment. The only module
+that imports ``kanoa`` (an optional extra: ``pip install 'kanoa-local[kanoa]'``).
+
+What it adds, through kanoa's own extension points only:
+- **cost**: kanoa prices a request from its pricing table (the bundled one merged with the
+  user file ``~/.config/kanoa/pricing.json``) under ``openai`` / <served model name>, and says
+  $0.0 for local models it does not know. The deployment's rate (default $0.10 per million
+  tokens, input + output, as kanoa's docs estimate) is written into that user file for the
+  served name, leaving every other entry as it was.
+- **vision guard**: ``LocalInterpreter`` is a subclass whose ``interpret`` refuses a figure for
+  a text-only model before anything is sent, naming the vision models that fit this machine.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, VisionNotSupported
+from .state import Deployment
+
+INSTALL_HINT = "pip install 'kanoa-local[kanoa]'"
+PRICE_NOTE = "kanoa-local: estimated cost of a local model"
+
+
+def _kanoa() -> Any:
+    try:
+        import kanoa
+        import kanoa.pricing
+    except ImportError as exc:
+        raise ConfigError("kanoa is not installed, so there is no interpreter to hand over",
+                          remedy=INSTALL_HINT) from exc
+    return kanoa
+
+
+def pricing_file() -> Path:
+    """kanoa's user pricing file (where kanoa itself reads it from)."""
+    return Path(_kanoa().pricing.USER_CONFIG_PATH)
+
+
+def ensure_price(served_name: str, usd_per_mtok: float) -> Path:
+    """Make kanoa price ``served_name`` at ``usd_per_mtok`` for input and output tokens alike.
+    Other entries of the user's pricing file are kept; a broken file is not overwritten."""
+    from .state import write_atomic
+
+    path = pricing_file()
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text() or "{}")
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"kanoa's pricing file {path} cannot be read: {exc}",
+                              remedy="fix or remove it; kanoa-local adds its entry there") from exc
+    entry = {"input_price": float(usd_per_mtok), "output_price": float(usd_per_mtok), "note": PRICE_NOTE}
+    if data.get("openai", {}).get(served_name) == entry:
+        return path
+    openai_prices = data.get("openai")
+    if not isinstance(openai_prices, dict):
+        openai_prices = {}
+    data["openai"] = {**openai_prices, served_name: entry}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def default_max_tokens(dep: Deployment) -> int:
+    """An answer length that fits the served context and the engine's speed: 256 tokens on
+    the CPU engine (a few tokens a second), else up to kanoa's own 3000, at most half the
+    context."""
+    ceiling = 256 if dep.device == "cpu" else 3000
+    return max(16, min(ceiling, (dep.max_model_len or 4096) // 2))
+
+
+def vision_alternatives(limit: int = 4) -> tuple[list[str], str | None]:
+    """Vision models of the matrix that fit this machine (best first) and, when none does,
+    a sentence on the closest one."""
+    from .catalog import load_catalog
+    from .plan import PlanRequest, plan
+    from .probe import probe
+
+    result = plan(probe(docker=False), load_catalog(), PlanRequest(vision=True))
+    names: list[str] = []
+    for c in result.candidates:
+        if c.fits != "no" and c.model_id not in names:
+            names.append(c.model_id)
+    return names[:limit], (None if names else result.summary)
+
+
+@lru_cache(maxsize=1)
+def interpreter_class() -> type:
+    base = _kanoa().AnalyticsInterpreter
+
+    class LocalInterpreter(base):  # type: ignore[misc, valid-type]
+        """kanoa's AnalyticsInterpreter for a kanoa-local deployment (see ``.deployment``)."""
+
+        deployment: Deployment
+
+        def interpret(self, fig: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if fig is not None and not self.deployment.vision:
+                fits, closest = vision_alternatives()
+                what = ("vision models that fit here: " + ", ".join(fits)) if fits else (
+                    "no vision model of the matrix fits this machine" + (f" ({closest})" if closest else ""))
+                raise VisionNotSupported(
+                    f"{self.deployment.model_id} is text-only and cannot read a figure; {what}",
+                    remedy="pass data or context instead, or start a vision model beside it "
+                           "(`kanoa-local up MODEL --name vision --port 8001`) and use its interpreter")
+            return super().interpret(fig, *args, **kwargs)
+
+    return LocalInterpreter
+
+
+def interpreter(dep: Deployment, **overrides: Any) -> Any:
+    """``AnalyticsInterpreter(backend="vllm", ...)`` for ``dep``; ``overrides`` go to kanoa
+    (temperature, max_tokens, kb_path, system_prompt, ...)."""
+    from .state import read_api_key
+
+    cls = interpreter_class()
+    ensure_price(dep.served_model_name, dep.cost_per_mtok)
+    kwargs: dict[str, Any] = {
+        "backend": "vllm", "api_base": dep.base_url, "model": dep.served_model_name,
+        "api_key": read_api_key(dep), "max_tokens": dep.max_tokens or default_max_tokens(dep)}
+    if dep.temperature is not None:
+        kwargs["temperature"] = dep.temperature
+    kwargs.update(overrides)
+    interp = cls(**kwargs)
+    interp.deployment = dep
+    return interp
