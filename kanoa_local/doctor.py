@@ -54,8 +54,8 @@ def run(*, model: str | None = None, offline: bool = True, keep: bool = False,
     from .check import check
     from .probe import probe
 
-    steps: list[Step] = []
-    report = DoctorReport(ok=False, steps=steps)
+    report = DoctorReport(ok=False, steps=[])
+    steps = report.steps          # pydantic copies lists given to it: append to the report's own
     tell = on_step or (lambda _s: None)
     started: list[str] = []
 
