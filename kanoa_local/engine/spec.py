@@ -99,6 +99,8 @@ def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port
         args += ["--max-num-seqs", str(s.max_num_seqs)]
     if s.trust_remote_code:
         args.append("--trust-remote-code")
+    if s.sampling:
+        args += ["--override-generation-config", json.dumps(s.sampling, separators=(",", ":"), sort_keys=True)]
     if s.enforce_eager:
         args.append("--enforce-eager")
     return args

@@ -77,6 +77,7 @@ class Settings(Model):
     max_num_batched_tokens: int | None = None
     limit_images: int | None = None
     trust_remote_code: bool = False
+    sampling: dict[str, float] = {}
     enforce_eager: bool = False
     block_size: int | None = None
 
@@ -356,7 +357,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         max_model_len=max_len, gpu_memory_utilization=gmu, tensor_parallel_size=tp,
         gpu_indices=sorted(g.index for g in gpus), gpu_uuids=[g.uuid for g in sorted(gpus, key=lambda g: g.index)],
         limit_images=images if entry.vision else None,
-        max_num_seqs=entry.max_num_seqs, trust_remote_code=entry.trust_remote_code)
+        max_num_seqs=entry.max_num_seqs, trust_remote_code=entry.trust_remote_code, sampling=dict(entry.sampling))
     if dtype_note:
         warnings.append(dtype_note)
     if variant.plugin and image.vllm != GPU_IMAGES[0].vllm:
@@ -461,7 +462,7 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
     cand.settings = Settings(image=None, vllm_version=None, dtype=dtype, max_model_len=max_len,
                              cpu_kv_cache_gib=kv_gib, enforce_eager=True,
                              limit_images=entry.max_images if entry.vision else None,
-                             trust_remote_code=entry.trust_remote_code)
+                             trust_remote_code=entry.trust_remote_code, sampling=dict(entry.sampling))
     reasons.append(f"CPU engine in float32 (safe on every x86 CPU): weights {_gib(w.total)}, "
                    f"KV cache {kv_gib} GiB = {cap.tokens:,} tokens, {cap.concurrency:.1f} × {_tokens(max_len)}")
     if not entry.instruct:
