@@ -319,6 +319,18 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return catalog_options(f)
 
 
+def progress_printer(say: Callable[[str], None], what: str) -> Callable[[int, int], None]:
+    """A (done, total) bytes callback that says ``what: x / y GB (p %)`` every 5 %."""
+    shown = {"pct": -5}
+
+    def on(done: int, total: int) -> None:
+        pct = int(done * 100 / total) if total else 100
+        if (pct >= shown["pct"] + 5 or done == total) and pct != shown["pct"]:
+            shown["pct"] = pct
+            say(f"{what}: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)")
+    return on
+
+
 def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | None,
            opts: dict[str, Any]) -> Any:
     """`up` with progress on stderr (none with --json); the UpResult."""
@@ -344,14 +356,7 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
         say(f"  [{ev.at_s:6.1f}s] {ev.stage}")
 
     def progress(what: str) -> Callable[[int, int], None]:
-        shown = {"pct": -5}
-
-        def on(done: int, total: int) -> None:
-            pct = int(done * 100 / total) if total else 100
-            if (pct >= shown["pct"] + 5 or done == total) and pct != shown["pct"]:
-                shown["pct"] = pct
-                say(f"  {what}: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)")
-        return on
+        return progress_printer(say, "  " + what)
 
     return deploy.start(model, name=name, profile=profile, models_files=models_files,
                         user_models=user_models, on_plan=on_plan, on_status=lambda m: say("  " + m),
@@ -384,13 +389,7 @@ def pull(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tupl
 
     as_json = wants_json(ctx, as_json)
     say = (lambda _m: None) if as_json else (lambda m: click.echo("  " + m, err=True))
-    shown = {"pct": -5}
-
-    def on_download(done: int, total: int) -> None:
-        pct = int(done * 100 / total) if total else 100
-        if (pct >= shown["pct"] + 5 or done == total) and pct != shown["pct"]:
-            shown["pct"] = pct
-            say(f"weights: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)")
+    on_download = progress_printer(say, "weights")
 
     result = deploy.pull(model, python=python, precision=precision, cpu=cpu, offline=offline,
                          profile=resolve_profile(hardware_file, gpu_name, docker=False),

