@@ -264,8 +264,16 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         model_dir = str(packaged_models_dir() / c.model_id) if c.variant.package else None
         from .settings import engine_caches
 
-        spec = launch_spec(c, port=port, model_dir=model_dir, **engine_caches())
-    report = PlanReport(plan=result, launch=spec, command=spec.docker_command() if spec else None)
+        # as `up --runtime auto` would: the vLLM image for GPU plans, a process for CPU plans
+        runtime = "docker" if c.device == "gpu" else "process"
+        spec = launch_spec(c, port=port, model_dir=model_dir, runtime=runtime, **engine_caches())
+    command = None
+    if spec is not None:
+        from .engine.process import default_python
+
+        command = spec.docker_command() if runtime == "docker" else spec.process_command(default_python())
+    report = PlanReport(plan=result, launch=spec, command=command,
+                        runtime=runtime if spec is not None else None)
     if as_json:
         emit_json(report)
     else:

@@ -203,7 +203,8 @@ def plan_report(report: Any, verbose: int = 0) -> None:
     for w in c.warnings:
         out.print(f"[yellow]![/] {w}")
     if report.command:
-        out.print("\n[bold]up would run[/] (the API key and HF token come from the environment):")
+        out.print(f"\n[bold]up would run[/] ({report.runtime or 'docker'} runtime; the API key and HF token "
+                  "come from the environment):")
         out.print(report.command, markup=False, highlight=False, soft_wrap=True)
     alts = r.alternatives(12 if verbose else 6, per_model=4 if r.request.model else 1)
     if alts:

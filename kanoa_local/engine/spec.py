@@ -160,4 +160,6 @@ class PlanReport(Model):
 
     plan: PlanResult
     launch: LaunchSpec | None = None
-    command: str | None = Field(None, description="the equivalent docker run line")
+    command: str | None = Field(None, description="the equivalent docker run line, or the process's "
+                                                  "command line on the process runtime")
+    runtime: Literal["docker", "process"] | None = Field(None, description="what `up` would use by default")
