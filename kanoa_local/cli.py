@@ -59,6 +59,35 @@ def machine_options(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="a saved profile (check --save) or an NVML recording instead of this machine")(f)
 
 
+def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--nodes/--gpus-per-node/--cluster: plan for several identical nodes (what-if or a file)."""
+    f = click.option("--cluster", "cluster_file", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="a cluster description (TOML: nodes, gpus_per_node, gpu, vram_gb, hosts)")(f)
+    f = click.option("--gpus-per-node", type=click.IntRange(1, 16), metavar="T",
+                     help="what-if: GPUs in each node (same as --gpus)")(f)
+    return click.option("--nodes", type=click.IntRange(1, 64), metavar="N",
+                        help="what-if: N identical nodes (pipeline parallel across them)")(f)
+
+
+def resolve_cluster(cluster_file: str | None, nodes: int | None, gpus_per_node: int | None,
+                    gpu_name: str | None, vram_gb: float | None, gpu_count: int | None) -> Any:
+    """A Cluster from --cluster or the what-if options; None when neither asks for one."""
+    from .cluster import Cluster, load_cluster
+    from .errors import UsageError
+
+    if gpus_per_node and gpu_count and gpus_per_node != gpu_count:
+        raise UsageError("--gpus and --gpus-per-node disagree", remedy="give one of them")
+    if cluster_file:
+        if nodes or gpus_per_node:
+            raise UsageError("--cluster already says the nodes and GPUs",
+                             remedy="drop --nodes/--gpus-per-node, or edit the file")
+        return load_cluster(cluster_file)
+    if nodes is None and gpus_per_node is None:
+        return None
+    return Cluster(nodes=nodes or 1, gpus_per_node=gpus_per_node or gpu_count or 1, gpu=gpu_name,
+                   vram_gb=vram_gb)
+
+
 def catalog_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--no-user-models", is_flag=True,
                      help="ignore models.toml in the config directory")(f)
@@ -199,6 +228,7 @@ def models(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: s
 @cli.command(name="plan")
 @json_option
 @machine_options
+@cluster_options
 @catalog_options
 @click.argument("model", required=False)
 @click.option("--vision/--text", "vision", default=None,
@@ -221,7 +251,8 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
              models_files: tuple[str, ...], no_user_models: bool, model: str | None,
              vision: bool | None, min_context: int | None, max_context: int | None,
              precision: str | None, kv_cache_dtype: str | None, force_cpu: bool,
-             offline: bool | None, port: int, strict: bool) -> None:
+             offline: bool | None, port: int, strict: bool, nodes: int | None = None,
+             gpus_per_node: int | None = None, cluster_file: str | None = None) -> None:
     """Which model, precision and vLLM settings fit, why, and the command `up` would run.
 
     MODEL is a model id, alias or Hugging Face repo id from `kanoa-local models`, or a local
@@ -240,7 +271,11 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
                          remedy="one of: " + ", ".join(PRECISIONS))
     if min_context and max_context and min_context > max_context:
         raise UsageError("--min-context is larger than --max-context", remedy="swap or drop one")
-    profile = resolve_profile(hardware_file, gpu_name, vram_gb, gpu_count, docker=False)
+    cluster = resolve_cluster(cluster_file, nodes, gpus_per_node, gpu_name, vram_gb, gpu_count)
+    if cluster is not None and hardware_file:
+        raise UsageError("--hardware and a cluster both describe the machine", remedy="give one of them")
+    profile = cluster.profile() if cluster is not None else resolve_profile(
+        hardware_file, gpu_name, vram_gb, gpu_count, docker=False)
     catalog, weights = load_models(models_files, no_user_models)
     if model and Path(model).expanduser().is_dir():
         from .checkpoint import entry_from_directory
@@ -253,7 +288,7 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
     request = PlanRequest(model=model, vision=vision, min_context=min_context,
                           max_context=max_context, precision=precision,
                           kv_cache_dtype=kv_cache_dtype, device="cpu" if force_cpu else "auto",
-                          offline=offline,
+                          offline=offline, nodes=cluster.nodes if cluster is not None else 1,
                           hf_token=bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")))
     result = plan(profile, catalog, request, checkpoints=weights)
     spec = None
@@ -284,6 +319,95 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         if as_json:
             ctx.exit(NoFitError.exit_code)
         raise NoFitError(result.summary, remedy=result.remedy)
+
+
+@cli.command(name="export", epilog=EXIT_CODE_HELP)
+@json_option
+@machine_options
+@cluster_options
+@catalog_options
+@click.argument("target", type=click.Choice(["docker", "slurm", "k8s", "compose"]))
+@click.argument("model", required=False)
+@click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)")
+@click.option("--max-context", type=click.IntRange(256), metavar="TOKENS", help="cap --max-model-len")
+@click.option("--vision/--text", "vision", default=None, help="require a model that reads images / text is enough")
+@click.option("--name", help="deployment name (default: the model id)")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--image", metavar="IMAGE", help="another vLLM image (pinned tag or digest)")
+@click.option("--namespace", metavar="NS", help="Kubernetes namespace")
+@click.option("--storage", default="200Gi", show_default=True, help="Kubernetes: size of the weights volume")
+@click.option("--storage-class", metavar="CLASS", help="Kubernetes: storage class of the weights volume")
+@click.option("-o", "--output", "output", metavar="DIR", help="write the files into DIR (default: print them)")
+@click.pass_context
+def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: str | None,
+               gpu_name: str | None, vram_gb: float | None, gpu_count: int | None, nodes: int | None,
+               gpus_per_node: int | None, cluster_file: str | None, models_files: tuple[str, ...],
+               no_user_models: bool, target: str, model: str | None, precision: str | None,
+               max_context: int | None, vision: bool | None, name: str | None, port: int,
+               image: str | None, namespace: str | None, storage: str, storage_class: str | None,
+               output: str | None) -> None:
+    """Render the plan for another engine: per-node docker run lines, an sbatch script,
+    Kubernetes manifests or a compose file.
+
+    Plans as `plan` does, for this machine or a cluster (--nodes/--gpus-per-node/--gpu, or
+    --cluster FILE). Secrets are never written except the Kubernetes Secret's generated API
+    key (files are written mode 0600 then).
+    """
+    from pathlib import Path
+
+    from .errors import NoFitError, UsageError
+    from .export import ExportOptions, ExportResult, render
+    from .plan import PlanRequest, plan
+    from .state import check_name
+
+    as_json = wants_json(ctx, as_json)
+    cluster = resolve_cluster(cluster_file, nodes, gpus_per_node, gpu_name, vram_gb, gpu_count)
+    profile = cluster.profile() if cluster is not None else resolve_profile(
+        hardware_file, gpu_name, vram_gb, gpu_count, docker=False)
+    catalog, weights = load_models(models_files, no_user_models)
+    request = PlanRequest(model=model, precision=precision, max_context=max_context, vision=vision,
+                          nodes=cluster.nodes if cluster is not None else 1, hf_token=True)
+    result = plan(profile, catalog, request, checkpoints=weights)
+    c = result.chosen
+    if c is None:
+        raise NoFitError(result.summary, remedy=result.remedy)
+    if c.variant.package or (c.variant.path and not c.variant.repo):
+        raise UsageError(f"{c.model_name} is served from local files ({c.variant.source}), which other "
+                         "machines do not have", remedy="export a model with a Hugging Face repo")
+    opts = ExportOptions(name=check_name(name or c.model_id), port=port, image=image, namespace=namespace,
+                         storage=storage, storage_class=storage_class)
+    files = render(target, c, opts, nodes=cluster.nodes if cluster else 1,
+                   hosts=cluster.hosts if cluster else None)
+    s = c.settings
+    words = (f"{c.label} on {c.gpu_name or 'the CPU engine'}, --max-model-len {s.max_model_len}" if s else c.label)
+    res = ExportResult(target=target, model=c.model_id, plan=words, nodes=s.pipeline_parallel_size if s else 1,
+                       files=files)
+    if output:
+        out = Path(output).expanduser()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                from .state import write_atomic
+
+                write_atomic(out / f.name, f.content, mode=f.mode)
+                res.written.append(str(out / f.name))
+        except OSError as exc:
+            from .errors import ConfigError
+
+            raise ConfigError(f"cannot write into {out}: {exc.strerror or exc}",
+                              remedy="choose a writable -o DIR") from exc
+    if as_json:
+        emit_json(res)
+        return
+    click.echo(f"# {target}: {words}", err=True)
+    if output:
+        for p in res.written:
+            click.echo(p)
+    else:
+        for f in files:
+            if len(files) > 1:
+                click.echo(f"# ---- {f.name}")
+            click.echo(f.content, nl=False)
 
 
 def up_options(f: Callable[..., Any]) -> Callable[..., Any]:

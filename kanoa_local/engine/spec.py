@@ -93,6 +93,8 @@ def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port
         args += ["--gpu-memory-utilization", f"{s.gpu_memory_utilization:.2f}"]
     if s.tensor_parallel_size > 1:
         args += ["--tensor-parallel-size", str(s.tensor_parallel_size)]
+    if s.pipeline_parallel_size > 1:
+        args += ["--pipeline-parallel-size", str(s.pipeline_parallel_size)]
     if s.limit_images is not None:
         args += ["--limit-mm-per-prompt", json.dumps({"image": s.limit_images}, separators=(",", ":"))]
     if s.max_num_seqs:

@@ -54,6 +54,8 @@ class PlanRequest(Model):
     concurrency: int = Field(TARGET_CONCURRENCY, ge=1)
     device: Literal["auto", "gpu", "cpu"] = "auto"
     max_gpus: int | None = Field(None, ge=1)
+    nodes: int = Field(1, ge=1, description="identical nodes like the profile's (pipeline parallel "
+                                            "across nodes, tensor parallel within one)")
     kv_cache_dtype: Literal["auto", "fp8"] | None = None
     offline: bool = Field(False, description="no model hub: only local or packaged weights")
     hf_token: bool | None = Field(None, description="whether HF_TOKEN is set (None: unknown)")
@@ -70,6 +72,7 @@ class Settings(Model):
     max_model_len: int = 0
     gpu_memory_utilization: float | None = None
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = Field(1, description="= nodes: vLLM's rule is TP = GPUs per node, PP = nodes")
     gpu_indices: list[int] = []
     gpu_uuids: list[str] = []
     cpu_kv_cache_gib: int | None = None
@@ -226,6 +229,17 @@ def _tp_options(entry: ModelEntry, n: int, limit: int | None) -> list[int]:
     return out
 
 
+def _parallel_options(entry: ModelEntry, n: int, req: PlanRequest) -> list[tuple[int, int]]:
+    """(tensor parallel, pipeline parallel) to try on ``req.nodes`` nodes of ``n`` GPUs: within
+    one node any TP the heads allow; across nodes vLLM's rule, TP = every GPU of a node and
+    PP = the nodes used (only whole nodes)."""
+    out = [(tp, 1) for tp in _tp_options(entry, n, req.max_gpus)]
+    if req.nodes > 1 and n in _tp_options(entry, n, None):
+        out += [(n, pp) for pp in range(2, req.nodes + 1)
+                if not req.max_gpus or n * pp <= req.max_gpus]
+    return out
+
+
 def _useful_context(entry: ModelEntry, req: PlanRequest, device: Device) -> tuple[int, int]:
     """(minimum, goal) context for this model and request."""
     arch = entry.arch
@@ -239,16 +253,29 @@ def _useful_context(entry: ModelEntry, req: PlanRequest, device: Device) -> tupl
 # ----------------------------------------------------------------------------- GPU
 
 
+def _stage_arch(arch, pp: int):
+    """The layers one pipeline stage holds (vLLM splits layers evenly; the largest stage counts)."""
+    if pp == 1:
+        return arch
+    layers = math.ceil(arch.layers / pp)
+    sliding = min(layers, math.ceil(arch.sliding_layers * layers / arch.layers)) if arch.sliding_layers else 0
+    return arch.model_copy(update={"layers": layers, "sliding_layers": sliding})
+
+
 def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: int, kv_fp8: bool,
-                   profile: HardwareProfile, req: PlanRequest, checkpoint: Weights | None) -> Candidate:
-    arch = entry.arch
-    assert arch is not None
+                   profile: HardwareProfile, req: PlanRequest, checkpoint: Weights | None,
+                   pp: int = 1) -> Candidate:
+    full_arch = entry.arch
+    assert full_arch is not None
+    arch = _stage_arch(full_arch, pp)      # per GPU: its stage's layers, its share of the heads
     gpus = sorted(group, key=lambda g: -g.memory_free)[:tp]
     g0 = gpus[0]
     cc = min(g.cc_value or 0 for g in gpus)
     total = g0.memory_total
     free = min(g.memory_free for g in gpus)
     name = f"{tp} × {g0.name}" if tp > 1 else g0.name
+    if pp > 1:
+        name = f"{pp} nodes × {name}"
     cand = Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision, variant=variant, device="gpu",
                      gpu_name=name, fits="no")
     reasons, warnings = cand.reasons, cand.warnings
@@ -279,7 +306,8 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if entry.max_num_seqs:
         seqs = min(seqs, entry.max_num_seqs)
     images = entry.max_images if entry.vision else 0
-    w = mem.weights(entry, variant, dtype_bytes, tp, checkpoint)
+    # pipeline stages split the layers: per GPU, the weights are about 1/(TP × PP)
+    w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint)
     act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images)
     non_torch = mem.non_torch_bytes(tp)
     graphs = mem.cuda_graph_bytes(arch, seqs, tp)
@@ -308,7 +336,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     lo, goal = _useful_context(entry, req, "gpu")
     block = mem.GPU_BLOCK_SIZE
     in_flight = (2 if new_engine else 1) * batched     # async scheduling keeps two batches in flight
-    terms = [Term(name="weights", bytes=w.total, note=_weights_note(w, variant, dtype, tp)), act, non_torch]
+    terms = [Term(name="weights", bytes=w.total, note=_weights_note(w, variant, dtype, tp * pp)), act, non_torch]
     if graphs_inside:
         terms.append(graphs)
     breakdown = MemoryBreakdown(device="gpu", per_device_total=total, per_device_free=free,
@@ -318,7 +346,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if kv_bytes <= 0:
         reasons.append(f"weights + overheads need {_gib(fixed)} per GPU; the budget is {_gib(budget)} "
                        f"({gmu:.2f} × {_gib(total)})")
-        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU)
+        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
         return cand
 
     ceiling = min(arch.max_context, req.max_context or arch.max_context)
@@ -330,7 +358,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if one_len < lo:
         reasons.append(f"after {_gib(fixed)} of weights and overheads, {_gib(kv_bytes)} of KV cache "
                        f"holds {_tokens(one_len)} tokens; at least {_tokens(lo)} are needed")
-        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU)
+        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
         return cand
     if good_len >= goal:
         fit: FitClass = "good"
@@ -355,6 +383,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         image=image.image, vllm_version=image.vllm, dtype=dtype,
         quantization=variant.quantization, kv_cache_dtype="fp8" if kv_fp8 else "auto",
         max_model_len=max_len, gpu_memory_utilization=gmu, tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
         gpu_indices=sorted(g.index for g in gpus), gpu_uuids=[g.uuid for g in sorted(gpus, key=lambda g: g.index)],
         limit_images=images if entry.vision else None,
         max_num_seqs=entry.max_num_seqs, trust_remote_code=entry.trust_remote_code, sampling=dict(entry.sampling))
@@ -365,7 +394,10 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
                         f"{image.tag} image, which has it built in")
     elif image is not GPU_IMAGES[0]:
         warnings.append(f"runs on the older {image.tag} image ({image.note})")
-    reasons.append(_fit_sentence(cand, w, kv_bytes, cap, max_len, tp))
+    reasons.append(_fit_sentence(cand, w, kv_bytes, cap, max_len, tp * pp))
+    if pp > 1:
+        warnings.append(f"spans {pp} nodes (pipeline parallel {pp}, tensor parallel {tp} each): "
+                        "the nodes need a fast network and the same weights cache")
     return cand
 
 
@@ -381,20 +413,25 @@ def _fit_sentence(c: Candidate, w: Weights, kv_bytes: int, cap: KvCapacity, max_
             f"{cap.concurrency:.1f} requests of {_tokens(max_len)} at once")
 
 
-def _needs(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_default: float) -> tuple[str, int]:
-    """The GPU memory this would need for ``context`` tokens, in cards people can buy."""
+def _needs(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_default: float,
+           pp: int = 1) -> tuple[str, int]:
+    """The GPU memory this would need for ``context`` tokens, in cards people can buy; beyond
+    one node of 8 GPUs, in nodes."""
     kv = int(mem.kv_bytes_per_token(arch, kv_dtype_bytes, tp, context) * context) + int(0.2 * GIB)
     per_gpu = (fixed + kv) / gmu_default + mem.CUDA_CONTEXT_BYTES + 0.5 * GIB
-    total = per_gpu * tp
+    gpus = tp * pp
+    total = per_gpu * gpus
     for size in (12, 16, 24, 32, 48, 80, 141):
         if per_gpu * 1.0 <= size * GIB * 0.995:
-            card = f"a {size} GB GPU" if tp == 1 else f"{tp} × {size} GB GPUs"
+            card = f"a {size} GB GPU" if gpus == 1 else (
+                f"{pp} nodes × {tp} × {size} GB GPUs" if pp > 1 else f"{tp} × {size} GB GPUs")
             return f"{card} for {_tokens(context)} tokens ({total / GIB:.0f} GiB in all)", int(total)
     n = 1
-    while n < 64 and total / n > 80 * GIB * 0.9:
+    while n < 256 and total / n > 80 * GIB * 0.9:
         n *= 2
+    example = f"{n} × 80 GB GPUs" if n <= 8 else f"{n // 8} nodes × 8 × 80 GB GPUs"
     return (f"about {total / GIB:.0f} GiB of GPU memory for {_tokens(context)} tokens "
-            f"(e.g. {n} × 80 GB GPUs)", int(total))
+            f"(e.g. {example})", int(total))
 
 
 # ----------------------------------------------------------------------------- CPU
@@ -481,7 +518,7 @@ def _rank(c: Candidate, entry: ModelEntry, req: PlanRequest) -> list[float]:
     s = c.settings
     return [want_precision, fit, float(entry.fallback), STATUS_RANK[entry.status], prefer_vision,
             -entry.params_b, PRECISION_RANK.get(c.variant.precision, 9),
-            float(s.tensor_parallel_size) if s else 9.0,
+            float(s.tensor_parallel_size * s.pipeline_parallel_size) if s else 99.0,
             1.0 if s and s.kv_cache_dtype == "fp8" else 0.0,
             -(s.max_model_len if s else 0)]
 
@@ -520,6 +557,8 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
     gpus = _usable_gpus(profile)
     device: Device = "cpu" if req.device == "cpu" or not gpus else "gpu"
     machine = _machine_text(profile, device)
+    if req.nodes > 1 and device == "gpu":
+        machine = f"{req.nodes} nodes, each {machine}"
     out: list[Candidate] = []
     for entry in entries:
         if entry.arch is None:
@@ -543,11 +582,11 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
                 model_cands.append(_cpu_candidate(entry, variant, profile, req, ck))
                 continue
             for group in gpu_groups(profile.model_copy(update={"gpus": gpus})):
-                for tp in _tp_options(entry, len(group), req.max_gpus):
+                for tp, pp in _parallel_options(entry, len(group), req):
                     for kv_fp8 in ((False, True) if req.kv_cache_dtype != "fp8" else (True,)):
                         if kv_fp8 and req.kv_cache_dtype == "auto":
                             continue
-                        model_cands.append(_gpu_candidate(entry, variant, group, tp, kv_fp8, profile, req, ck))
+                        model_cands.append(_gpu_candidate(entry, variant, group, tp, kv_fp8, profile, req, ck, pp=pp))
         for c in model_cands:
             c.rank = _rank(c, entry, req)
             if c.fits != "no":

@@ -1,0 +1,160 @@
+"""Kubernetes manifests: Secret (the API key → VLLM_API_KEY), PVC (the HF cache; ReadWriteMany
+for several nodes), Deployment (one node) or LeaderWorkerSet (several: vLLM's native multi-node
+flags from LWS's environment), Service (ClusterIP: reachable inside the cluster only).
+
+GPU requests equal limits and are whole numbers (the API server refuses anything else; checked
+here first by :func:`check_objects`), /dev/shm is a memory volume, and startup/readiness probes
+on /health give a big model time to load.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from . import CONTAINER_HF, Artefact, ExportOptions, Layout, server_args
+from ..errors import UsageError
+from ..plan.fit import Candidate
+
+GPU = "nvidia.com/gpu"
+LWS_API = "leaderworkerset.x-k8s.io/v1"
+
+
+def dns_label(name: str) -> str:
+    """An object name every kind accepts (a Service name is a DNS-1035 label: no dots)."""
+    out = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name.lower())
+    out = "-".join(p for p in out.split("-") if p)
+    if not out or not out[0].isalpha():
+        out = "k-" + out
+    return out[:63].rstrip("-")
+
+
+def _labels(opts: ExportOptions, c: Candidate) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": f"kanoa-{opts.name}",
+            "app.kubernetes.io/managed-by": "kanoa-local", "io.kanoa-local/deployment": opts.name,
+            "io.kanoa-local/model": c.model_id}
+
+
+def _meta(name: str, opts: ExportOptions, c: Candidate) -> dict[str, Any]:
+    m: dict[str, Any] = {"name": name, "labels": _labels(opts, c)}
+    if opts.namespace:
+        m["namespace"] = opts.namespace
+    return m
+
+
+def _container(c: Candidate, layout: Layout, opts: ExportOptions, role: str, secret: str) -> dict[str, Any]:
+    s = c.settings
+    assert s is not None
+    args = server_args(c, opts.port)
+    if layout.pipeline_parallel > 1:
+        args += ["--distributed-executor-backend", "mp", "--nnodes", str(layout.pipeline_parallel),
+                 "--master-addr", "$(LWS_LEADER_ADDRESS)"]
+        args += ["--node-rank", "0"] if role == "leader" else ["--node-rank", "$(LWS_WORKER_INDEX)", "--headless"]
+    ctr: dict[str, Any] = {
+        "name": "vllm", "image": opts.image, "args": args,
+        "env": [{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "api-key"}}},
+                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "hf-token",
+                                                                    "optional": True}}}],
+        "volumeMounts": [{"name": "hf-cache", "mountPath": CONTAINER_HF}, {"name": "shm", "mountPath": "/dev/shm"}],
+    }
+    if c.device == "gpu":
+        n = str(layout.gpus_per_node)
+        ctr["resources"] = {"requests": {GPU: n}, "limits": {GPU: n}}
+    else:
+        ctr["env"].append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(s.cpu_kv_cache_gib or 1)})
+    if role != "worker":
+        ctr["ports"] = [{"name": "http", "containerPort": opts.port}]
+        probe = {"httpGet": {"path": "/health", "port": opts.port}, "periodSeconds": 10}
+        ctr["startupProbe"] = {**probe, "failureThreshold": opts.startup_minutes * 6}
+        ctr["readinessProbe"] = {**probe, "failureThreshold": 3}
+        ctr["livenessProbe"] = {**probe, "failureThreshold": 6}
+    return ctr
+
+
+def _pod(c: Candidate, layout: Layout, opts: ExportOptions, role: str, secret: str, pvc: str,
+         labels: dict[str, str]) -> dict[str, Any]:
+    return {"metadata": {"labels": labels},
+            "spec": {"containers": [_container(c, layout, opts, role, secret)],
+                     "volumes": [{"name": "hf-cache", "persistentVolumeClaim": {"claimName": pvc}},
+                                 {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]}}
+
+
+def objects(c: Candidate, layout: Layout, opts: ExportOptions, api_key: str | None = None) -> list[dict[str, Any]]:
+    name = dns_label(f"kanoa-{opts.name}")[:50]      # room for the -secrets / -hf-cache suffixes
+    labels = _labels(opts, c)
+    multi = layout.pipeline_parallel > 1
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(f"{name}-secrets", opts, c),
+              "type": "Opaque", "stringData": {"api-key": api_key or "kl-" + secrets.token_urlsafe(24)}}
+    pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteMany" if multi else "ReadWriteOnce"],
+                                "resources": {"requests": {"storage": opts.storage}}}
+    if opts.storage_class:
+        pvc_spec["storageClassName"] = opts.storage_class
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(f"{name}-hf-cache", opts, c),
+           "spec": pvc_spec}
+    sec, claim = secret["metadata"]["name"], pvc["metadata"]["name"]
+    if not multi:
+        workload = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, opts, c),
+                    "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                             "selector": {"matchLabels": {"io.kanoa-local/deployment": opts.name}},
+                             "template": _pod(c, layout, opts, "single", sec, claim, labels)}}
+    else:
+        workload = {"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "metadata": _meta(name, opts, c),
+                    "spec": {"replicas": 1, "leaderWorkerTemplate": {
+                        "size": layout.pipeline_parallel,
+                        "leaderTemplate": _pod(c, layout, opts, "leader", sec, claim, {**labels, "role": "leader"}),
+                        "workerTemplate": _pod(c, layout, opts, "worker", sec, claim, {**labels, "role": "worker"})}}}
+    selector = {"io.kanoa-local/deployment": opts.name}
+    if multi:
+        selector["role"] = "leader"
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, opts, c),
+               "spec": {"type": "ClusterIP", "selector": selector,
+                        "ports": [{"name": "http", "port": opts.port, "targetPort": opts.port}]}}
+    objs = [secret, pvc, workload, service]
+    check_objects(objs)
+    return objs
+
+
+def _containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = obj.get("spec", {})
+    pods = []
+    if "template" in spec:
+        pods.append(spec["template"])
+    lwt = spec.get("leaderWorkerTemplate", {})
+    pods += [lwt[k] for k in ("leaderTemplate", "workerTemplate") if k in lwt]
+    if obj.get("kind") == "Pod":
+        pods.append(obj)
+    return [ctr for p in pods for ctr in p.get("spec", {}).get("containers", [])]
+
+
+def check_objects(objs: list[dict[str, Any]]) -> None:
+    """What the API server would refuse or what would expose the server, said first: GPU
+    requests must equal limits and be whole numbers; the Service stays inside the cluster."""
+    for obj in objs:
+        where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        for ctr in _containers(obj):
+            res = ctr.get("resources", {})
+            req, lim = res.get("requests", {}).get(GPU), res.get("limits", {}).get(GPU)
+            for label, v in (("request", req), ("limit", lim)):
+                if v is not None and not str(v).isdigit():
+                    raise UsageError(f"{where}: {GPU} {label} {v!r} is not a whole number of GPUs",
+                                     remedy="GPUs are whole: vLLM takes whole devices (use MIG profiles for slices)")
+            if req is not None and lim is not None and str(req) != str(lim):
+                raise UsageError(f"{where}: {GPU} request {req} and limit {lim} differ",
+                                 remedy="Kubernetes needs GPU requests equal to limits")
+            if req is not None and lim is None:
+                raise UsageError(f"{where}: {GPU} requested without a limit", remedy="set the limit equal to it")
+        if obj.get("kind") == "Service" and obj.get("spec", {}).get("type", "ClusterIP") != "ClusterIP":
+            raise UsageError(f"{where}: a {obj['spec']['type']} Service exposes the server outside the cluster",
+                             remedy="keep ClusterIP and reach it with `kubectl port-forward` or an Ingress with auth")
+
+
+def render(c: Candidate, layout: Layout, opts: ExportOptions, api_key: str | None = None) -> list[Artefact]:
+    import yaml
+
+    objs = objects(c, layout, opts, api_key)
+    head = ("# Rendered by kanoa-local from its plan. The Secret holds a generated API key: keep this\n"
+            "# file private, or delete the Secret here and create your own (key: api-key).\n")
+    if layout.pipeline_parallel > 1:
+        head += "# Needs the LeaderWorkerSet controller (leaderworkerset.x-k8s.io).\n"
+    return [Artefact(name=f"kanoa-{opts.name}.yaml", mode=0o600,
+                     content=head + yaml.safe_dump_all(objs, sort_keys=False, width=1000))]

@@ -1,0 +1,65 @@
+"""An sbatch script: `-N` nodes, `--gres=gpu:T` each, one srun task per node; the rank and the
+head's address come from Slurm's environment. The engine runs from a Python environment with
+vLLM (`KANOA_VLLM_PYTHON`, default `python3`) or, where Docker is absent, from the vLLM image
+through Apptainer (`KANOA_APPTAINER_IMAGE`, a .sif built from it). The HF cache must be on
+storage every node sees."""
+
+from __future__ import annotations
+
+import shlex
+
+from . import Artefact, ExportOptions, Layout, server_args
+from ..plan.fit import Candidate
+
+TEMPLATE = """#!/usr/bin/env bash
+#SBATCH --job-name=kanoa-{name}
+#SBATCH --nodes={nodes}
+#SBATCH --ntasks-per-node=1
+{gres}#SBATCH --cpus-per-task={cpus}
+#SBATCH --output=kanoa-{name}-%j.log
+# {title}
+# Rendered by kanoa-local from its plan. Submit with the API key in the environment:
+#   VLLM_API_KEY=... sbatch --export=ALL {file}
+# (the key is read from the environment, never written here). The head (node rank 0) serves
+# the OpenAI API on port {port}; `squeue -j JOBID` / `scancel JOBID` as usual.
+set -euo pipefail
+: "${{VLLM_API_KEY:?set VLLM_API_KEY and submit with --export=ALL}}"
+export HF_HOME="${{HF_HOME:-$HOME/.cache/huggingface}}"   # on shared storage for every node
+{cpu_env}
+HEAD_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
+export HEAD_ADDR
+echo "kanoa-local: job $SLURM_JOB_ID, head $HEAD_ADDR:{port}, {nodes} node(s)"
+
+srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
+  set -euo pipefail
+  RANK="$SLURM_NODEID"
+  ARGS=({args})
+  if [ {nodes} -gt 1 ]; then
+    ARGS+=(--distributed-executor-backend mp --nnodes {nodes} --node-rank "$RANK" --master-addr "$HEAD_ADDR")
+    [ "$RANK" -eq 0 ] || ARGS+=(--headless)
+  fi
+  echo "kanoa-local: node $(hostname) rank $RANK CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-}}"
+  if [ -n "${{KANOA_APPTAINER_IMAGE:-}}" ]; then
+    exec apptainer exec --nv --bind "$HF_HOME:/root/.cache/huggingface" "$KANOA_APPTAINER_IMAGE" \\
+      python3 -m vllm.entrypoints.openai.api_server "${{ARGS[@]}}"
+  fi
+  exec "${{KANOA_VLLM_PYTHON:-python3}}" -m vllm.entrypoints.openai.api_server "${{ARGS[@]}}"
+'
+"""
+
+
+def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
+    s = c.settings
+    assert s is not None
+    n = layout.pipeline_parallel
+    gres = f"#SBATCH --gres=gpu:{layout.gpus_per_node}\n" if c.device == "gpu" else ""
+    cpus = max(4, 4 * layout.gpus_per_node) if c.device == "gpu" else 2
+    cpu_env = f"export VLLM_CPU_KVCACHE_SPACE={s.cpu_kv_cache_gib}" if c.device == "cpu" and s.cpu_kv_cache_gib else ""
+    title = (f"{c.model_name}: {n} nodes × {layout.gpus_per_node} GPUs (TP {layout.tensor_parallel}, PP {n})"
+             if n > 1 else f"{c.model_name} on one node" + (f" with {layout.gpus_per_node} GPU(s)" if gres else " (CPU engine)"))
+    # the arguments go inside a single-quoted bash -c program: quote them for that shell, and
+    # make sure no single quote ends the program early
+    args = " ".join(shlex.quote(a) for a in server_args(c, opts.port)).replace("'", "'\"'\"'")
+    text = TEMPLATE.format(name=opts.name, nodes=n, gres=gres, cpus=cpus, title=title, port=opts.port,
+                           file="kanoa-" + opts.name + ".sbatch", cpu_env=cpu_env, args=args)
+    return [Artefact(name=f"kanoa-{opts.name}.sbatch", content=text, mode=0o755)]
