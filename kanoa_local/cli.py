@@ -417,7 +417,11 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
                      help="host port (the next free one when taken)"),
         click.option("--host", default="127.0.0.1", show_default=True,
-                     help="address to listen on; anything but loopback is reachable from the network"),
+                     help="address to listen on; anything but loopback is reachable from the network. "
+                          "A URL (tcp://, ssh://) means --docker-host"),
+        click.option("--docker-host", metavar="URL",
+                     help="run on another machine's Docker daemon: tcp://ADDR:2375 or ssh://user@host "
+                          "(its port is published there, on all its addresses unless --host says)"),
         click.option("--runtime", type=click.Choice(["auto", "docker", "process"]), default="auto",
                      show_default=True,
                      help="docker: the vLLM image; process: vLLM from a Python interpreter (--python); "
@@ -469,7 +473,21 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
     from . import deploy
 
     opts = dict(opts)
-    profile = resolve_profile(opts.pop("hardware_file"), opts.pop("gpu_name"), docker=False)
+    if "://" in opts["host"]:                      # `up --host ssh://user@gpu-box`
+        if opts.get("docker_host"):
+            from .errors import UsageError
+
+            raise UsageError("--host is a URL and --docker-host is given too", remedy="give one of them")
+        opts["docker_host"], opts["host"] = opts["host"], "127.0.0.1"
+    hardware_file, gpu_name = opts.pop("hardware_file"), opts.pop("gpu_name")
+    if opts.get("docker_host") and opts["host"] == "127.0.0.1":
+        # the remote host's loopback cannot be reached from here
+        opts["host"] = "0.0.0.0"
+        if not as_json:
+            click.echo(f"note: the server is published on every address of {opts['docker_host']}; "
+                       "the API key protects it (--host ADDR to choose one)", err=True)
+    profile = (resolve_profile(hardware_file, gpu_name, docker=False)
+               if hardware_file or gpu_name or not opts.get("docker_host") else None)
     models_files = list(opts.pop("models_files") or [])
     user_models = not opts.pop("no_user_models")
 
@@ -480,7 +498,7 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
     def on_plan(c: Any, runtime: str) -> None:
         say(f"Starting {c.model_name} ({c.device}, --max-model-len {c.settings.max_model_len}) "
             f"on the {runtime} runtime ...")
-        if opts["host"] not in ("127.0.0.1", "localhost", "::1"):
+        if opts["host"] not in ("127.0.0.1", "localhost", "::1") and not opts.get("docker_host"):
             say(f"warning: listening on {opts['host']}: anyone who can reach this machine can use "
                 "the server with the API key")
 

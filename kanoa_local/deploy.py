@@ -48,6 +48,7 @@ class PsRow(BaseModel):
     pid: int | None = None
     container_id: str | None = None
     uptime_s: float | None = None
+    docker_host: str | None = Field(None, description="the remote Docker host, when not this machine")
 
 
 class PsReport(BaseModel):
@@ -164,7 +165,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
           timeout: float = 1200, replace: bool = False, no_retry: bool = False,
           models_files: list[str] | None = None, user_models: bool = True, profile: Any = None,
           temperature: float | None = None, max_tokens: int | None = None,
-          cost_per_mtok: float | None = None,
+          cost_per_mtok: float | None = None, docker_host: str | None = None,
           on_plan: Callable[[Candidate, str], None] | None = None,
           on_status: Callable[[str], None] | None = None, **callbacks: Any) -> UpResult:
     """Probe (or take ``profile``), plan, fetch the weights and start: what `kanoa-local up`
@@ -176,8 +177,15 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     from .probe import probe
     from .settings import engine_caches
 
+    from .engine.docker import is_remote
+
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+    remote = is_remote(docker_host)
+    if remote:
+        runtime = "docker"
+        if profile is None:
+            profile = remote_profile(docker_host)  # type: ignore[arg-type]
     prof = profile if profile is not None else probe(docker=False)
     cand, model_dir, fallbacks = plan_for_up(prof, model=model, model_path=model_path, precision=precision,
                                              max_model_len=max_model_len, force_cpu=cpu, offline=offline,
@@ -189,6 +197,9 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
                 update={"gpu_memory_utilization": gpu_memory_utilization})})
         cand, fallbacks = with_gmu(cand), [with_gmu(f) for f in fallbacks]
     runtime = auto_runtime(runtime, cand, image)
+    if remote and cand.variant.package:
+        raise UsageError(f"{cand.model_name} comes from a local package; the remote host cannot read it",
+                         remedy="serve a model from the hub there, or --model-path DIR of a copy on that host")
     if cand.variant.package and model_dir is None:
         from . import packaged
 
@@ -202,7 +213,34 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     return up(cand, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
               python=python, model_dir=model_dir, image=image, timeout=timeout, replace=replace,
               no_retry=no_retry, offline=bool(offline), fallbacks=[] if model_dir else fallbacks,
-              caches=engine_caches(), defaults=defaults, **callbacks)
+              caches=engine_caches(), defaults=defaults, docker_host=docker_host, **callbacks)
+
+
+def remote_profile(docker_host: str) -> Any:
+    """What planning can know of a remote Docker host without a saved profile: its CPUs and
+    memory (from the daemon). A host with the NVIDIA runtime needs its real GPU profile."""
+    from .engine import docker as dk
+    from .hardware import CpuFacts, HardwareProfile
+
+    facts = dk.daemon_facts(timeout=10, host=docker_host)
+    if not facts.reachable:
+        from .errors import DockerUnavailable
+
+        raise DockerUnavailable(f"cannot reach the Docker daemon at {docker_host} ({facts.reason})",
+                                remedy=facts.detail or "check the address and that dockerd listens there")
+    if "nvidia" in facts.runtimes or facts.nvidia_cdi:
+        raise UsageError(f"{docker_host} has GPUs; planning for them needs their profile",
+                         remedy="run `kanoa-local check --save host.json` on that host and pass "
+                                "--hardware host.json (or --gpu NAME)")
+    c = dk.client(timeout=10, host=docker_host)
+    try:
+        info = c.info()
+    finally:
+        c.close()
+    mem = int(info.get("MemTotal") or 0)
+    return HardwareProfile(source=f"docker info of {docker_host}", ram_total=mem,
+                           ram_available=int(mem * 0.9), cpu=CpuFacts(count=int(info.get("NCPU") or 1)),
+                           disk_path="(remote)", docker=facts)
 
 
 class PullResult(BaseModel):
@@ -286,7 +324,7 @@ def is_alive(dep: Deployment) -> bool:
         return process.is_running(dep.pid)
     from .engine import docker as dk
 
-    return bool(dep.container_id) and dk.container_state(dep.container_id)["running"]
+    return bool(dep.container_id) and dk.container_state(dep.container_id, host=dep.docker_host)["running"]
 
 
 def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host: str = "127.0.0.1",
@@ -296,13 +334,16 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
        on_stage: Callable[[StageEvent], None] | None = None,
        on_pull: Callable[[int, int], None] | None = None, offline: bool = False,
        on_download: Callable[[int, int], None] | None = None,
-       fallbacks: list[Candidate] | None = None, defaults: dict[str, Any] | None = None) -> UpResult:
+       fallbacks: list[Candidate] | None = None, defaults: dict[str, Any] | None = None,
+       docker_host: str | None = None) -> UpResult:
     """Start ``candidate`` (a fitting plan) and wait until one token comes back.
 
     When vLLM says the context does not fit and names the length that would, `up` retries once
     with it; when a memory failure remains, it tries the next of ``fallbacks`` (smaller plans of
     the same model, best first). Each retry is said in the notes; ``no_retry`` turns them off.
-    ``defaults`` (temperature, max_tokens, cost_per_mtok) are what the handed clients use."""
+    ``defaults`` (temperature, max_tokens, cost_per_mtok) are what the handed clients use.
+    ``docker_host`` (tcp:// or ssh://) runs the container on another machine's daemon: its port
+    is published there and reached from here; the engine downloads weights itself there."""
     fallbacks = fallbacks or []
     if candidate.settings is None:
         raise UsageError("this plan does not fit, so it cannot be started",
@@ -316,11 +357,17 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
                            model_dir=model_dir, cpu_image=image, **caches)
         if image and runtime == "docker":
             spec = spec.model_copy(update={"image": image})
-        if cand.variant.repo and not model_dir:
+        if cand.variant.repo and not model_dir and not remote:
             # the weights are in the host's cache already (downloaded below): keep vLLM off the hub
             spec = spec.model_copy(update={"env": {**spec.env, "HF_HUB_OFFLINE": "1"}})
         return spec
 
+    from .engine.docker import is_remote
+
+    remote = is_remote(docker_host)
+    if remote and runtime != "docker":
+        raise UsageError("a remote Docker host runs containers: the process runtime is local only",
+                         remedy="drop --runtime process, or --docker-host")
     existing = _existing(name)
     if existing is not None:
         probe_spec = make_spec(existing.port)
@@ -336,7 +383,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
                              remedy=f"add --replace, or `kanoa-local down {name}`, or choose another --name")
         down(name)
         notes.append(f"replaced the running {name}")
-    chosen = pick_port(host, port)
+    # a remote host's ports cannot be probed from here: Docker says when one is taken
+    chosen = port if remote else pick_port(host, port)
     if chosen != port:
         notes.append(f"port {port} is in use: using {chosen}")
     if runtime == "process":
@@ -344,7 +392,7 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
         process.check_python(python)
     def fetch(c: Candidate) -> None:
         """Weights into the host's HF cache before the engine starts (it then runs offline)."""
-        if c.variant.repo and not model_dir:
+        if c.variant.repo and not model_dir and not remote:
             import os
 
             from .checkpoint import download
@@ -362,7 +410,7 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
         spec = make_spec(chosen, attempt)
         dep, report = _start_once(attempt, spec, name=name, host=host, port=chosen, runtime=runtime,
                                   python=python, timeout=timeout, stall=stall, on_stage=on_stage,
-                                  on_pull=on_pull, defaults=defaults or {})
+                                  on_pull=on_pull, defaults=defaults or {}, docker_host=docker_host)
         if report.outcome == "ready":
             return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url,
                             api_key_file=dep.api_key_file)
@@ -415,15 +463,16 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
                 python: str | None, timeout: float, stall: float,
                 on_stage: Callable[[StageEvent], None] | None,
                 on_pull: Callable[[int, int], None] | None = None,
-                defaults: dict[str, Any] | None = None) -> tuple[Deployment, ReadyReport]:
+                defaults: dict[str, Any] | None = None,
+                docker_host: str | None = None) -> tuple[Deployment, ReadyReport]:
     """Start once and wait; on anything but ready, what was started is removed again."""
     key, key_file = state.new_api_key(name)
     log = log_path(name)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    started = _Started(name)
+    started = _Started(name, docker_host)
     try:
-        dep = Deployment(name=name, runtime=runtime, model_id=candidate.model_id,  # type: ignore[arg-type]
+        dep = Deployment(name=name, runtime=runtime, docker_host=docker_host, model_id=candidate.model_id,  # type: ignore[arg-type]
                          served_model_name=spec.served_model_name, host=host, port=port,
                          device=candidate.device, plan_hash=state.plan_hash(spec),
                          api_key_file=str(key_file), log_file=str(log), spec=spec,
@@ -445,11 +494,11 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
                 spec, name=name, secrets_env={"VLLM_API_KEY": key},
                 gpu_uuids=(candidate.settings.gpu_uuids or None) if candidate.settings else None,
                 extra_labels={"io.kanoa-local.plan-hash": dep.plan_hash, "io.kanoa-local.port": str(port)},
-                on_pull=on_pull)
+                on_pull=on_pull, host=docker_host)
             dep.container_id = started.container
-            read_lines = dk.ContainerLogFollower(started.container)
-            alive = lambda: dk.container_state(started.container)["running"]  # noqa: E731
-            exit_info = lambda: dk.container_state(started.container)  # noqa: E731
+            read_lines = dk.ContainerLogFollower(started.container, host=docker_host)
+            alive = lambda: dk.container_state(started.container, host=docker_host)["running"]  # noqa: E731
+            exit_info = lambda: dk.container_state(started.container, host=docker_host)  # noqa: E731
         state.save(dep)
         report = wait_until_ready(
             read_lines=read_lines, alive=alive,
@@ -481,8 +530,8 @@ def _existing(name: str) -> Deployment | None:
 class _Started:
     """What one `up` started, so that a failure or Ctrl-C removes exactly that."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, docker_host: str | None = None) -> None:
+        self.name, self.docker_host = name, docker_host
         self.proc = None
         self.container: str | None = None
 
@@ -496,10 +545,10 @@ class _Started:
         if self.container is not None:
             from .engine import docker as dk
 
-            text = dk.container_logs(self.container)
+            text = dk.container_logs(self.container, host=self.docker_host)
             if text:                      # `logs NAME` still shows why it failed
                 log_path(self.name).write_text(text)
-            dk.stop_remove(self.container, timeout=5)
+            dk.stop_remove(self.container, timeout=5, host=self.docker_host)
         state.remove(self.name)
 
 
@@ -522,8 +571,8 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
         else:
             from .engine import docker as dk
 
-            for ctr in dk.find_servers(dep.name) or [{"id": dep.container_id}]:
-                dk.stop_remove(ctr["id"])
+            for ctr in dk.find_servers(dep.name, host=dep.docker_host) or [{"id": dep.container_id}]:
+                dk.stop_remove(ctr["id"], host=dep.docker_host)
         state.remove(dep.name)
         removed.append(dep.name)
     if all_:
@@ -541,22 +590,27 @@ def ps() -> PsReport:
         alive = is_alive(d)
         rows.append(PsRow(name=d.name, runtime=d.runtime, model=d.model_id, base_url=d.base_url,
                           state="running" if alive else "dead", pid=d.pid, container_id=d.container_id,
+                          docker_host=d.docker_host,
                           uptime_s=round(now - d.created_at, 1) if alive else None))
     # Containers are the truth: one with kanoa-local's label but no state file still shows.
     known = {d.name for d in deps}
     if any(d.runtime == "docker" for d in deps) or state.deployments_dir().is_dir():
         from .engine import docker as dk
 
-        for ctr in dk.find_servers():
-            lab = ctr["labels"]
-            name = lab.get("io.kanoa-local.deployment", ctr["id"][:12])
-            if name in known:
-                continue
-            port = lab.get("io.kanoa-local.port", "?")
-            rows.append(PsRow(name=name, runtime="docker", model=lab.get("io.kanoa-local.model", "?"),
-                              base_url=f"http://127.0.0.1:{port}/v1",
-                              state="running" if ctr["status"] == "running" else "dead",
-                              container_id=ctr["id"][:12]))
+        # every daemon kanoa-local has used: the local one and the remote hosts on record
+        hosts: list[str | None] = [None] + sorted({d.docker_host for d in deps if d.docker_host})
+        for h in hosts:
+            for ctr in dk.find_servers(host=h):
+                lab = ctr["labels"]
+                name = lab.get("io.kanoa-local.deployment", ctr["id"][:12])
+                if name in known:
+                    continue
+                port = lab.get("io.kanoa-local.port", "?")
+                addr = dk.host_address(h) if dk.is_remote(h) else "127.0.0.1"
+                rows.append(PsRow(name=name, runtime="docker", model=lab.get("io.kanoa-local.model", "?"),
+                                  base_url=f"http://{addr}:{port}/v1", docker_host=h,
+                                  state="running" if ctr["status"] == "running" else "dead",
+                                  container_id=ctr["id"][:12]))
     return PsReport(deployments=rows, unreadable=broken)
 
 
@@ -628,7 +682,9 @@ def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
                         healthy=code == 200, model=dep.model_id, base_url=dep.base_url,
                         runtime=dep.runtime, api_key_hint=(key[:6] + "…") if key else "(missing)",
                         uptime_s=round(time.time() - dep.created_at, 1) if alive else None,
-                        metrics=metrics, gpus=gpu_use(dep.gpu_uuids, nvml), deployment=dep)
+                        metrics=metrics, deployment=dep,
+                        # NVML sees this machine's GPUs only
+                        gpus=[] if dep.docker_host else gpu_use(dep.gpu_uuids, nvml))
 
 
 def served_cost(tokens: float | None, usd_per_mtok: float) -> float | None:
@@ -643,7 +699,7 @@ def log_lines(name: str, tail: int | None = None) -> list[str]:
     if dep is not None and dep.runtime == "docker" and dep.container_id:
         from .engine import docker as dk
 
-        text = dk.container_logs(dep.container_id)
+        text = dk.container_logs(dep.container_id, host=dep.docker_host)
         if text:
             lines = text.splitlines()
             return lines[-tail:] if tail else lines

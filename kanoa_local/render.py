@@ -254,7 +254,8 @@ def ps_report(report: Any) -> None:
             t.add_column(col)
         for d in report.deployments:
             st = "[green]running[/]" if d.state == "running" else "[red]dead[/]"
-            t.add_row(d.name, st, d.model, d.base_url, d.runtime, _dur(d.uptime_s))
+            where = d.runtime + (f" on {d.docker_host}" if d.docker_host else "")
+            t.add_row(d.name, st, d.model, d.base_url, where, _dur(d.uptime_s))
         out.print(t)
     for name in report.unreadable:
         out.print(f"[yellow]![/] unreadable state for {name!r}: `kanoa-local down {name}` cleans it up")
@@ -272,7 +273,8 @@ def status_report(r: Any) -> None:
     t.add_row("model", r.model)
     t.add_row("endpoint", r.base_url)
     t.add_row("API key", f"{r.api_key_hint}  ({r.deployment.api_key_file})")
-    t.add_row("runtime", f"{r.runtime}" + (f"  pid {r.deployment.pid}" if r.deployment.pid else ""))
+    t.add_row("runtime", f"{r.runtime}" + (f"  pid {r.deployment.pid}" if r.deployment.pid else "")
+              + (f"  on {r.deployment.docker_host}" if r.deployment.docker_host else ""))
     t.add_row("uptime", _dur(r.uptime_s))
     m = r.metrics
     if m is not None:

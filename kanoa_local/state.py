@@ -43,6 +43,7 @@ class Deployment(Model):
     container_id: str | None = None
     log_file: str | None = None
     gpu_uuids: list[str] = []
+    docker_host: str | None = Field(None, description="the Docker host URL when not the local daemon")
     spec: LaunchSpec
     vision: bool = Field(False, description="the model takes images")
     max_model_len: int | None = None
@@ -54,7 +55,15 @@ class Deployment(Model):
 
     @property
     def base_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        host = self.host
+        if host in ("0.0.0.0", "::"):
+            remote = self.docker_host and self.docker_host.startswith(("tcp://", "ssh://"))
+            if remote:
+                from urllib.parse import urlsplit
+
+                host = urlsplit(self.docker_host).hostname or "127.0.0.1"
+            else:
+                host = "127.0.0.1"
         return f"http://{host}:{self.port}/v1"
 
     @property

@@ -60,20 +60,41 @@ def gpu_requests(uuids: list[str] | None) -> list:
     return [docker.types.DeviceRequest(device_ids=list(uuids), capabilities=[["gpu"]])]
 
 
-def client(timeout: float = 10) -> Any:
-    """A docker-py client for the daemon of $DOCKER_HOST (or the local socket)."""
+def is_remote(host: str | None) -> bool:
+    """Whether ``host`` (a Docker host URL) names another machine (tcp:// or ssh://)."""
+    return bool(host) and str(host).startswith(("tcp://", "ssh://"))
+
+
+def host_address(host: str) -> str:
+    """The machine name or address in a Docker host URL: tcp://10.0.0.2:2375 -> 10.0.0.2,
+    ssh://me@gpu-box -> gpu-box."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(host).hostname or host
+
+
+def client(timeout: float = 10, host: str | None = None) -> Any:
+    """A docker-py client for ``host`` (a Docker host URL: unix://, tcp://, ssh://), else the
+    daemon of $DOCKER_HOST (or the local socket)."""
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - a dependency
         raise DockerUnavailable("the docker Python package is missing",
                                 remedy="pip install docker") from exc
     try:
-        c = docker.from_env(timeout=timeout)
+        if host:
+            c = docker.DockerClient(base_url=host, timeout=int(timeout), use_ssh_client=False)
+        else:
+            c = docker.from_env(timeout=timeout)
         c.ping()
         return c
     except docker.errors.DockerException as exc:
         reason, remedy = _classify_unreachable(exc)
-        where = os.environ.get("DOCKER_HOST") or "the local socket"
+        where = host or os.environ.get("DOCKER_HOST") or "the local socket"
+        if is_remote(where):
+            remedy = (f"check that {host_address(where)} is reachable from here and that its dockerd "
+                      "listens there (dockerd -H tcp://ADDR:2375, TLS for anything but a private "
+                      "link; for ssh://, that `ssh HOST docker info` works)")
         raise DockerUnavailable(f"cannot reach the Docker daemon at {where} ({reason})",
                                 remedy=remedy, details={"reason": reason}) from exc
 
@@ -109,14 +130,15 @@ def translate_errors(image: str | None = None) -> Iterator[None]:
                                 remedy=remedy) from exc
 
 
-def daemon_facts(timeout: float = 3) -> DockerFacts:
+def daemon_facts(timeout: float = 3, host: str | None = None) -> DockerFacts:
     """What the Docker daemon can do, without raising: reachability, version, GPU support."""
-    host = os.environ.get("DOCKER_HOST") or None
-    local = not (host or "").startswith(("tcp://", "ssh://"))
+    given = host
+    host = host or os.environ.get("DOCKER_HOST") or None
+    local = not is_remote(host)
     hook = bool(local and (shutil.which("nvidia-container-runtime-hook")
                            or shutil.which("nvidia-container-toolkit")))
     try:
-        c = client(timeout=timeout)
+        c = client(timeout=timeout, host=given)
     except DockerUnavailable as exc:
         return DockerFacts(reachable=False, reason=exc.details.get("reason", "error"),
                            detail=exc.remedy, host=host, nvidia_hook=hook)
@@ -144,11 +166,11 @@ def daemon_facts(timeout: float = 3) -> DockerFacts:
 # ----------------------------------------------------------------------------- serving containers
 
 
-def pull(image: str, on_progress: Any = None) -> None:
+def pull(image: str, on_progress: Any = None, host: str | None = None) -> None:
     """Pull ``image`` with progress (bytes done, bytes total) summed over its layers."""
     import docker
 
-    c = client()
+    c = client(host=host)
     repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
     done: dict[str, tuple[int, int]] = {}
     try:
@@ -169,24 +191,24 @@ def pull(image: str, on_progress: Any = None) -> None:
 
 
 def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: list[str] | None,
-               extra_labels: dict[str, str], on_pull: Any = None) -> str:
+               extra_labels: dict[str, str], on_pull: Any = None, host: str | None = None) -> str:
     """Create and start the vLLM container of ``spec``; its id. A missing image is pulled (with
     progress). A container whose start failed (a GPU request on a daemon without the NVIDIA
     runtime) is removed before the error."""
     import docker
 
-    c = client()
+    c = client(host=host)
     image = spec.image
     try:
         c.images.get(image)
     except docker.errors.ImageNotFound:
-        pull(image, on_pull)
+        pull(image, on_pull, host=host)
     except docker.errors.DockerException as exc:
         reason, remedy = _classify_unreachable(exc)
         raise DockerUnavailable(f"lost the Docker daemon ({reason})", remedy=remedy) from exc
     with translate_errors(image):
         for m in spec.mounts:
-            if not m.read_only:
+            if not m.read_only and not is_remote(host):   # a remote daemon creates its own
                 Path(m.source).mkdir(parents=True, exist_ok=True)
         env = {**spec.env, **secrets_env}
         for k in spec.secret_env:
@@ -212,36 +234,36 @@ def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: 
         return ctr.id
 
 
-def container_state(cid: str) -> dict[str, Any]:
+def container_state(cid: str, host: str | None = None) -> dict[str, Any]:
     """{running, status, exit_code, oom_killed}; status 'gone' when the container is not there."""
     import docker
 
     try:
-        ctr = client().containers.get(cid)
+        ctr = client(host=host).containers.get(cid)
     except docker.errors.NotFound:
         return {"running": False, "status": "gone", "exit_code": None, "oom_killed": False}
-    except docker.errors.DockerException:
+    except (docker.errors.DockerException, DockerUnavailable):
         return {"running": False, "status": "unknown", "exit_code": None, "oom_killed": False}
     st = ctr.attrs.get("State", {})
     return {"running": bool(st.get("Running")), "status": st.get("Status"),
             "exit_code": st.get("ExitCode"), "oom_killed": bool(st.get("OOMKilled"))}
 
 
-def container_logs(cid: str) -> str:
+def container_logs(cid: str, host: str | None = None) -> str:
     import docker
 
     try:
-        return client().containers.get(cid).logs().decode(errors="replace")
-    except docker.errors.DockerException:
+        return client(host=host).containers.get(cid).logs().decode(errors="replace")
+    except (docker.errors.DockerException, DockerUnavailable):
         return ""
 
 
 class ContainerLogFollower:
     """New log lines of a container on each call."""
 
-    def __init__(self, cid: str) -> None:
+    def __init__(self, cid: str, host: str | None = None) -> None:
         self.cid, self.seen, self.buf = cid, 0, ""
-        self.c = client()
+        self.c = client(host=host)
 
     def __call__(self) -> list[str]:
         import docker
@@ -256,14 +278,14 @@ class ContainerLogFollower:
         return [ln.rstrip("\r") for ln in lines]
 
 
-def stop_remove(cid: str | None, timeout: int = 20) -> bool:
+def stop_remove(cid: str | None, timeout: int = 20, host: str | None = None) -> bool:
     """Stop (graceful, then kill) and remove a container; False when it was not there."""
     import docker
 
     if not cid:
         return False
     try:
-        ctr = client().containers.get(cid)
+        ctr = client(host=host).containers.get(cid)
     except docker.errors.NotFound:
         return False
     with translate_errors():
@@ -275,15 +297,16 @@ def stop_remove(cid: str | None, timeout: int = 20) -> bool:
     return True
 
 
-def find_servers(deployment: str | None = None) -> list[dict[str, Any]]:
-    """kanoa-local's server containers (all states), found by label: id, status, labels."""
+def find_servers(deployment: str | None = None, host: str | None = None) -> list[dict[str, Any]]:
+    """kanoa-local's server containers (all states) on ``host`` (default: the local daemon),
+    found by label: id, status, labels."""
     import docker
 
     filters = [f"{ROLE_LABEL}=server"]
     if deployment:
         filters.append(f"io.kanoa-local.deployment={deployment}")
     try:
-        ctrs = client(timeout=5).containers.list(all=True, filters={"label": filters})
+        ctrs = client(timeout=5, host=host).containers.list(all=True, filters={"label": filters})
     except DockerUnavailable:
         return []
     except docker.errors.DockerException:
