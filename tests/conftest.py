@@ -76,6 +76,29 @@ def docker_client():
     c.close()
 
 
+@pytest.fixture(scope="session")
+def remote_docker(docker_client, cpu_image) -> str:
+    """A second Docker host: a dockerd in its own network namespace on a private veth link,
+    reached over tcp:// (scripts/docker-remote.sh), with the CPU image loaded. Stopped at the end."""
+    if os.geteuid() != 0:
+        _unavailable("a second Docker host needs root (network namespaces)")
+    r = subprocess.run(["bash", str(SCRIPTS / "docker-remote.sh"), "start", cpu_image],
+                       capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        _unavailable(f"scripts/docker-remote.sh start failed: {r.stderr.strip()[-500:]}")
+    url = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)["KANOA_REMOTE_DOCKER"]
+    yield url
+    import docker
+
+    try:
+        c = docker.DockerClient(base_url=url, timeout=10)
+        for ctr in c.containers.list(all=True, filters={"label": "io.kanoa-local.role=server"}):
+            ctr.remove(force=True)
+    except Exception:  # noqa: BLE001 - the stop below removes the daemon anyway
+        pass
+    subprocess.run(["bash", str(SCRIPTS / "docker-remote.sh"), "stop"], capture_output=True, text=True)
+
+
 # ----------------------------------------------------------------------------- CPU runtime
 
 
