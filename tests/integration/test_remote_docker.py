@@ -40,7 +40,7 @@ def test_up_status_ps_down_on_a_remote_docker_host(remote_docker, docker_client,
     st = StatusReport.model_validate_json(run_cli("status", "far", "--json").stdout)
     assert st.state == "running" and st.healthy and st.metrics.generation_tokens >= 1
     logs = run_cli("logs", "far", "-n", "200")
-    assert logs.returncode == 0 and "Starting vLLM" in logs.stdout + logs.stderr or "vLLM" in logs.stdout
+    assert logs.returncode == 0 and logs.stdout.strip()
     # ps spans both daemons: a labelled container on the local one shows beside the remote one
     ghost = docker_client.containers.run(cpu_image, entrypoint=["sleep", "300"], detach=True,
                                          labels={"io.kanoa-local.role": "server",
