@@ -419,6 +419,8 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--host", default="127.0.0.1", show_default=True,
                      help="address to listen on; anything but loopback is reachable from the network. "
                           "A URL (tcp://, ssh://) means --docker-host"),
+        click.option("--target", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+                     help="slurm: submit the server as a Slurm job (sbatch) and reach it on its node"),
         click.option("--docker-host", metavar="URL",
                      help="run on another machine's Docker daemon: tcp://ADDR:2375 or ssh://user@host "
                           "(its port is published there, on all its addresses unless --host says)"),
@@ -452,7 +454,7 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for o in reversed(opts):
         f = o(f)
-    return catalog_options(f)
+    return cluster_options(catalog_options(f))
 
 
 def progress_printer(say: Callable[[str], None], what: str) -> Callable[[int, int], None]:
@@ -480,14 +482,22 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
             raise UsageError("--host is a URL and --docker-host is given too", remedy="give one of them")
         opts["docker_host"], opts["host"] = opts["host"], "127.0.0.1"
     hardware_file, gpu_name = opts.pop("hardware_file"), opts.pop("gpu_name")
+    if opts.pop("target", "local") == "slurm":
+        opts["runtime"] = "slurm"
+    cluster = resolve_cluster(opts.pop("cluster_file", None), opts.pop("nodes", None),
+                              opts.pop("gpus_per_node", None), gpu_name, None, None)
     if opts.get("docker_host") and opts["host"] == "127.0.0.1":
         # the remote host's loopback cannot be reached from here
         opts["host"] = "0.0.0.0"
         if not as_json:
             click.echo(f"note: the server is published on every address of {opts['docker_host']}; "
                        "the API key protects it (--host ADDR to choose one)", err=True)
-    profile = (resolve_profile(hardware_file, gpu_name, docker=False)
-               if hardware_file or gpu_name or not opts.get("docker_host") else None)
+    if cluster is not None:
+        profile = cluster.profile()
+        opts["nodes"] = cluster.nodes
+    else:
+        profile = (resolve_profile(hardware_file, gpu_name, docker=False)
+                   if hardware_file or gpu_name or not opts.get("docker_host") else None)
     models_files = list(opts.pop("models_files") or [])
     user_models = not opts.pop("no_user_models")
 

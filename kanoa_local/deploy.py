@@ -99,7 +99,7 @@ def log_path(name: str) -> Path:
 def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | None = None,
                 models_files: list[str] | None = None, user_models: bool = True,
                 precision: str | None = None, max_model_len: int | None = None, force_cpu: bool = False,
-                offline: bool | None = None) -> tuple[Candidate, str | None, list[Candidate]]:
+                offline: bool | None = None, nodes: int = 1) -> tuple[Candidate, str | None, list[Candidate]]:
     """Plan for `up`: the chosen candidate, the local weights directory (if any), and smaller
     plans of the same model to fall back to."""
     import os
@@ -126,7 +126,7 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
     request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
-                          device="cpu" if force_cpu else "auto", offline=offline,
+                          device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
                           hf_token=bool(os.environ.get("HF_TOKEN")))
     result = plan(profile, catalog, request, checkpoints=weights)
     if result.chosen is None:
@@ -165,7 +165,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
           timeout: float = 1200, replace: bool = False, no_retry: bool = False,
           models_files: list[str] | None = None, user_models: bool = True, profile: Any = None,
           temperature: float | None = None, max_tokens: int | None = None,
-          cost_per_mtok: float | None = None, docker_host: str | None = None,
+          cost_per_mtok: float | None = None, docker_host: str | None = None, nodes: int = 1,
           on_plan: Callable[[Candidate, str], None] | None = None,
           on_status: Callable[[str], None] | None = None, **callbacks: Any) -> UpResult:
     """Probe (or take ``profile``), plan, fetch the weights and start: what `kanoa-local up`
@@ -189,14 +189,20 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     prof = profile if profile is not None else probe(docker=False)
     cand, model_dir, fallbacks = plan_for_up(prof, model=model, model_path=model_path, precision=precision,
                                              max_model_len=max_model_len, force_cpu=cpu, offline=offline,
-                                             models_files=models_files, user_models=user_models)
+                                             models_files=models_files, user_models=user_models,
+                                             nodes=nodes)
+    if (cand.settings and cand.settings.pipeline_parallel_size > 1) and runtime != "slurm":
+        raise UsageError(f"{cand.label} spans {cand.settings.pipeline_parallel_size} nodes; `up` starts "
+                         "multi-node plans as a Slurm job only",
+                         remedy="add --target slurm, or `kanoa-local export docker|k8s` for the other engines")
     if gpu_memory_utilization is not None and cand.device == "gpu":
         def with_gmu(c: Candidate) -> Candidate:
             assert c.settings is not None
             return c.model_copy(update={"settings": c.settings.model_copy(
                 update={"gpu_memory_utilization": gpu_memory_utilization})})
         cand, fallbacks = with_gmu(cand), [with_gmu(f) for f in fallbacks]
-    runtime = auto_runtime(runtime, cand, image)
+    if runtime != "slurm":
+        runtime = auto_runtime(runtime, cand, image)
     if remote and cand.variant.package:
         raise UsageError(f"{cand.model_name} comes from a local package; the remote host cannot read it",
                          remedy="serve a model from the hub there, or --model-path DIR of a copy on that host")
@@ -322,13 +328,17 @@ def pick_port(host: str, port: int, tries: int = 20) -> int:
 def is_alive(dep: Deployment) -> bool:
     if dep.runtime == "process":
         return process.is_running(dep.pid)
+    if dep.runtime == "slurm":
+        from .engine import slurm as sl
+
+        return bool(dep.job_id) and sl.job(dep.job_id)["state"] in sl.ACTIVE
     from .engine import docker as dk
 
     return bool(dep.container_id) and dk.container_state(dep.container_id, host=dep.docker_host)["running"]
 
 
 def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host: str = "127.0.0.1",
-       runtime: Literal["process", "docker"] = "process", python: str | None = None,
+       runtime: Literal["process", "docker", "slurm"] = "process", python: str | None = None,
        model_dir: str | None = None, image: str | None = None, caches: dict[str, str] | None = None,
        timeout: float = 1200, stall: float = 300, replace: bool = False, no_retry: bool = False,
        on_stage: Callable[[StageEvent], None] | None = None,
@@ -353,6 +363,11 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
     caches = caches or {}
 
     def make_spec(p: int, cand: Candidate = candidate):
+        if runtime == "slurm":
+            # the server runs on a compute node and is reached from here: every address there
+            spec = launch_spec(cand, deployment=name, port=p, host="0.0.0.0", runtime="process",
+                               model_dir=model_dir, **caches)
+            return spec.model_copy(update={"runtime": "process"})
         spec = launch_spec(cand, deployment=name, port=p, host=host, runtime=runtime,
                            model_dir=model_dir, cpu_image=image, **caches)
         if image and runtime == "docker":
@@ -384,7 +399,7 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
         down(name)
         notes.append(f"replaced the running {name}")
     # a remote host's ports cannot be probed from here: Docker says when one is taken
-    chosen = port if remote else pick_port(host, port)
+    chosen = port if remote or runtime == "slurm" else pick_port(host, port)
     if chosen != port:
         notes.append(f"port {port} is in use: using {chosen}")
     if runtime == "process":
@@ -487,7 +502,7 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
             read_lines = process.LogFollower(log)
             alive = lambda: started.proc.poll() is None  # noqa: E731
             exit_info = lambda: {"exit_code": started.proc.poll()}  # noqa: E731
-        else:
+        elif runtime == "docker":
             from .engine import docker as dk
 
             started.container = dk.run_server(
@@ -499,6 +514,16 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
             read_lines = dk.ContainerLogFollower(started.container, host=docker_host)
             alive = lambda: dk.container_state(started.container, host=docker_host)["running"]  # noqa: E731
             exit_info = lambda: dk.container_state(started.container, host=docker_host)  # noqa: E731
+        if runtime == "slurm":
+            from .engine import slurm as sl
+
+            dep.job_id = started.job_id = _submit_slurm(candidate, spec, name=name, key=key, log=log,
+                                                        python=python)
+            state.save(dep)
+            dep.host = _wait_for_nodes(dep.job_id, timeout=timeout, on_stage=on_stage)
+            read_lines = process.LogFollower(log)
+            alive = lambda: sl.job(dep.job_id)["state"] in sl.ACTIVE  # noqa: E731
+            exit_info = lambda: {"job": sl.job(dep.job_id)}  # noqa: E731
         state.save(dep)
         report = wait_until_ready(
             read_lines=read_lines, alive=alive,
@@ -514,6 +539,48 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
     if report.outcome != "ready":
         started.cleanup()
     return dep, report
+
+
+def _submit_slurm(c: Candidate, spec: Any, *, name: str, key: str, log: Path, python: str | None) -> str:
+    """Write the sbatch script for ``spec`` into the state dir and submit it; the job id."""
+    from .engine import slurm as sl
+    from .export.slurm import script
+
+    s = c.settings
+    assert s is not None
+    folder = state_dir() / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"kanoa-{name}.sbatch"
+    text = script(name=name, title=f"{c.model_name} (kanoa-local up)", nodes=s.pipeline_parallel_size,
+                  gpus_per_node=len(s.gpu_indices) if c.device == "gpu" else 0, argv=list(spec.argv),
+                  env=dict(spec.env), port=spec.port, file_name=path.name)
+    state.write_atomic(path, text, mode=0o700)
+    env = {"VLLM_API_KEY": key}
+    if python:
+        env["KANOA_VLLM_PYTHON"] = python
+    return sl.submit(path, log_file=log, env=env, job_name=f"kanoa-{name}")
+
+
+def _wait_for_nodes(job_id: str, *, timeout: float, on_stage: Callable[[StageEvent], None] | None) -> str:
+    """Wait while the job is queued; the head node's address once it runs."""
+    from .engine import slurm as sl
+
+    t0 = time.monotonic()
+    said = ""
+    while time.monotonic() - t0 < timeout:
+        j = sl.job(job_id)
+        if j["state"] == "RUNNING" and j["nodes"]:
+            return sl.head_address(j["nodes"])
+        if j["state"] not in sl.ACTIVE:
+            raise EngineStartError(f"Slurm job {job_id} ended before it ran ({j['state'].lower() or 'gone'})",
+                                   remedy=f"see its log (`kanoa-local logs`) and `sacct -j {job_id}`")
+        msg = f"queued ({j['reason']})" if j["reason"] and j["reason"] != "None" else j["state"].lower()
+        if msg != said and on_stage is not None:
+            on_stage(StageEvent(stage=f"Slurm job {job_id} {msg}", at_s=round(time.monotonic() - t0, 1)))
+            said = msg
+        time.sleep(1)
+    raise EngineStartError(f"Slurm job {job_id} did not start within {timeout:.0f} s",
+                           remedy="the queue is busy: try again later, or ask for fewer GPUs/nodes")
 
 
 def _existing(name: str) -> Deployment | None:
@@ -533,6 +600,7 @@ class _Started:
     def __init__(self, name: str, docker_host: str | None = None) -> None:
         self.name, self.docker_host = name, docker_host
         self.proc = None
+        self.job_id: str | None = None
         self.container: str | None = None
 
     def cleanup(self, keep_log_from: list[str] | None = None) -> None:
@@ -549,6 +617,10 @@ class _Started:
             if text:                      # `logs NAME` still shows why it failed
                 log_path(self.name).write_text(text)
             dk.stop_remove(self.container, timeout=5, host=self.docker_host)
+        if self.job_id is not None:
+            from .engine import slurm as sl
+
+            sl.cancel(self.job_id)
         state.remove(self.name)
 
 
@@ -568,6 +640,11 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
     for dep in targets:
         if dep.runtime == "process":
             process.stop(dep.pid)
+        elif dep.runtime == "slurm":
+            from .engine import slurm as sl
+
+            if dep.job_id:
+                sl.cancel(dep.job_id)
         else:
             from .engine import docker as dk
 
@@ -684,7 +761,7 @@ def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
                         uptime_s=round(time.time() - dep.created_at, 1) if alive else None,
                         metrics=metrics, deployment=dep,
                         # NVML sees this machine's GPUs only
-                        gpus=[] if dep.docker_host else gpu_use(dep.gpu_uuids, nvml))
+                        gpus=[] if dep.docker_host or dep.runtime == "slurm" else gpu_use(dep.gpu_uuids, nvml))
 
 
 def served_cost(tokens: float | None, usd_per_mtok: float) -> float | None:

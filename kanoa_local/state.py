@@ -30,7 +30,7 @@ NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 class Deployment(Model):
     name: str
-    runtime: Literal["docker", "process"]
+    runtime: Literal["docker", "process", "slurm"]
     model_id: str
     served_model_name: str
     host: str
@@ -44,6 +44,7 @@ class Deployment(Model):
     log_file: str | None = None
     gpu_uuids: list[str] = []
     docker_host: str | None = Field(None, description="the Docker host URL when not the local daemon")
+    job_id: str | None = Field(None, description="the Slurm job (slurm runtime)")
     spec: LaunchSpec
     vision: bool = Field(False, description="the model takes images")
     max_model_len: int | None = None

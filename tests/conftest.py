@@ -99,6 +99,28 @@ def remote_docker(docker_client, cpu_image) -> str:
     subprocess.run(["bash", str(SCRIPTS / "docker-remote.sh"), "stop"], capture_output=True, text=True)
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster() -> dict[str, str]:
+    """A real Slurm cluster: slurmctld here, slurmd gpu1/gpu2 (2 GPUs each) in two network
+    namespaces (scripts/slurm-cluster.sh). Sets SLURM_CONF for the session; stopped at the end."""
+    if os.geteuid() != 0:
+        _unavailable("a Slurm cluster in network namespaces needs root")
+    r = subprocess.run(["bash", str(SCRIPTS / "slurm-cluster.sh"), "start"], capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode != 0:
+        _unavailable(f"scripts/slurm-cluster.sh start failed: {r.stderr.strip()[-800:]}")
+    facts = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = facts["SLURM_CONF"]
+    yield facts
+    subprocess.run(["scancel", "--user", "root"], capture_output=True)
+    subprocess.run(["bash", str(SCRIPTS / "slurm-cluster.sh"), "stop"], capture_output=True, text=True)
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+
+
 # ----------------------------------------------------------------------------- CPU runtime
 
 

@@ -15,8 +15,7 @@ TEMPLATE = """#!/usr/bin/env bash
 #SBATCH --job-name=kanoa-{name}
 #SBATCH --nodes={nodes}
 #SBATCH --ntasks-per-node=1
-{gres}#SBATCH --cpus-per-task={cpus}
-#SBATCH --output=kanoa-{name}-%j.log
+{gres}#SBATCH --output=kanoa-{name}-%j.log
 # {title}
 # Rendered by kanoa-local from its plan. Submit with the API key in the environment:
 #   VLLM_API_KEY=... sbatch --export=ALL {file}
@@ -25,7 +24,7 @@ TEMPLATE = """#!/usr/bin/env bash
 set -euo pipefail
 : "${{VLLM_API_KEY:?set VLLM_API_KEY and submit with --export=ALL}}"
 export HF_HOME="${{HF_HOME:-$HOME/.cache/huggingface}}"   # on shared storage for every node
-{cpu_env}
+{env}
 HEAD_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
 export HEAD_ADDR
 echo "kanoa-local: job $SLURM_JOB_ID, head $HEAD_ADDR:{port}, {nodes} node(s)"
@@ -48,18 +47,35 @@ srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
 """
 
 
-def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
-    s = c.settings
-    assert s is not None
-    n = layout.pipeline_parallel
-    gres = f"#SBATCH --gres=gpu:{layout.gpus_per_node}\n" if c.device == "gpu" else ""
-    cpus = max(4, 4 * layout.gpus_per_node) if c.device == "gpu" else 2
-    cpu_env = f"export VLLM_CPU_KVCACHE_SPACE={s.cpu_kv_cache_gib}" if c.device == "cpu" and s.cpu_kv_cache_gib else ""
-    title = (f"{c.model_name}: {n} nodes × {layout.gpus_per_node} GPUs (TP {layout.tensor_parallel}, PP {n})"
-             if n > 1 else f"{c.model_name} on one node" + (f" with {layout.gpus_per_node} GPU(s)" if gres else " (CPU engine)"))
+def script(*, name: str, title: str, nodes: int, gpus_per_node: int, argv: list[str],
+           env: dict[str, str], port: int, file_name: str) -> str:
+    """The sbatch script for ``argv`` (vLLM's server arguments) on ``nodes`` nodes."""
+    gres = f"#SBATCH --gres=gpu:{gpus_per_node}\n" if gpus_per_node else ""
+    # several nodes: whole nodes (vLLM wants every CPU of them); one node: the cluster's default
+    exclusive = "#SBATCH --exclusive\n" if nodes > 1 else ""
+    env_lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
     # the arguments go inside a single-quoted bash -c program: quote them for that shell, and
     # make sure no single quote ends the program early
-    args = " ".join(shlex.quote(a) for a in server_args(c, opts.port)).replace("'", "'\"'\"'")
-    text = TEMPLATE.format(name=opts.name, nodes=n, gres=gres, cpus=cpus, title=title, port=opts.port,
-                           file="kanoa-" + opts.name + ".sbatch", cpu_env=cpu_env, args=args)
-    return [Artefact(name=f"kanoa-{opts.name}.sbatch", content=text, mode=0o755)]
+    args = " ".join(shlex.quote(a) for a in argv).replace("'", "'\"'\"'")
+    return TEMPLATE.format(name=name, nodes=nodes, gres=gres + exclusive, title=title, port=port,
+                           file=file_name, env=env_lines.rstrip("\n"), args=args)
+
+
+def engine_env(c: Candidate) -> dict[str, str]:
+    s = c.settings
+    assert s is not None
+    env = {}
+    if c.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kv_cache_gib or 1)
+    return env
+
+
+def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
+    n = layout.pipeline_parallel
+    gpus = layout.gpus_per_node if c.device == "gpu" else 0
+    title = (f"{c.model_name}: {n} nodes × {gpus} GPUs (TP {layout.tensor_parallel}, PP {n})"
+             if n > 1 else f"{c.model_name} on one node" + (f" with {gpus} GPU(s)" if gpus else " (CPU engine)"))
+    file_name = f"kanoa-{opts.name}.sbatch"
+    text = script(name=opts.name, title=title, nodes=n, gpus_per_node=gpus, argv=server_args(c, opts.port),
+                  env=engine_env(c), port=opts.port, file_name=file_name)
+    return [Artefact(name=file_name, content=text, mode=0o755)]

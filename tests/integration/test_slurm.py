@@ -1,0 +1,96 @@
+"""Slurm on real daemons (scripts/slurm-cluster.sh): the rendered sbatch script submitted as
+is, across two nodes; `up --target slurm` really starting the vLLM CPU server on a node and
+reaching it from here; Slurm's refusal of a job that asks for more than a node has."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from kanoa_local.deploy import PsReport, UpResult
+from kanoa_local.errors import UsageError
+from tests.conftest import free_port, run_cli
+
+pytestmark = pytest.mark.engine
+
+
+def wait_for_job(job_id: str, timeout: float = 120) -> None:
+    from kanoa_local.engine import slurm as sl
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sl.job(job_id)["state"] != "GONE":
+        time.sleep(1)
+    assert sl.job(job_id)["state"] == "GONE", f"job {job_id} still there"
+
+
+def test_rendered_multi_node_script_runs_one_rank_per_node(slurm_cluster, tmp_path):
+    """The export, submitted with Slurm's own sbatch: a 2 nodes × 2 GPUs plan. The engine's
+    interpreter is replaced by one that prints what it was given (no GPU engine here): the
+    ranks, the GPUs Slurm gave each node and vLLM's multi-node flags come from the job's output."""
+    from kanoa_local.engine import slurm as sl
+
+    r = run_cli("export", "slurm", "llama-3.1-70b", "--nodes", "2", "--gpus-per-node", "2", "--gpu", "l4",
+                "-o", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    script = Path(r.stdout.strip().splitlines()[-1])
+    text = script.read_text()
+    assert "#SBATCH --nodes=2" in text and "#SBATCH --gres=gpu:2" in text
+    shared = Path(slurm_cluster["KANOA_SLURM_JOBS"])
+    echo = shared / "print-args.sh"
+    echo.write_text('#!/bin/sh\necho "ARGS node=$SLURMD_NODENAME rank=$SLURM_NODEID gpus=$CUDA_VISIBLE_DEVICES $*"\n')
+    echo.chmod(0o755)
+    log = shared / f"multi-{tmp_path.name}.log"
+    job = sl.submit(script, log_file=log, env={"VLLM_API_KEY": "kl-test", "KANOA_VLLM_PYTHON": str(echo)},
+                    job_name="kanoa-test-multi")
+    wait_for_job(job)
+    lines = sorted(ln for ln in log.read_text().splitlines() if ln.startswith("ARGS"))
+    assert len(lines) == 2, log.read_text()
+    for rank, (node, line) in enumerate(zip(("gpu1", "gpu2"), lines)):
+        assert f"node={node} rank={rank} gpus=0,1" in line
+        assert "--nnodes 2" in line and f"--node-rank {rank}" in line and "--tensor-parallel-size 2" in line
+        assert "--pipeline-parallel-size 2" in line and "--master-addr gpu1" in line
+        assert ("--headless" in line) == (rank == 1)
+
+
+def test_slurm_refuses_more_gpus_than_a_node_has_in_one_line(slurm_cluster, tmp_path):
+    from kanoa_local.engine import slurm as sl
+
+    r = run_cli("export", "slurm", "llama-3.1-8b", "--gpus-per-node", "4", "--gpu", "t4", "--quant", "bf16",
+                "-o", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    script = Path(r.stdout.strip().splitlines()[-1])
+    assert "--gres=gpu:" in script.read_text()
+    text = script.read_text().replace("--gres=gpu:", "--gres=gpu:4#", 1)   # ask for all 4 on one node
+    script.write_text(text)
+    with pytest.raises(UsageError) as info:
+        sl.submit(script, log_file=tmp_path / "x.log", env={"VLLM_API_KEY": "k"}, job_name="kanoa-too-big")
+    assert "Slurm refused the job" in info.value.message and "\n" not in info.value.message
+
+
+def test_up_on_slurm_serves_from_a_node_and_down_cancels(slurm_cluster, cpu_venv, tiny_model):
+    port = free_port()
+    r = run_cli("up", "--target", "slurm", "--model-path", str(tiny_model), "--python",
+                str(cpu_venv / "bin" / "python"), "--name", "onslurm", "--port", str(port), "--json",
+                "--timeout", "400", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    up = UpResult.model_validate_json(r.stdout)
+    dep = up.deployment
+    assert dep.runtime == "slurm" and dep.job_id
+    node_addr = dict(kv.split("=") for kv in slurm_cluster["KANOA_SLURM_NODES"].split(","))
+    assert dep.host in node_addr.values()                 # served from a compute node, reached from here
+    from kanoa_local import connect
+
+    chat = connect("onslurm").openai().chat.completions.create(
+        model=dep.model, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    assert chat.usage.completion_tokens >= 1
+    ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
+    assert [(d.name, d.state, d.runtime) for d in ps.deployments] == [("onslurm", "running", "slurm")]
+    assert run_cli("logs", "onslurm").stdout.strip()
+    down = run_cli("down", "onslurm", "--json")
+    assert down.returncode == 0 and json.loads(down.stdout)["removed"] == ["onslurm"]
+    from kanoa_local.engine import slurm as sl
+
+    assert sl.job(dep.job_id)["state"] == "GONE"
