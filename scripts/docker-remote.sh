@@ -15,21 +15,17 @@ CACHE="${KANOA_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kanoa-local-dev}"
 DATA="$CACHE/docker-remote"
 SOCK="unix://$RUN/docker.sock"
 log() { printf '[docker-remote] %s\n' "$*" >&2; }
+# shellcheck source=netns.sh
+. "$(dirname "${BASH_SOURCE[0]}")/netns.sh"
 
 up() { docker -H "$SOCK" info >/dev/null 2>&1; }
 
 start() {
   [ "$(id -u)" = 0 ] || { log "needs root (network namespaces)"; exit 77; }
   command -v dockerd >/dev/null || { log "no dockerd: run scripts/docker-engine.sh first"; exit 1; }
-  if ! ip netns list | grep -qw "$NS"; then
-    ip netns add "$NS"
-    ip link add "$HOST_IF" type veth peer name "$NS_IF"
-    ip link set "$NS_IF" netns "$NS"
+  if netns_add "$NS" "$HOST_IF" "$NS_IF" "$NS_ADDR/30"; then
     ip addr add "$HOST_ADDR/30" dev "$HOST_IF"
     ip link set "$HOST_IF" up
-    ip netns exec "$NS" ip addr add "$NS_ADDR/30" dev "$NS_IF"
-    ip netns exec "$NS" ip link set "$NS_IF" up
-    ip netns exec "$NS" ip link set lo up
   fi
   mkdir -p "$RUN" "$DATA"
   if ! up; then

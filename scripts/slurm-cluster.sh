@@ -13,6 +13,8 @@ CTL_ADDR=10.213.8.1
 declare -A NODE_ADDR=([gpu1]=10.213.8.2 [gpu2]=10.213.8.3)
 BRIDGE=kl-slurm0
 log() { printf '[slurm-cluster] %s\n' "$*" >&2; }
+# shellcheck source=netns.sh
+. "$(dirname "${BASH_SOURCE[0]}")/netns.sh"
 export SLURM_CONF="$W/etc/slurm.conf"
 
 install() {
@@ -40,15 +42,10 @@ netns() {
   if command -v iptables >/dev/null && ! iptables -C FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null; then
     iptables -I FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null || true
   fi
-  ip netns list | grep -qw "$ns" && return 0
-  ip netns add "$ns"
-  ip link add "$hif" type veth peer name "$nif"
-  ip link set "$nif" netns "$ns"
-  ip link set "$hif" master "$BRIDGE"
-  ip link set "$hif" up
-  ip netns exec "$ns" ip addr add "${NODE_ADDR[$node]}/24" dev "$nif"
-  ip netns exec "$ns" ip link set "$nif" up
-  ip netns exec "$ns" ip link set lo up
+  if netns_add "$ns" "$hif" "$nif" "${NODE_ADDR[$node]}/24"; then
+    ip link set "$hif" master "$BRIDGE"
+    ip link set "$hif" up
+  fi
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
