@@ -34,10 +34,10 @@ class Cluster(Model):
         from .hardware import what_if
         from .probe import load_preset, probe
 
-        if self.gpu is None and self.vram_gb is None:
-            raise UsageError("a cluster needs a GPU: --gpu NAME or --vram GB",
-                             remedy="e.g. --nodes 2 --gpus-per-node 8 --gpu a100-80g")
         base = load_preset(self.gpu) if self.gpu else probe(docker=False)
+        if self.gpu is None and self.vram_gb is None and not base.gpus:
+            raise UsageError("a cluster needs a GPU: --gpu NAME or --vram GB (this machine has none "
+                             "to stand for its nodes)", remedy="e.g. --nodes 2 --gpus-per-node 8 --gpu a100-80g")
         return what_if(base, vram_gb=self.vram_gb, gpus=self.gpus_per_node)
 
 
