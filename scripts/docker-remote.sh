@@ -5,7 +5,10 @@
 #
 #   scripts/docker-remote.sh start [IMAGE...]   # start (idempotent), load IMAGEs from the local daemon
 #   scripts/docker-remote.sh stop               # stop the daemon, remove the namespace
-# Prints KANOA_REMOTE_DOCKER=tcp://ADDR:2375 and KANOA_REMOTE_ADDR=ADDR when started.
+# Also an sshd in the namespace (Debian's openssh-server, run by hand with its own config and
+# keys under /run), so the same daemon is reachable as ssh://root@ADDR with the printed key.
+# Prints KANOA_REMOTE_DOCKER=tcp://ADDR:2375, KANOA_REMOTE_ADDR=ADDR, KANOA_REMOTE_SSH=ssh://root@ADDR,
+# KANOA_REMOTE_SSH_KEY (private key) and KANOA_REMOTE_SSH_KNOWN_HOSTS (a known_hosts line).
 set -euo pipefail
 NS=kl-remote
 HOST_IF=kl-r0; NS_IF=kl-r1
@@ -37,6 +40,7 @@ start() {
     for _ in $(seq 1 60); do up && break; sleep 1; done
     up || { log "it did not answer; its log:"; tail -n 20 "$RUN/dockerd.log" >&2; exit 1; }
   fi
+  ssh_start
   for image in "$@"; do
     if ! docker -H "$SOCK" image inspect "$image" >/dev/null 2>&1; then
       log "loading $image into it (docker save | load; once, cached with its data root)"
@@ -45,9 +49,44 @@ start() {
   done
   echo "KANOA_REMOTE_DOCKER=tcp://$NS_ADDR:2375"
   echo "KANOA_REMOTE_ADDR=$NS_ADDR"
+  echo "KANOA_REMOTE_SSH=ssh://root@$NS_ADDR"
+  echo "KANOA_REMOTE_SSH_KEY=$RUN/ssh/client_key"
+  echo "KANOA_REMOTE_SSH_KNOWN_HOSTS=$NS_ADDR $(cut -d' ' -f1-2 "$RUN/ssh/host_key.pub")"
+}
+
+ssh_start() {
+  if ! [ -x /usr/sbin/sshd ]; then
+    log "installing openssh-server (no service started)"
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server >/dev/null \
+      || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server >/dev/null; }
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  mkdir -p "$RUN/ssh" /run/sshd
+  [ -f "$RUN/ssh/host_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$RUN/ssh/host_key"
+  [ -f "$RUN/ssh/client_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$RUN/ssh/client_key"
+  cp "$RUN/ssh/client_key.pub" "$RUN/ssh/authorized_keys"
+  cat > "$RUN/ssh/sshd_config" <<CONF
+ListenAddress $NS_ADDR
+Port 22
+HostKey $RUN/ssh/host_key
+PidFile $RUN/ssh/sshd.pid
+AuthorizedKeysFile $RUN/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+# \`docker system dial-stdio\` (what an ssh:// Docker client runs) must find this daemon
+SetEnv DOCKER_HOST=$SOCK
+CONF
+  if ! { [ -f "$RUN/ssh/sshd.pid" ] && kill -0 "$(cat "$RUN/ssh/sshd.pid")" 2>/dev/null; }; then
+    nsenter --net="/var/run/netns/$NS" /usr/sbin/sshd -f "$RUN/ssh/sshd_config"
+  fi
 }
 
 stop() {
+  if [ -f "$RUN/ssh/sshd.pid" ]; then kill "$(cat "$RUN/ssh/sshd.pid")" 2>/dev/null || true; rm -f "$RUN/ssh/sshd.pid"; fi
   if [ -f "$RUN/dockerd.pid" ]; then
     pid="$(cat "$RUN/dockerd.pid")"
     kill "$pid" 2>/dev/null || true

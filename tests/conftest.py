@@ -77,17 +77,25 @@ def docker_client():
 
 
 @pytest.fixture(scope="session")
-def remote_docker(docker_client, cpu_image) -> str:
+def remote_docker(remote_docker_facts) -> str:
+    """The second Docker host's tcp:// URL."""
+    return remote_docker_facts["KANOA_REMOTE_DOCKER"]
+
+
+@pytest.fixture(scope="session")
+def remote_docker_facts(docker_client, cpu_image) -> dict[str, str]:
     """A second Docker host: a dockerd in its own network namespace on a private veth link,
-    reached over tcp:// (scripts/docker-remote.sh), with the CPU image loaded. Stopped at the end."""
+    reached over tcp:// and ssh:// (scripts/docker-remote.sh), with the CPU image loaded.
+    Stopped at the end."""
     if os.geteuid() != 0:
         _unavailable("a second Docker host needs root (network namespaces)")
     r = subprocess.run(["bash", str(SCRIPTS / "docker-remote.sh"), "start", cpu_image],
                        capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         _unavailable(f"scripts/docker-remote.sh start failed: {r.stderr.strip()[-500:]}")
-    url = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)["KANOA_REMOTE_DOCKER"]
-    yield url
+    facts = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
+    url = facts["KANOA_REMOTE_DOCKER"]
+    yield facts
     import docker
 
     try:

@@ -81,9 +81,20 @@ def client(timeout: float = 10, host: str | None = None) -> Any:
     except ImportError as exc:  # pragma: no cover - a dependency
         raise DockerUnavailable("the docker Python package is missing",
                                 remedy="pip install docker") from exc
+    use_ssh_client = False
+    if host and host.startswith("ssh://"):
+        # paramiko (kanoa-local[ssh]) when installed, else the system's ssh (its own config)
+        try:
+            import paramiko  # noqa: F401
+        except ImportError:
+            if shutil.which("ssh") is None:
+                raise DockerUnavailable(f"cannot reach {host}: ssh:// needs an SSH client",
+                                        remedy="pip install 'kanoa-local[ssh]' (paramiko), or install "
+                                               "OpenSSH's ssh") from None
+            use_ssh_client = True
     try:
         if host:
-            c = docker.DockerClient(base_url=host, timeout=int(timeout), use_ssh_client=False)
+            c = docker.DockerClient(base_url=host, timeout=int(timeout), use_ssh_client=use_ssh_client)
         else:
             c = docker.from_env(timeout=timeout)
         c.ping()
@@ -97,6 +108,15 @@ def client(timeout: float = 10, host: str | None = None) -> Any:
                       "link; for ssh://, that `ssh HOST docker info` works)")
         raise DockerUnavailable(f"cannot reach the Docker daemon at {where} ({reason})",
                                 remedy=remedy, details={"reason": reason}) from exc
+    except Exception as exc:  # noqa: BLE001 - SSH (paramiko) and socket errors of a remote host
+        if not is_remote(host):
+            raise
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DockerUnavailable(f"cannot reach the Docker daemon at {host}: {type(exc).__name__}: {why}",
+                                remedy="check that `ssh` to that host works with your key and that "
+                                       "it knows the host (~/.ssh/known_hosts)" if host and host.startswith("ssh://")
+                                else "check the address and the network",
+                                details={"reason": "error"}) from exc
 
 
 @contextmanager

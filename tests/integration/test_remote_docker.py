@@ -70,3 +70,30 @@ def test_an_unreachable_docker_host_is_one_line(remote_docker, tiny_model, cpu_i
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1 and wrong in lines[0] and "Traceback" not in r.stderr
     assert "listens there" in r.stderr
+
+
+def test_the_same_host_over_ssh(remote_docker_facts, tiny_model, cpu_image, tmp_path):
+    """ssh://root@ADDR: docker-py over SSH (paramiko), a key and known_hosts in the user's ~/.ssh."""
+    ssh_dir = tmp_path / "home" / ".ssh"
+    ssh_dir.mkdir(parents=True)
+    addr = remote_docker_facts["KANOA_REMOTE_ADDR"]
+    (ssh_dir / "known_hosts").write_text(remote_docker_facts["KANOA_REMOTE_SSH_KNOWN_HOSTS"] + "\n")
+    (ssh_dir / "config").write_text(f"Host {addr}\n  IdentityFile {remote_docker_facts['KANOA_REMOTE_SSH_KEY']}\n")
+    env = {"HOME": str(tmp_path / "home")}
+    url = remote_docker_facts["KANOA_REMOTE_SSH"]
+    port = free_port()
+    r = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--docker-host", url,
+                "--name", "viassh", "--port", str(port), "--json", env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    up = UpResult.model_validate_json(r.stdout)
+    assert up.base_url == f"http://{addr}:{port}/v1" and up.deployment.docker_host == url
+    st = StatusReport.model_validate_json(run_cli("status", "viassh", "--json", env=env).stdout)
+    assert st.state == "running" and st.healthy
+    down = run_cli("down", "viassh", "--json", env=env)
+    assert down.returncode == 0 and json.loads(down.stdout)["removed"] == ["viassh"]
+    # a host that refuses the key: one line
+    (ssh_dir / "config").write_text(f"Host {addr}\n  IdentityFile {tmp_path}/no-such-key\n")
+    (tmp_path / "no-such-key").write_text("")
+    bad = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--docker-host", url,
+                  "--name", "viassh2", env=env, timeout=120)
+    assert bad.returncode == 6 and "Traceback" not in bad.stderr, bad.stderr
