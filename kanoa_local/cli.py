@@ -326,7 +326,7 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
 @machine_options
 @cluster_options
 @catalog_options
-@click.argument("target", type=click.Choice(["docker", "slurm", "k8s", "compose"]))
+@click.argument("target", type=click.Choice(["docker", "slurm", "k8s", "compose", "helm"]))
 @click.argument("model", required=False)
 @click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)")
 @click.option("--max-context", type=click.IntRange(256), metavar="TOKENS", help="cap --max-model-len")
@@ -347,7 +347,7 @@ def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_fil
                image: str | None, namespace: str | None, storage: str, storage_class: str | None,
                output: str | None) -> None:
     """Render the plan for another engine: per-node docker run lines, an sbatch script,
-    Kubernetes manifests or a compose file.
+    Kubernetes manifests, a compose file, or values for vLLM's production-stack Helm chart.
 
     Plans as `plan` does, for this machine or a cluster (--nodes/--gpus-per-node/--gpu, or
     --cluster FILE). Secrets are never written except the Kubernetes Secret's generated API

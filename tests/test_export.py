@@ -31,7 +31,7 @@ CASES = {
     "2x8-h100-llama-3.1-405b": ("llama-3.1-405b", "bf16", Cluster(nodes=2, gpus_per_node=8, gpu="h100")),
     "2x-rtx4090-llama-3.1-8b": ("llama-3.1-8b", "bf16", Cluster(gpus_per_node=2, gpu="rtx4090")),
 }
-EXT = {"docker": "sh", "slurm": "sbatch", "k8s": "yaml", "compose": "yaml"}
+EXT = {"docker": "sh", "slurm": "sbatch", "k8s": "yaml", "compose": "yaml", "helm": "yaml"}
 
 
 def chosen(model: str, precision: str | None, cluster: Cluster):
@@ -47,12 +47,12 @@ def artefacts(case: str, target: str):
     return c, render(target, c, ExportOptions(name=model, api_key="kl-golden-key"), nodes=cluster.nodes)
 
 
-@pytest.mark.parametrize("target", ["docker", "slurm", "k8s", "compose"])
+@pytest.mark.parametrize("target", ["docker", "slurm", "k8s", "compose", "helm"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_golden(case, target):
     model, _, cluster = CASES[case]
-    if target == "compose" and cluster.nodes > 1:
-        with pytest.raises(UsageError, match="one machine"):
+    if target in ("compose", "helm") and cluster.nodes > 1:
+        with pytest.raises(UsageError, match="one machine|one node"):
             artefacts(case, target)
         return
     _, files = artefacts(case, target)
@@ -194,3 +194,15 @@ def test_cluster_file_plans_like_the_options(tmp_path):
     assert "--pipeline-parallel-size" in pa["launch"]["argv"]
     r = run_cli("export", "docker", "llama-3.1-405b", "--quant", "bf16", "--cluster", str(f))
     assert r.returncode == 0 and '--master-addr gpu1' in r.stdout and "node 1 (gpu2)" in r.stdout
+
+
+def test_helm_values_reference_the_secret_and_map_the_plan():
+    c, [f] = artefacts("l4-qwen2.5-vl-7b", "helm")
+    values = yaml.safe_load(f.content)["servingEngineSpec"]
+    spec = values["modelSpec"][0]
+    assert spec["modelURL"] == c.variant.repo and spec["requestGPU"] == 1
+    assert spec["vllmConfig"]["maxModelLen"] == c.settings.max_model_len
+    assert "--limit-mm-per-prompt" in spec["vllmConfig"]["extraArgs"]
+    assert "--max-model-len" not in spec["vllmConfig"]["extraArgs"]
+    assert values["vllmApiKey"]["secretKey"] == "api-key" and "kl-golden-key" not in f.content
+    assert (spec["repository"], spec["tag"]) == tuple(c.settings.image.rsplit(":", 1))

@@ -1,5 +1,5 @@
 """One plan, rendered to each engine's own artefact: per-node `docker run` lines, an sbatch
-script, Kubernetes manifests, a compose file. Pure functions of (plan, cluster, options); the
+script, Kubernetes manifests, a compose file, values for vLLM's production-stack Helm chart. Pure functions of (plan, cluster, options); the
 rules the real engines enforce are checked here first (:func:`check_layout`), so a bad layout
 is a one-line error before any server sees it.
 """
@@ -14,8 +14,8 @@ from ..errors import UsageError
 from ..hardware import Model
 from ..plan.fit import Candidate
 
-Target = Literal["docker", "slurm", "k8s", "compose"]
-TARGETS: tuple[str, ...] = ("docker", "slurm", "k8s", "compose")
+Target = Literal["docker", "slurm", "k8s", "compose", "helm"]
+TARGETS: tuple[str, ...] = ("docker", "slurm", "k8s", "compose", "helm")
 CONTAINER_HF = "/root/.cache/huggingface"
 PORT = 8000
 
@@ -97,13 +97,13 @@ def pinned(image: str) -> bool:
 def render(target: str, c: Candidate, opts: ExportOptions, nodes: int = 1,
            hosts: list[str] | None = None) -> list[Artefact]:
     """The artefacts for ``target`` (docker, slurm, k8s, compose)."""
-    from . import compose, docker, k8s, slurm
+    from . import compose, docker, helm, k8s, slurm
 
     layout = layout_for(c, nodes, hosts)
     assert c.settings is not None
     image = opts.image or c.settings.image
     check_layout(layout, image)
-    fn = {"docker": docker.render, "slurm": slurm.render, "compose": compose.render,
+    fn = {"docker": docker.render, "slurm": slurm.render, "compose": compose.render, "helm": helm.render,
           "k8s": lambda c_, l_, o_: k8s.render(c_, l_, o_, o_.api_key)}
     if target not in fn:
         raise UsageError(f"unknown target {target!r}", remedy="one of: " + ", ".join(TARGETS))
