@@ -419,8 +419,12 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--host", default="127.0.0.1", show_default=True,
                      help="address to listen on; anything but loopback is reachable from the network. "
                           "A URL (tcp://, ssh://) means --docker-host"),
-        click.option("--target", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-                     help="slurm: submit the server as a Slurm job (sbatch) and reach it on its node"),
+        click.option("--target", type=click.Choice(["local", "slurm", "k8s"]), default="local", show_default=True,
+                     help="slurm: submit the server as a Slurm job (sbatch) and reach it on its node; "
+                          "k8s: apply its manifests to the cluster of $KUBECONFIG"),
+        click.option("--namespace", metavar="NS", help="k8s: the namespace (default: the context's)"),
+        click.option("--no-wait", "no_wait", is_flag=True,
+                     help="k8s: return once the pods are scheduled, without waiting for readiness"),
         click.option("--docker-host", metavar="URL",
                      help="run on another machine's Docker daemon: tcp://ADDR:2375 or ssh://user@host "
                           "(its port is published there, on all its addresses unless --host says)"),
@@ -482,8 +486,10 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
             raise UsageError("--host is a URL and --docker-host is given too", remedy="give one of them")
         opts["docker_host"], opts["host"] = opts["host"], "127.0.0.1"
     hardware_file, gpu_name = opts.pop("hardware_file"), opts.pop("gpu_name")
-    if opts.pop("target", "local") == "slurm":
-        opts["runtime"] = "slurm"
+    target = opts.pop("target", "local")
+    if target in ("slurm", "k8s"):
+        opts["runtime"] = target
+    opts["wait"] = not opts.pop("no_wait", False)
     cluster = resolve_cluster(opts.pop("cluster_file", None), opts.pop("nodes", None),
                               opts.pop("gpus_per_node", None), gpu_name, None, None)
     if opts.get("docker_host") and opts["host"] == "127.0.0.1":

@@ -166,6 +166,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
           models_files: list[str] | None = None, user_models: bool = True, profile: Any = None,
           temperature: float | None = None, max_tokens: int | None = None,
           cost_per_mtok: float | None = None, docker_host: str | None = None, nodes: int = 1,
+          namespace: str | None = None, wait: bool = True,
           on_plan: Callable[[Candidate, str], None] | None = None,
           on_status: Callable[[str], None] | None = None, **callbacks: Any) -> UpResult:
     """Probe (or take ``profile``), plan, fetch the weights and start: what `kanoa-local up`
@@ -191,7 +192,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
                                              max_model_len=max_model_len, force_cpu=cpu, offline=offline,
                                              models_files=models_files, user_models=user_models,
                                              nodes=nodes)
-    if (cand.settings and cand.settings.pipeline_parallel_size > 1) and runtime != "slurm":
+    if (cand.settings and cand.settings.pipeline_parallel_size > 1) and runtime not in ("slurm", "k8s"):
         raise UsageError(f"{cand.label} spans {cand.settings.pipeline_parallel_size} nodes; `up` starts "
                          "multi-node plans as a Slurm job only",
                          remedy="add --target slurm, or `kanoa-local export docker|k8s` for the other engines")
@@ -201,6 +202,12 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
             return c.model_copy(update={"settings": c.settings.model_copy(
                 update={"gpu_memory_utilization": gpu_memory_utilization})})
         cand, fallbacks = with_gmu(cand), [with_gmu(f) for f in fallbacks]
+    if runtime == "k8s":
+        return up_k8s(cand, name=name, port=port, image=image, namespace=namespace, timeout=timeout,
+                      wait=wait, replace=replace, defaults={k: v for k, v in (
+                          ("temperature", temperature), ("max_tokens", max_tokens),
+                          ("cost_per_mtok", cost_per_mtok)) if v is not None},
+                      on_stage=callbacks.get("on_stage"))
     if runtime != "slurm":
         runtime = auto_runtime(runtime, cand, image)
     if remote and cand.variant.package:
@@ -332,6 +339,11 @@ def is_alive(dep: Deployment) -> bool:
         from .engine import slurm as sl
 
         return bool(dep.job_id) and sl.job(dep.job_id)["state"] in sl.ACTIVE
+    if dep.runtime == "k8s":
+        from .engine import k8s
+
+        return k8s.exists(dep.name, namespace=dep.k8s_namespace or "default", kubeconfig=dep.kubeconfig,
+                          context=dep.k8s_context)
     from .engine import docker as dk
 
     return bool(dep.container_id) and dk.container_state(dep.container_id, host=dep.docker_host)["running"]
@@ -541,6 +553,92 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
     return dep, report
 
 
+def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | None = None,
+           namespace: str | None = None, timeout: float = 1200, wait: bool = True, replace: bool = False,
+           defaults: dict[str, Any] | None = None,
+           on_stage: Callable[[StageEvent], None] | None = None) -> UpResult:
+    """Apply the plan's manifests to the cluster of $KUBECONFIG (server-side dry run first),
+    wait until the scheduler has placed every pod (its own reason when it cannot), then, unless
+    ``wait`` is off, until the pods are ready (vLLM's /health through their readiness probe).
+    The Service is ClusterIP: reach it inside the cluster, or with `kubectl port-forward`."""
+    import os
+
+    from .engine import k8s
+    from .export import ExportOptions, layout_for
+    from .export import k8s as render_k8s
+
+    if c.settings is None:
+        raise UsageError("this plan does not fit, so it cannot be started", remedy="`kanoa-local plan` shows what fits")
+    if c.variant.package or (c.variant.path and not c.variant.repo):
+        raise UsageError(f"{c.model_name} is served from local files, which the cluster's nodes do not have",
+                         remedy="serve a model with a Hugging Face repo on Kubernetes")
+    name = state.check_name(name or c.model_id)
+    kubeconfig = os.environ.get("KUBECONFIG") or None
+    context, default_ns = k8s.current_context(kubeconfig)
+    ns = namespace or default_ns
+    existing = _existing(name)
+    if existing is not None and not replace:
+        raise UsageError(f"deployment {name!r} already exists", remedy=f"add --replace, or `kanoa-local down {name}`")
+    key, key_file = state.new_api_key(name)
+    image = image or c.settings.image
+    opts = ExportOptions(name=name, port=port, image=image, namespace=ns, api_key=key)
+    layout = layout_for(c)
+    from .export import check_layout
+
+    check_layout(layout, image)
+    objs = render_k8s.objects(c, layout, opts, api_key=key)
+    svc = next(o for o in objs if o["kind"] == "Service")["metadata"]["name"]
+    t0 = time.monotonic()
+
+    def stage(text: str) -> None:
+        if on_stage:
+            on_stage(StageEvent(stage=text, at_s=round(time.monotonic() - t0, 1)))
+
+    applied = k8s.apply(objs, namespace=ns, kubeconfig=kubeconfig, context=context)
+    stage("applied " + ", ".join(applied))
+    dep = Deployment(name=name, runtime="k8s", model_id=c.model_id, served_model_name=c.model_id,
+                     host=f"{svc}.{ns}.svc", port=port, device=c.device, plan_hash=hashlib_hex(objs),
+                     api_key_file=str(key_file), log_file=None, k8s_namespace=ns, k8s_context=context,
+                     kubeconfig=kubeconfig, vision=c.vision, max_model_len=c.settings.max_model_len,
+                     spec=launch_spec(c, deployment=name, port=port, host="0.0.0.0", runtime="docker"),
+                     **(defaults or {}))
+    state.save(dep)
+    try:
+        placed = k8s.wait_scheduled(name, namespace=ns, timeout=timeout, kubeconfig=kubeconfig,
+                                    context=context, on_stage=stage)
+        stage("scheduled on " + ", ".join(sorted({p["node"] for p in placed})))
+        notes = [f"inside the cluster: {dep.base_url}; from here: `kubectl -n {ns} port-forward svc/{svc} "
+                 f"{port}:{port}`"]
+        if wait:
+            while time.monotonic() - t0 < timeout:
+                ps = k8s.pods(name, namespace=ns, kubeconfig=kubeconfig, context=context)
+                if ps and all(p["ready"] for p in ps):
+                    stage("ready (the pods' /health answers)")
+                    break
+                time.sleep(2)
+            else:
+                raise EngineStartError(f"the pods of {name} were not ready within {timeout:.0f} s",
+                                       remedy=f"see `kubectl -n {ns} describe pods -l {k8s.LABEL}={name}` "
+                                              "(is the NVIDIA device plugin there? the image pulled?)")
+        else:
+            notes.append("not waiting for readiness (--no-wait): `kanoa-local status` tells when it is up")
+    except BaseException as exc:
+        k8s.delete(name, namespace=ns, kubeconfig=kubeconfig, context=context)
+        state.remove(name)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted("interrupted: what was applied to the cluster is deleted", remedy=None) from None
+        raise
+    return UpResult(deployment=dep, base_url=dep.base_url, api_key_file=dep.api_key_file, notes=notes)
+
+
+def hashlib_hex(objs: list[dict[str, Any]]) -> str:
+    import hashlib
+    import json
+
+    scrubbed = [o for o in objs if o.get("kind") != "Secret"]
+    return hashlib.sha256(json.dumps(scrubbed, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _submit_slurm(c: Candidate, spec: Any, *, name: str, key: str, log: Path, python: str | None) -> str:
     """Write the sbatch script for ``spec`` into the state dir and submit it; the job id."""
     from .engine import slurm as sl
@@ -645,6 +743,11 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
 
             if dep.job_id:
                 sl.cancel(dep.job_id)
+        elif dep.runtime == "k8s":
+            from .engine import k8s
+
+            k8s.delete(dep.name, namespace=dep.k8s_namespace or "default", kubeconfig=dep.kubeconfig,
+                       context=dep.k8s_context)
         else:
             from .engine import docker as dk
 
@@ -761,7 +864,7 @@ def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
                         uptime_s=round(time.time() - dep.created_at, 1) if alive else None,
                         metrics=metrics, deployment=dep,
                         # NVML sees this machine's GPUs only
-                        gpus=[] if dep.docker_host or dep.runtime == "slurm" else gpu_use(dep.gpu_uuids, nvml))
+                        gpus=[] if dep.docker_host or dep.runtime in ("slurm", "k8s") else gpu_use(dep.gpu_uuids, nvml))
 
 
 def served_cost(tokens: float | None, usd_per_mtok: float) -> float | None:

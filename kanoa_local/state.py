@@ -30,7 +30,7 @@ NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 class Deployment(Model):
     name: str
-    runtime: Literal["docker", "process", "slurm"]
+    runtime: Literal["docker", "process", "slurm", "k8s"]
     model_id: str
     served_model_name: str
     host: str
@@ -45,6 +45,9 @@ class Deployment(Model):
     gpu_uuids: list[str] = []
     docker_host: str | None = Field(None, description="the Docker host URL when not the local daemon")
     job_id: str | None = Field(None, description="the Slurm job (slurm runtime)")
+    k8s_namespace: str | None = None
+    k8s_context: str | None = None
+    kubeconfig: str | None = Field(None, description="the kubeconfig file `up` used (None: the default)")
     spec: LaunchSpec
     vision: bool = Field(False, description="the model takes images")
     max_model_len: int | None = None

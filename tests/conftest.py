@@ -275,3 +275,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "kanoa_local", *args], capture_output=True,
                           text=True, env=full_env, timeout=timeout, cwd=ROOT)
+
+
+# ----------------------------------------------------------------------------- Kubernetes
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster() -> str:
+    """A real control plane on 127.0.0.1 (etcd, kube-apiserver, scheduler, controller-manager
+    built from Debian's Kubernetes source by scripts/k8s-control-plane.sh, cached); its
+    kubeconfig path. Stopped at the end."""
+    if os.geteuid() != 0:
+        _unavailable("the test control plane needs root (it installs Debian's build tools)")
+    r = subprocess.run(["bash", str(SCRIPTS / "k8s-control-plane.sh"), "start"], capture_output=True,
+                       text=True, timeout=1800)
+    if r.returncode != 0:
+        _unavailable(f"scripts/k8s-control-plane.sh start failed: {r.stderr.strip()[-800:]}")
+    kubeconfig = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)["KUBECONFIG"]
+    yield kubeconfig
+    subprocess.run(["bash", str(SCRIPTS / "k8s-control-plane.sh"), "stop"], capture_output=True, text=True)

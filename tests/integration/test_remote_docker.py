@@ -11,7 +11,7 @@ import pytest
 from kanoa_local.deploy import PsReport, StatusReport, UpResult
 from tests.conftest import free_port, run_cli
 
-pytestmark = [pytest.mark.docker, pytest.mark.engine]
+pytestmark = [pytest.mark.docker, pytest.mark.engine, pytest.mark.scaleout]
 
 
 def test_up_status_ps_down_on_a_remote_docker_host(remote_docker, docker_client, cpu_image, tiny_model):

@@ -14,7 +14,7 @@ from kanoa_local.deploy import PsReport, UpResult
 from kanoa_local.errors import UsageError
 from tests.conftest import free_port, run_cli
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.scaleout]
 
 
 def wait_for_job(job_id: str, timeout: float = 120) -> None:

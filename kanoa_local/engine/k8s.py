@@ -1,0 +1,224 @@
+"""Kubernetes through its official Python client (`kubernetes`, extra kanoa-local[k8s]): the
+only module that imports it. Objects are applied with a server-side dry run first (the API
+server's own validation, nothing stored), then created or replaced; everything kanoa-local
+creates carries its labels and is deleted by them. Errors become one-line kanoa-local errors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from ..errors import ConfigError, EngineError, EngineStartError, UsageError
+
+LABEL = "io.kanoa-local/deployment"
+LWS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
+
+
+def _client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    try:
+        import kubernetes
+    except ImportError as exc:
+        raise ConfigError("the Kubernetes target needs the kubernetes client",
+                          remedy="pip install 'kanoa-local[k8s]'") from exc
+    try:
+        return kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
+    except (kubernetes.config.ConfigException, OSError, TypeError) as exc:
+        raise ConfigError(f"no usable kubeconfig: {str(exc).splitlines()[0][:200]}",
+                          remedy="set KUBECONFIG (or ~/.kube/config) to the cluster's config") from exc
+
+
+def current_context(kubeconfig: str | None = None) -> tuple[str | None, str]:
+    """(context name, its namespace or 'default')."""
+    import kubernetes
+
+    try:
+        _, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
+    except Exception:  # noqa: BLE001 - no contexts: the client call will say why
+        return None, "default"
+    return active.get("name"), (active.get("context") or {}).get("namespace") or "default"
+
+
+def _api_error(exc: Any, what: str) -> Exception:
+    import json
+
+    body = getattr(exc, "body", None) or ""
+    try:
+        message = json.loads(body).get("message") or body
+    except (ValueError, AttributeError):
+        message = body or str(exc)
+    status = getattr(exc, "status", None)
+    if status == 403:
+        return EngineError(f"Kubernetes refused {what}: {message}", remedy="ask for rights in that namespace")
+    if status in (400, 422):
+        return UsageError(f"the API server rejected {what}: {message}", remedy="see `kanoa-local export k8s`")
+    return EngineError(f"Kubernetes: {what} failed ({status}): {message}"[:400],
+                       remedy="check the cluster (`kubectl get --raw /readyz`)")
+
+
+def _call(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
+    import urllib3
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as exc:
+        raise _api_error(exc, what) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise EngineError(f"cannot reach the Kubernetes API server: {str(exc).splitlines()[0][:200]}",
+                          remedy="check KUBECONFIG and that the cluster answers") from None
+
+
+def _ops(api: Any, obj: dict[str, Any], ns: str) -> tuple[Callable, Callable, Callable, Callable]:
+    """(create, replace, delete, read) for ``obj``'s kind."""
+    from kubernetes import client
+
+    kind = obj["kind"]
+    core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+    if kind == "Secret":
+        return (core.create_namespaced_secret, core.replace_namespaced_secret,
+                core.delete_namespaced_secret, core.read_namespaced_secret)
+    if kind == "PersistentVolumeClaim":
+        return (core.create_namespaced_persistent_volume_claim, core.replace_namespaced_persistent_volume_claim,
+                core.delete_namespaced_persistent_volume_claim, core.read_namespaced_persistent_volume_claim)
+    if kind == "Service":
+        return (core.create_namespaced_service, core.replace_namespaced_service,
+                core.delete_namespaced_service, core.read_namespaced_service)
+    if kind == "Deployment":
+        return (apps.create_namespaced_deployment, apps.replace_namespaced_deployment,
+                apps.delete_namespaced_deployment, apps.read_namespaced_deployment)
+    if kind == "LeaderWorkerSet":
+        g, v, p = LWS
+        return (lambda ns_, body, **kw: custom.create_namespaced_custom_object(g, v, ns_, p, body, **kw),
+                lambda name, ns_, body, **kw: custom.replace_namespaced_custom_object(g, v, ns_, p, name, body, **kw),
+                lambda name, ns_, **kw: custom.delete_namespaced_custom_object(g, v, ns_, p, name, **kw),
+                lambda name, ns_: custom.get_namespaced_custom_object(g, v, ns_, p, name))
+    raise UsageError(f"kanoa-local does not apply {kind} objects", remedy="apply it with kubectl")
+
+
+def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None = None,
+          context: str | None = None) -> list[str]:
+    """Server-side dry run of every object, then create (or replace what kanoa-local made
+    before). Returns 'Kind/name' of what was applied."""
+    from kubernetes.client.rest import ApiException
+
+    api = _client(kubeconfig, context)
+    for obj in objs:                       # the API server validates all before anything is stored
+        create, *_ = _ops(api, obj, namespace)
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            create(namespace, obj, dry_run="All")
+        except ApiException as exc:
+            if exc.status != 409:          # exists already: replaced below
+                raise _api_error(exc, where) from None
+    done = []
+    for obj in objs:
+        create, replace, _, read = _ops(api, obj, namespace)
+        name = obj["metadata"]["name"]
+        where = f"{obj['kind']}/{name}"
+        try:
+            create(namespace, obj)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _api_error(exc, where) from None
+            current = _call(read, where, name, namespace)
+            labels = (current.get("metadata", {}) if isinstance(current, dict) else current.metadata.to_dict()).get("labels") or {}
+            if labels.get("app.kubernetes.io/managed-by") != "kanoa-local":
+                raise UsageError(f"{where} exists and kanoa-local did not create it",
+                                 remedy="choose another --name or namespace") from None
+            if obj["kind"] == "PersistentVolumeClaim":
+                pass                       # a claim's spec cannot change; keep the weights
+            else:
+                if obj["kind"] in ("Service",):
+                    obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": current.metadata.resource_version}}
+                _call(replace, where, name, namespace, obj)
+        done.append(where)
+    return done
+
+
+def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> list[dict[str, Any]]:
+    """The deployment's pods: name, node, phase, and the scheduler's verdict."""
+    from kubernetes import client
+
+    api = _client(kubeconfig, context)
+    found = _call(client.CoreV1Api(api).list_namespaced_pod, "listing pods", namespace,
+                  label_selector=f"{LABEL}={name}")
+    out = []
+    for p in found.items:
+        cond = {c.type: c for c in (p.status.conditions or [])}
+        sched = cond.get("PodScheduled")
+        ready = cond.get("Ready")
+        out.append({"name": p.metadata.name, "node": p.spec.node_name, "phase": p.status.phase,
+                    "scheduled": bool(sched and sched.status == "True"),
+                    "unschedulable": (sched.message if sched and sched.reason == "Unschedulable" else None),
+                    "ready": bool(ready and ready.status == "True")})
+    return out
+
+
+def wait_scheduled(name: str, *, namespace: str, timeout: float, kubeconfig: str | None = None,
+                   context: str | None = None, on_stage: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Until every pod has a node; the scheduler's own reason when it cannot place one."""
+    t0 = time.monotonic()
+    said = ""
+    while time.monotonic() - t0 < timeout:
+        ps = pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context)
+        bad = next((p for p in ps if p["unschedulable"]), None)
+        if bad is not None:
+            raise EngineStartError(f"Kubernetes cannot schedule {bad['name']}: {bad['unschedulable']}",
+                                   remedy="the cluster lacks the GPUs this plan asks for: plan for its nodes "
+                                          "(--gpus-per-node, --gpu) or free some")
+        if ps and all(p["scheduled"] for p in ps):
+            return ps
+        msg = "waiting for the scheduler" if ps else "waiting for pods"
+        if msg != said and on_stage:
+            on_stage(msg)
+            said = msg
+        time.sleep(1)
+    raise EngineStartError(f"no pod of {name} was scheduled within {timeout:.0f} s",
+                           remedy="see `kubectl get pods,events`")
+
+
+def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> list[str]:
+    """Delete everything labelled for deployment ``name``; what was deleted."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    api = _client(kubeconfig, context)
+    core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+    sel = f"{LABEL}={name}"
+    gone: list[str] = []
+    listings = [("Deployment", apps.list_namespaced_deployment, apps.delete_namespaced_deployment),
+                ("Service", core.list_namespaced_service, core.delete_namespaced_service),
+                ("Secret", core.list_namespaced_secret, core.delete_namespaced_secret),
+                ("PersistentVolumeClaim", core.list_namespaced_persistent_volume_claim,
+                 core.delete_namespaced_persistent_volume_claim)]
+    for kind, lister, deleter in listings:
+        for item in _call(lister, f"listing {kind}s", namespace, label_selector=sel).items:
+            _call(deleter, f"deleting {kind}/{item.metadata.name}", item.metadata.name, namespace,
+                  propagation_policy="Foreground" if kind == "Deployment" else None)
+            gone.append(f"{kind}/{item.metadata.name}")
+    g, v, p = LWS
+    try:
+        for item in custom.list_namespaced_custom_object(g, v, namespace, p, label_selector=sel).get("items", []):
+            custom.delete_namespaced_custom_object(g, v, namespace, p, item["metadata"]["name"])
+            gone.append(f"LeaderWorkerSet/{item['metadata']['name']}")
+    except ApiException:
+        pass                               # no LeaderWorkerSet API on this cluster
+    # pods go with their Deployment; wait a little so a new `up` of the name starts clean
+    for _ in range(20):
+        if not pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context):
+            break
+        time.sleep(0.5)
+    return gone
+
+
+def exists(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> bool:
+    from kubernetes import client
+
+    api = _client(kubeconfig, context)
+    sel = f"{LABEL}={name}"
+    try:
+        if _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=sel).items:
+            return True
+    except (EngineError, ConfigError):
+        return False
+    return bool(pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context))
