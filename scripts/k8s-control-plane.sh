@@ -114,7 +114,7 @@ CONF
   fi
   if ! alive "$W/controller-manager.pid"; then
     setsid "$bin/kube-controller-manager" --kubeconfig="$W/kubeconfig" --leader-elect=false --port=0 \
-      --controllers=deployment,replicaset,serviceaccount,serviceaccount-token,persistentvolume-binder \
+      --controllers=deployment,replicaset,serviceaccount,serviceaccount-token,persistentvolume-binder,garbagecollector,pvc-protection \
       --service-account-private-key-file="$W/sa.key" \
       >"$W/log/controller-manager.log" 2>&1 </dev/null & echo $! > "$W/controller-manager.pid"
   fi

@@ -42,6 +42,18 @@ def isolated_env(tmp_path, monkeypatch):
     yield
 
 
+def start_test_host(script: str, what: str, timeout: float = 900, *args: str) -> dict[str, str]:
+    """Run ``scripts/<script> start`` (a test host: root, network namespaces or a local control
+    plane) and return the KEY=VALUE facts it prints; unavailable (a failure under CI) otherwise."""
+    if os.geteuid() != 0:
+        _unavailable(f"{what} needs root")
+    r = subprocess.run(["bash", str(SCRIPTS / script), "start", *args], capture_output=True, text=True,
+                       timeout=timeout)
+    if r.returncode != 0:
+        _unavailable(f"scripts/{script} start failed: {r.stderr.strip()[-800:]}")
+    return dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
+
+
 def _unavailable(reason: str):
     if IN_CI:
         pytest.fail(f"CI must run every test, but: {reason}", pytrace=False)
@@ -87,13 +99,7 @@ def remote_docker_facts(docker_client, cpu_image) -> dict[str, str]:
     """A second Docker host: a dockerd in its own network namespace on a private veth link,
     reached over tcp:// and ssh:// (scripts/docker-remote.sh), with the CPU image loaded.
     Stopped at the end."""
-    if os.geteuid() != 0:
-        _unavailable("a second Docker host needs root (network namespaces)")
-    r = subprocess.run(["bash", str(SCRIPTS / "docker-remote.sh"), "start", cpu_image],
-                       capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        _unavailable(f"scripts/docker-remote.sh start failed: {r.stderr.strip()[-500:]}")
-    facts = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
+    facts = start_test_host("docker-remote.sh", "a second Docker host", 900, cpu_image)
     url = facts["KANOA_REMOTE_DOCKER"]
     yield facts
     import docker
@@ -111,13 +117,7 @@ def remote_docker_facts(docker_client, cpu_image) -> dict[str, str]:
 def slurm_cluster() -> dict[str, str]:
     """A real Slurm cluster: slurmctld here, slurmd gpu1/gpu2 (2 GPUs each) in two network
     namespaces (scripts/slurm-cluster.sh). Sets SLURM_CONF for the session; stopped at the end."""
-    if os.geteuid() != 0:
-        _unavailable("a Slurm cluster in network namespaces needs root")
-    r = subprocess.run(["bash", str(SCRIPTS / "slurm-cluster.sh"), "start"], capture_output=True,
-                       text=True, timeout=600)
-    if r.returncode != 0:
-        _unavailable(f"scripts/slurm-cluster.sh start failed: {r.stderr.strip()[-800:]}")
-    facts = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
+    facts = start_test_host("slurm-cluster.sh", "a Slurm cluster in network namespaces", 600)
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = facts["SLURM_CONF"]
     yield facts
@@ -285,12 +285,7 @@ def k8s_cluster() -> str:
     """A real control plane on 127.0.0.1 (etcd, kube-apiserver, scheduler, controller-manager
     built from Debian's Kubernetes source by scripts/k8s-control-plane.sh, cached); its
     kubeconfig path. Stopped at the end."""
-    if os.geteuid() != 0:
-        _unavailable("the test control plane needs root (it installs Debian's build tools)")
-    r = subprocess.run(["bash", str(SCRIPTS / "k8s-control-plane.sh"), "start"], capture_output=True,
-                       text=True, timeout=1800)
-    if r.returncode != 0:
-        _unavailable(f"scripts/k8s-control-plane.sh start failed: {r.stderr.strip()[-800:]}")
-    kubeconfig = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)["KUBECONFIG"]
+    kubeconfig = start_test_host("k8s-control-plane.sh", "the test control plane (it installs Debian's "
+                                 "build tools)", 1800)["KUBECONFIG"]
     yield kubeconfig
     subprocess.run(["bash", str(SCRIPTS / "k8s-control-plane.sh"), "stop"], capture_output=True, text=True)

@@ -21,7 +21,12 @@ def _client(kubeconfig: str | None = None, context: str | None = None) -> Any:
         raise ConfigError("the Kubernetes target needs the kubernetes client",
                           remedy="pip install 'kanoa-local[k8s]'") from exc
     try:
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
+        api = kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
+        if not api.configuration.verify_ssl:   # the kubeconfig says so (as kubectl, no warning per call)
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        return api
     except (kubernetes.config.ConfigException, OSError, TypeError) as exc:
         raise ConfigError(f"no usable kubeconfig: {str(exc).splitlines()[0][:200]}",
                           remedy="set KUBECONFIG (or ~/.kube/config) to the cluster's config") from exc
@@ -55,13 +60,17 @@ def _api_error(exc: Any, what: str) -> Exception:
                        remedy="check the cluster (`kubectl get --raw /readyz`)")
 
 
-def _call(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
+def _call(fn: Callable[..., Any], what: str, *args: Any, _raw_conflict: bool = False, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with the client's errors made one-line kanoa-local errors (a 409
+    Conflict is re-raised as is with ``_raw_conflict``, for create-or-replace)."""
     import urllib3
     from kubernetes.client.rest import ApiException
 
     try:
         return fn(*args, **kwargs)
     except ApiException as exc:
+        if _raw_conflict and exc.status == 409:
+            raise
         raise _api_error(exc, what) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise EngineError(f"cannot reach the Kubernetes API server: {str(exc).splitlines()[0][:200]}",
@@ -74,18 +83,12 @@ def _ops(api: Any, obj: dict[str, Any], ns: str) -> tuple[Callable, Callable, Ca
 
     kind = obj["kind"]
     core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
-    if kind == "Secret":
-        return (core.create_namespaced_secret, core.replace_namespaced_secret,
-                core.delete_namespaced_secret, core.read_namespaced_secret)
-    if kind == "PersistentVolumeClaim":
-        return (core.create_namespaced_persistent_volume_claim, core.replace_namespaced_persistent_volume_claim,
-                core.delete_namespaced_persistent_volume_claim, core.read_namespaced_persistent_volume_claim)
-    if kind == "Service":
-        return (core.create_namespaced_service, core.replace_namespaced_service,
-                core.delete_namespaced_service, core.read_namespaced_service)
-    if kind == "Deployment":
-        return (apps.create_namespaced_deployment, apps.replace_namespaced_deployment,
-                apps.delete_namespaced_deployment, apps.read_namespaced_deployment)
+    typed = {"Secret": (core, "secret"), "PersistentVolumeClaim": (core, "persistent_volume_claim"),
+             "Service": (core, "service"), "Deployment": (apps, "deployment")}
+    if kind in typed:
+        group, suffix = typed[kind]
+        return tuple(getattr(group, f"{verb}_namespaced_{suffix}")  # type: ignore[return-value]
+                     for verb in ("create", "replace", "delete", "read"))
     if kind == "LeaderWorkerSet":
         g, v, p = LWS
         return (lambda ns_, body, **kw: custom.create_namespaced_custom_object(g, v, ns_, p, body, **kw),
@@ -106,7 +109,7 @@ def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None 
         create, *_ = _ops(api, obj, namespace)
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         try:
-            create(namespace, obj, dry_run="All")
+            _call(create, where, namespace, obj, dry_run="All", _raw_conflict=True)
         except ApiException as exc:
             if exc.status != 409:          # exists already: replaced below
                 raise _api_error(exc, where) from None
@@ -116,7 +119,7 @@ def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None 
         name = obj["metadata"]["name"]
         where = f"{obj['kind']}/{name}"
         try:
-            create(namespace, obj)
+            _call(create, where, namespace, obj, _raw_conflict=True)
         except ApiException as exc:
             if exc.status != 409:
                 raise _api_error(exc, where) from None
@@ -150,7 +153,9 @@ def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: s
         out.append({"name": p.metadata.name, "node": p.spec.node_name, "phase": p.status.phase,
                     "scheduled": bool(sched and sched.status == "True"),
                     "unschedulable": (sched.message if sched and sched.reason == "Unschedulable" else None),
-                    "ready": bool(ready and ready.status == "True")})
+                    "ready": bool(ready and ready.status == "True"),
+                    # deleted, waiting for its kubelet to stop it
+                    "terminating": p.metadata.deletion_timestamp is not None})
     return out
 
 
@@ -161,6 +166,7 @@ def wait_scheduled(name: str, *, namespace: str, timeout: float, kubeconfig: str
     said = ""
     while time.monotonic() - t0 < timeout:
         ps = pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context)
+        ps = [p for p in ps if not p["terminating"]]
         bad = next((p for p in ps if p["unschedulable"]), None)
         if bad is not None:
             raise EngineStartError(f"Kubernetes cannot schedule {bad['name']}: {bad['unschedulable']}",
@@ -193,8 +199,9 @@ def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context:
                  core.delete_namespaced_persistent_volume_claim)]
     for kind, lister, deleter in listings:
         for item in _call(lister, f"listing {kind}s", namespace, label_selector=sel).items:
+            # no decoding of the answer: servers differ in what a delete returns (Status or object)
             _call(deleter, f"deleting {kind}/{item.metadata.name}", item.metadata.name, namespace,
-                  propagation_policy="Foreground" if kind == "Deployment" else None)
+                  propagation_policy="Foreground" if kind == "Deployment" else None, _preload_content=False)
             gone.append(f"{kind}/{item.metadata.name}")
     g, v, p = LWS
     try:
@@ -203,9 +210,9 @@ def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context:
             gone.append(f"LeaderWorkerSet/{item['metadata']['name']}")
     except ApiException:
         pass                               # no LeaderWorkerSet API on this cluster
-    # pods go with their Deployment; wait a little so a new `up` of the name starts clean
+    # pods go with their Deployment (their kubelets stop them); wait until all are on their way
     for _ in range(20):
-        if not pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context):
+        if all(p["terminating"] for p in pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context)):
             break
         time.sleep(0.5)
     return gone
@@ -217,8 +224,10 @@ def exists(name: str, *, namespace: str, kubeconfig: str | None = None, context:
     api = _client(kubeconfig, context)
     sel = f"{LABEL}={name}"
     try:
-        if _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=sel).items:
+        deps = _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=sel).items
+        if any(d.metadata.deletion_timestamp is None for d in deps):      # not on its way out
             return True
     except (EngineError, ConfigError):
         return False
-    return bool(pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context))
+    return any(not p["terminating"] for p in pods(name, namespace=namespace, kubeconfig=kubeconfig,
+                                                  context=context))
