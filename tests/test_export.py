@@ -206,3 +206,17 @@ def test_helm_values_reference_the_secret_and_map_the_plan():
     assert "--max-model-len" not in spec["vllmConfig"]["extraArgs"]
     assert values["vllmApiKey"]["secretKey"] == "api-key" and "kl-golden-key" not in f.content
     assert (spec["repository"], spec["tag"]) == tuple(c.settings.image.rsplit(":", 1))
+
+
+def test_scheduler_reasons_that_waiting_cannot_change():
+    from kanoa_local.engine.k8s import is_final
+
+    assert is_final("0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
+    assert is_final("0/3 nodes are available: 1 Insufficient cpu, 2 Insufficient nvidia.com/gpu.")
+    assert is_final("0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 nodes are "
+                    "available: 2 No preemption victims found for incoming pod.")
+    # a volume not bound yet, a tainted node: may change, so `up` keeps waiting
+    assert not is_final("0/2 nodes are available: 1 Insufficient nvidia.com/gpu, 1 pod has unbound "
+                        "immediate PersistentVolumeClaims.")
+    assert not is_final("0/1 nodes are available: 1 node(s) had taint {node.kubernetes.io/not-ready: }, "
+                        "that the pod didn't tolerate.")

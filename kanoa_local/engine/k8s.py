@@ -5,6 +5,7 @@ creates carries its labels and is deleted by them. Errors become one-line kanoa-
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable
 
@@ -12,6 +13,19 @@ from ..errors import ConfigError, EngineError, EngineStartError, UsageError
 
 LABEL = "io.kanoa-local/deployment"
 LWS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
+#: scheduler reasons that no waiting will change (resources no node has)
+FINAL_REASONS = re.compile(r"^\d+ (Insufficient |Too many pods)")
+
+
+def is_final(message: str) -> bool:
+    """Whether the scheduler's "0/N nodes are available: a Insufficient x, b ..." rules out every
+    node for good (each reason is missing resources), rather than for now (a volume not bound
+    yet, a node not ready)."""
+    m = re.search(r"nodes are available: (.*?)(?:\.\s|\.$|$)", message)
+    if not m:
+        return False
+    reasons = [r.strip() for r in m.group(1).split(",") if r.strip()]
+    return bool(reasons) and all(FINAL_REASONS.search(r) for r in reasons)
 
 
 def _client(kubeconfig: str | None = None, context: str | None = None) -> Any:
@@ -163,23 +177,27 @@ def wait_scheduled(name: str, *, namespace: str, timeout: float, kubeconfig: str
                    context: str | None = None, on_stage: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Until every pod has a node; the scheduler's own reason when it cannot place one."""
     t0 = time.monotonic()
-    said = ""
+    said = last = ""
     while time.monotonic() - t0 < timeout:
         ps = pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context)
         ps = [p for p in ps if not p["terminating"]]
         bad = next((p for p in ps if p["unschedulable"]), None)
         if bad is not None:
-            raise EngineStartError(f"Kubernetes cannot schedule {bad['name']}: {bad['unschedulable']}",
-                                   remedy="the cluster lacks the GPUs this plan asks for: plan for its nodes "
-                                          "(--gpus-per-node, --gpu) or free some")
-        if ps and all(p["scheduled"] for p in ps):
+            last = bad["unschedulable"]
+            # no node can ever have what it asks for: say so now; anything else (a volume not
+            # bound yet, a node still joining) may pass, so keep waiting
+            if is_final(last):
+                raise EngineStartError(f"Kubernetes cannot schedule {bad['name']}: {last}",
+                                       remedy="the cluster lacks the GPUs this plan asks for: plan for its "
+                                              "nodes (--gpus-per-node, --gpu) or free some")
+        elif ps and all(p["scheduled"] for p in ps):
             return ps
-        msg = "waiting for the scheduler" if ps else "waiting for pods"
+        msg = (f"waiting: {last}" if bad is not None else "waiting for the scheduler") if ps else "waiting for pods"
         if msg != said and on_stage:
             on_stage(msg)
             said = msg
         time.sleep(1)
-    raise EngineStartError(f"no pod of {name} was scheduled within {timeout:.0f} s",
+    raise EngineStartError(f"no pod of {name} was scheduled within {timeout:.0f} s" + (f": {last}" if last else ""),
                            remedy="see `kubectl get pods,events`")
 
 
