@@ -69,6 +69,20 @@ def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="what-if: N identical nodes (pipeline parallel across them)")(f)
 
 
+def resolve_machine(hardware_file: str | None, gpu_name: str | None, vram_gb: float | None,
+                    gpu_count: int | None, cluster_file: str | None, nodes: int | None,
+                    gpus_per_node: int | None) -> tuple[Any, Any]:
+    """(one node's profile, the Cluster or None) from the machine and cluster options."""
+    from .errors import UsageError
+
+    cluster = resolve_cluster(cluster_file, nodes, gpus_per_node, gpu_name, vram_gb, gpu_count)
+    if cluster is None:
+        return resolve_profile(hardware_file, gpu_name, vram_gb, gpu_count, docker=False), None
+    if hardware_file:
+        raise UsageError("--hardware and a cluster both describe the machine", remedy="give one of them")
+    return cluster.profile(), cluster
+
+
 def resolve_cluster(cluster_file: str | None, nodes: int | None, gpus_per_node: int | None,
                     gpu_name: str | None, vram_gb: float | None, gpu_count: int | None) -> Any:
     """A Cluster from --cluster or the what-if options; None when neither asks for one."""
@@ -271,11 +285,8 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
                          remedy="one of: " + ", ".join(PRECISIONS))
     if min_context and max_context and min_context > max_context:
         raise UsageError("--min-context is larger than --max-context", remedy="swap or drop one")
-    cluster = resolve_cluster(cluster_file, nodes, gpus_per_node, gpu_name, vram_gb, gpu_count)
-    if cluster is not None and hardware_file:
-        raise UsageError("--hardware and a cluster both describe the machine", remedy="give one of them")
-    profile = cluster.profile() if cluster is not None else resolve_profile(
-        hardware_file, gpu_name, vram_gb, gpu_count, docker=False)
+    profile, cluster = resolve_machine(hardware_file, gpu_name, vram_gb, gpu_count, cluster_file, nodes,
+                                       gpus_per_node)
     catalog, weights = load_models(models_files, no_user_models)
     if model and Path(model).expanduser().is_dir():
         from .checkpoint import entry_from_directory
@@ -284,7 +295,9 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         catalog = catalog.model_copy(update={"models": {**catalog.models, entry.id: entry}})
         model = entry.id
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+        from .settings import hub_offline
+
+        offline = hub_offline()
     request = PlanRequest(model=model, vision=vision, min_context=min_context,
                           max_context=max_context, precision=precision,
                           kv_cache_dtype=kv_cache_dtype, device="cpu" if force_cpu else "auto",
@@ -355,15 +368,14 @@ def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_fil
     """
     from pathlib import Path
 
-    from .errors import NoFitError, UsageError
-    from .export import ExportOptions, ExportResult, render
+    from .errors import NoFitError
+    from .export import ExportOptions, ExportResult, render, require_hub_weights
     from .plan import PlanRequest, plan
     from .state import check_name
 
     as_json = wants_json(ctx, as_json)
-    cluster = resolve_cluster(cluster_file, nodes, gpus_per_node, gpu_name, vram_gb, gpu_count)
-    profile = cluster.profile() if cluster is not None else resolve_profile(
-        hardware_file, gpu_name, vram_gb, gpu_count, docker=False)
+    profile, cluster = resolve_machine(hardware_file, gpu_name, vram_gb, gpu_count, cluster_file, nodes,
+                                       gpus_per_node)
     catalog, weights = load_models(models_files, no_user_models)
     request = PlanRequest(model=model, precision=precision, max_context=max_context, vision=vision,
                           nodes=cluster.nodes if cluster is not None else 1, hf_token=True)
@@ -371,9 +383,7 @@ def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_fil
     c = result.chosen
     if c is None:
         raise NoFitError(result.summary, remedy=result.remedy)
-    if c.variant.package or (c.variant.path and not c.variant.repo):
-        raise UsageError(f"{c.model_name} is served from local files ({c.variant.source}), which other "
-                         "machines do not have", remedy="export a model with a Hugging Face repo")
+    require_hub_weights(c)
     opts = ExportOptions(name=check_name(name or c.model_id), port=port, image=image, namespace=namespace,
                          storage=storage, storage_class=storage_class)
     files = render(target, c, opts, nodes=cluster.nodes if cluster else 1,

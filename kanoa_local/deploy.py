@@ -26,7 +26,7 @@ from .engine.ready import ReadyReport, StageEvent, first_token, wait_until_ready
 from .engine.spec import launch_spec
 from .errors import EngineError, EngineStartError, Interrupted, UsageError
 from .plan.fit import Candidate
-from .settings import state_dir
+from .settings import hub_offline, state_dir
 from .state import Deployment
 
 
@@ -107,7 +107,6 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     from .checkpoint import load_enriched
     from .errors import NoFitError
     from .plan import PlanRequest, plan
-    from .settings import packaged_models_dir
 
     if model and model_path:
         raise UsageError("give MODEL or --model-path, not both", remedy="see `kanoa-local up --help`")
@@ -124,7 +123,7 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
         catalog = catalog.model_copy(update={"models": {**catalog.models, entry.id: entry}})
         model, model_dir, offline = entry.id, str(p), True
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+        offline = hub_offline()
     request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
                           device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
                           hf_token=bool(os.environ.get("HF_TOKEN")))
@@ -173,7 +172,6 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     does. ``on_plan(candidate, runtime)`` is told what will start; ``on_status`` gets one-line
     news of slow preparation (unpacking a packaged model); ``on_stage``/``on_pull``/
     ``on_download`` as for :func:`up`."""
-    import os
 
     from .probe import probe
     from .settings import engine_caches
@@ -181,7 +179,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     from .engine.docker import is_remote
 
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+        offline = hub_offline()
     remote = is_remote(docker_host)
     if remote:
         runtime = "docker"
@@ -194,20 +192,20 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
                                              nodes=nodes)
     if (cand.settings and cand.settings.pipeline_parallel_size > 1) and runtime not in ("slurm", "k8s"):
         raise UsageError(f"{cand.label} spans {cand.settings.pipeline_parallel_size} nodes; `up` starts "
-                         "multi-node plans as a Slurm job only",
-                         remedy="add --target slurm, or `kanoa-local export docker|k8s` for the other engines")
+                         "multi-node plans on Slurm or Kubernetes only",
+                         remedy="add --target slurm or --target k8s, or `kanoa-local export docker` for "
+                                "Docker hosts")
     if gpu_memory_utilization is not None and cand.device == "gpu":
         def with_gmu(c: Candidate) -> Candidate:
             assert c.settings is not None
             return c.model_copy(update={"settings": c.settings.model_copy(
                 update={"gpu_memory_utilization": gpu_memory_utilization})})
         cand, fallbacks = with_gmu(cand), [with_gmu(f) for f in fallbacks]
+    defaults = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens),
+                                  ("cost_per_mtok", cost_per_mtok)) if v is not None}
     if runtime == "k8s":
         return up_k8s(cand, name=name, port=port, image=image, namespace=namespace, timeout=timeout,
-                      wait=wait, replace=replace, defaults={k: v for k, v in (
-                          ("temperature", temperature), ("max_tokens", max_tokens),
-                          ("cost_per_mtok", cost_per_mtok)) if v is not None},
-                      on_stage=callbacks.get("on_stage"))
+                      wait=wait, replace=replace, defaults=defaults, on_stage=callbacks.get("on_stage"))
     if runtime != "slurm":
         runtime = auto_runtime(runtime, cand, image)
     if remote and cand.variant.package:
@@ -221,8 +219,6 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
                                         on_status=on_status))
     if on_plan is not None:
         on_plan(cand, runtime)
-    defaults = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens),
-                                  ("cost_per_mtok", cost_per_mtok)) if v is not None}
     return up(cand, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
               python=python, model_dir=model_dir, image=image, timeout=timeout, replace=replace,
               no_retry=no_retry, offline=bool(offline), fallbacks=[] if model_dir else fallbacks,
@@ -275,7 +271,7 @@ def pull(model: str | None = None, *, python: str | None = None, precision: str 
     from .probe import probe
 
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+        offline = hub_offline()
     prof = profile if profile is not None else probe(docker=False)
     c, model_dir, _ = plan_for_up(prof, model=model, precision=precision, force_cpu=cpu, offline=offline,
                                   models_files=models_files, user_models=user_models)
@@ -526,7 +522,7 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
             read_lines = dk.ContainerLogFollower(started.container, host=docker_host)
             alive = lambda: dk.container_state(started.container, host=docker_host)["running"]  # noqa: E731
             exit_info = lambda: dk.container_state(started.container, host=docker_host)  # noqa: E731
-        if runtime == "slurm":
+        elif runtime == "slurm":
             from .engine import slurm as sl
 
             dep.job_id = started.job_id = _submit_slurm(candidate, spec, name=name, key=key, log=log,
@@ -564,14 +560,12 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
     import os
 
     from .engine import k8s
-    from .export import ExportOptions, layout_for
+    from .export import ExportOptions, check_layout, layout_for, require_hub_weights
     from .export import k8s as render_k8s
 
     if c.settings is None:
         raise UsageError("this plan does not fit, so it cannot be started", remedy="`kanoa-local plan` shows what fits")
-    if c.variant.package or (c.variant.path and not c.variant.repo):
-        raise UsageError(f"{c.model_name} is served from local files, which the cluster's nodes do not have",
-                         remedy="serve a model with a Hugging Face repo on Kubernetes")
+    require_hub_weights(c)
     name = state.check_name(name or c.model_id)
     kubeconfig = os.environ.get("KUBECONFIG") or None
     context, default_ns = k8s.current_context(kubeconfig)
@@ -583,8 +577,6 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
     image = image or c.settings.image
     opts = ExportOptions(name=name, port=port, image=image, namespace=ns, api_key=key)
     layout = layout_for(c)
-    from .export import check_layout
-
     check_layout(layout, image)
     objs = render_k8s.objects(c, layout, opts, api_key=key)
     svc = next(o for o in objs if o["kind"] == "Service")["metadata"]["name"]
@@ -597,7 +589,7 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
     applied = k8s.apply(objs, namespace=ns, kubeconfig=kubeconfig, context=context)
     stage("applied " + ", ".join(applied))
     dep = Deployment(name=name, runtime="k8s", model_id=c.model_id, served_model_name=c.model_id,
-                     host=f"{svc}.{ns}.svc", port=port, device=c.device, plan_hash=hashlib_hex(objs),
+                     host=f"{svc}.{ns}.svc", port=port, device=c.device, plan_hash=manifests_hash(objs),
                      api_key_file=str(key_file), log_file=None, k8s_namespace=ns, k8s_context=context,
                      kubeconfig=kubeconfig, vision=c.vision, max_model_len=c.settings.max_model_len,
                      spec=launch_spec(c, deployment=name, port=port, host="0.0.0.0", runtime="docker"),
@@ -631,7 +623,7 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
     return UpResult(deployment=dep, base_url=dep.base_url, api_key_file=dep.api_key_file, notes=notes)
 
 
-def hashlib_hex(objs: list[dict[str, Any]]) -> str:
+def manifests_hash(objs: list[dict[str, Any]]) -> str:
     import hashlib
     import json
 

@@ -75,5 +75,10 @@ def engine_caches() -> dict[str, str]:
     return {"hf_cache": str(hf_home), "vllm_cache": str(hf_home.parent / "vllm")}
 
 
+def hub_offline() -> bool:
+    """Whether $HF_HUB_OFFLINE asks for no model hub (the default of every --offline)."""
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
+
+
 def debug_enabled() -> bool:
     return os.environ.get("KANOA_DEBUG", "") not in ("", "0", "false", "no")

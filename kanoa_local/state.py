@@ -61,13 +61,10 @@ class Deployment(Model):
     def base_url(self) -> str:
         host = self.host
         if host in ("0.0.0.0", "::"):
-            remote = self.docker_host and self.docker_host.startswith(("tcp://", "ssh://"))
-            if remote:
-                from urllib.parse import urlsplit
+            from .engine.docker import host_address, is_remote
 
-                host = urlsplit(self.docker_host).hostname or "127.0.0.1"
-            else:
-                host = "127.0.0.1"
+            # all addresses: this machine's loopback, or the remote Docker host's own address
+            host = host_address(self.docker_host) if is_remote(self.docker_host) else "127.0.0.1"
         return f"http://{host}:{self.port}/v1"
 
     @property

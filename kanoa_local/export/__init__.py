@@ -67,6 +67,13 @@ def layout_for(c: Candidate, nodes: int = 1, hosts: list[str] | None = None) -> 
                   hosts=list(hosts or []))
 
 
+def require_hub_weights(c: Candidate) -> None:
+    """Other machines can serve only weights they can fetch: a hub repo, not local files."""
+    if c.variant.package or (c.variant.path and not c.variant.repo):
+        raise UsageError(f"{c.model_name} is served from local files ({c.variant.source}), which other "
+                         "machines do not have", remedy="serve a model with a Hugging Face repo there")
+
+
 def check_layout(layout: Layout, image: str | None) -> None:
     """The rules vLLM, Slurm and Kubernetes enforce, checked before rendering."""
     tp, pp = layout.tensor_parallel, layout.pipeline_parallel
