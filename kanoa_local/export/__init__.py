@@ -56,6 +56,13 @@ class ExportOptions(Model):
                                 description="the key for the Kubernetes Secret (default: generated)")
 
 
+def _address(host: str) -> str:
+    """A node's address; a Docker host URL (tcp://, ssh://) names it too."""
+    from ..engine.docker import host_address
+
+    return host_address(host) if "://" in host else host
+
+
 def layout_for(c: Candidate, nodes: int = 1, hosts: list[str] | None = None) -> Layout:
     s = c.settings
     if s is None:
@@ -64,7 +71,7 @@ def layout_for(c: Candidate, nodes: int = 1, hosts: list[str] | None = None) -> 
     gpus = len(s.gpu_indices) if c.device == "gpu" else 0
     return Layout(nodes=max(nodes, s.pipeline_parallel_size), gpus_per_node=gpus,
                   tensor_parallel=s.tensor_parallel_size, pipeline_parallel=s.pipeline_parallel_size,
-                  hosts=list(hosts or []))
+                  hosts=[_address(h) for h in hosts or []])
 
 
 def require_hub_weights(c: Candidate) -> None:
@@ -129,11 +136,9 @@ def server_args(c: Candidate, port: int = PORT) -> list[str]:
 
 def node_args(layout: Layout, rank: int | str, head: str) -> list[str]:
     """vLLM's native multi-node flags for one node (none on a single node)."""
-    if layout.pipeline_parallel == 1:
-        return []
-    args = ["--distributed-executor-backend", "mp", "--nnodes", str(layout.pipeline_parallel),
-            "--node-rank", str(rank), "--master-addr", head]
-    return args
+    from ..engine.spec import multinode_args
+
+    return multinode_args(layout.pipeline_parallel, rank, head)
 
 
 ExportResult.model_rebuild()

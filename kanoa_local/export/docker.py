@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 
 from . import CONTAINER_HF, Artefact, ExportOptions, Layout, node_args, server_args
+from ..engine.spec import WORKER_ENTRYPOINT
 from ..plan.fit import Candidate
 
 HEADER = """#!/usr/bin/env bash
@@ -37,9 +38,15 @@ def _run_line(c: Candidate, layout: Layout, opts: ExportOptions, rank: int, head
     parts += ["-v", '"$HF_CACHE:' + CONTAINER_HF + '"', "-e", "VLLM_API_KEY", "-e", "HF_TOKEN"]
     if c.device == "cpu" and s.cpu_kv_cache_gib:
         parts += ["-e", f"VLLM_CPU_KVCACHE_SPACE={s.cpu_kv_cache_gib}"]
+    if multi and layout.hosts:
+        parts += ["-e", f"VLLM_HOST_IP={layout.hosts[rank]}"]    # the address the others reach it by
     parts += ["--label", f"io.kanoa-local.deployment={opts.name}", "--label", f"io.kanoa-local.model={c.model_id}",
               "--label", f"io.kanoa-local.node-rank={rank}"]
+    if multi and rank > 0:
+        parts += ["--entrypoint", WORKER_ENTRYPOINT[0]]   # `vllm serve`: only it knows --headless
     parts.append(opts.image or "?")
+    if multi and rank > 0:
+        parts += WORKER_ENTRYPOINT[1:]
     args = server_args(c, opts.port) + node_args(layout, rank, head)
     if multi:
         # host networking: the API would listen on every address of the node; keep it on

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from ..engine.spec import WORKER_ENTRYPOINT
 from . import CONTAINER_HF, Artefact, ExportOptions, Layout, server_args
 from ..errors import UsageError
 from ..plan.fit import Candidate
@@ -57,6 +58,11 @@ def _container(c: Candidate, layout: Layout, opts: ExportOptions, role: str, sec
                                                                     "optional": True}}}],
         "volumeMounts": [{"name": "hf-cache", "mountPath": CONTAINER_HF}, {"name": "shm", "mountPath": "/dev/shm"}],
     }
+    if role == "worker":
+        ctr["command"] = list(WORKER_ENTRYPOINT)     # the image's may be the API server's
+    if layout.pipeline_parallel > 1:
+        # the address the other pods reach this one by (vLLM announces it)
+        ctr["env"].append({"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     if c.device == "gpu":
         n = str(layout.gpus_per_node)
         ctr["resources"] = {"requests": {GPU: n}, "limits": {GPU: n}}

@@ -33,16 +33,18 @@ srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
   set -euo pipefail
   RANK="$SLURM_NODEID"
   ARGS=({args})
+  SERVE=(-m vllm.entrypoints.openai.api_server)
   if [ {nodes} -gt 1 ]; then
     ARGS+=(--distributed-executor-backend mp --nnodes {nodes} --node-rank "$RANK" --master-addr "$HEAD_ADDR")
-    [ "$RANK" -eq 0 ] || ARGS+=(--headless)
+    # workers run the engine only; just `vllm serve` knows --headless
+    [ "$RANK" -eq 0 ] || {{ ARGS+=(--headless); SERVE=(-m vllm.entrypoints.cli.main serve); }}
   fi
   echo "kanoa-local: node $(hostname) rank $RANK CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-}}"
   if [ -n "${{KANOA_APPTAINER_IMAGE:-}}" ]; then
     exec apptainer exec --nv --bind "$HF_HOME:/root/.cache/huggingface" "$KANOA_APPTAINER_IMAGE" \\
-      python3 -m vllm.entrypoints.openai.api_server "${{ARGS[@]}}"
+      python3 "${{SERVE[@]}}" "${{ARGS[@]}}"
   fi
-  exec "${{KANOA_VLLM_PYTHON:-python3}}" -m vllm.entrypoints.openai.api_server "${{ARGS[@]}}"
+  exec "${{KANOA_VLLM_PYTHON:-python3}}" "${{SERVE[@]}}" "${{ARGS[@]}}"
 '
 """
 

@@ -12,5 +12,5 @@ docker run -d --name kanoa-llama-3.1-405b-0 --restart no --gpus all --ipc=host -
   --model meta-llama/Llama-3.1-405B-Instruct --served-model-name llama-3.1-405b --host 127.0.0.1 --port 8000 --max-model-len 131072 --gpu-memory-utilization 0.92 --tensor-parallel-size 8 --pipeline-parallel-size 2 --distributed-executor-backend mp --nnodes 2 --node-rank 0 --master-addr "$HEAD_ADDR"
 
 # --- node 1 (node1)
-docker run -d --name kanoa-llama-3.1-405b-1 --restart no --gpus all --ipc=host --network host -v "$HF_CACHE:/root/.cache/huggingface" -e VLLM_API_KEY -e HF_TOKEN --label io.kanoa-local.deployment=llama-3.1-405b --label io.kanoa-local.model=llama-3.1-405b --label io.kanoa-local.node-rank=1 vllm/vllm-openai:v0.33.0 \
+docker run -d --name kanoa-llama-3.1-405b-1 --restart no --gpus all --ipc=host --network host -v "$HF_CACHE:/root/.cache/huggingface" -e VLLM_API_KEY -e HF_TOKEN --label io.kanoa-local.deployment=llama-3.1-405b --label io.kanoa-local.model=llama-3.1-405b --label io.kanoa-local.node-rank=1 --entrypoint vllm vllm/vllm-openai:v0.33.0 serve \
   --model meta-llama/Llama-3.1-405B-Instruct --served-model-name llama-3.1-405b --host 127.0.0.1 --port 8000 --max-model-len 131072 --gpu-memory-utilization 0.92 --tensor-parallel-size 8 --pipeline-parallel-size 2 --distributed-executor-backend mp --nnodes 2 --node-rank 1 --master-addr "$HEAD_ADDR" --headless
