@@ -144,3 +144,29 @@ def test_what_if_gpus_and_vram():
     assert len(p.gpus) == 2 and p.cuda_driver_version
     r = plan(p, CATALOG, PlanRequest(model="llama-3.1-70b"))
     assert r.chosen is not None and r.chosen.settings.tensor_parallel_size == 2
+
+
+def test_given_nodes_are_all_used_when_asked():
+    """Docker hosts given to `up` are all used: PP = nodes even where one node would do; per
+    node a stage's share of the layers and of the KV cache."""
+    one = run("no-driver", model="gemma-3-270m", offline=True).chosen
+    two = run("no-driver", model="gemma-3-270m", offline=True, nodes=2, all_nodes=True).chosen
+    assert one.settings.pipeline_parallel_size == 1 and two.settings.pipeline_parallel_size == 2
+    assert two.memory.weights.total < one.memory.weights.total
+    assert "per node of 2" in " ".join(two.reasons)
+    # `plan --nodes 2` (nodes available, not given) keeps the fewest that fit
+    assert run("no-driver", model="gemma-3-270m", offline=True, nodes=2).chosen.settings.pipeline_parallel_size == 1
+    # GPUs: TP = GPUs per node, PP = every node
+    g = run("rtx4090", model="llama-3.1-8b", nodes=3, all_nodes=True).chosen
+    assert (g.settings.tensor_parallel_size, g.settings.pipeline_parallel_size) == (1, 3)
+    assert g.gpu_name.startswith("3 nodes")
+
+
+def test_cpu_pipeline_stages_are_traced_not_eager():
+    """vLLM's CPU runner skips its warm-up in eager mode, and a later pipeline stage then has no
+    buffer for the previous stage's output (AssertionError at the first request): multi-node
+    CPU plans trace once and run eagerly (no C++ compiler needed)."""
+    two = run("no-driver", model="gemma-3-270m", offline=True, nodes=2, all_nodes=True).chosen.settings
+    one = run("no-driver", model="gemma-3-270m", offline=True).chosen.settings
+    assert one.enforce_eager and not one.compilation_config
+    assert not two.enforce_eager and two.compilation_config == {"mode": 2, "backend": "eager"}

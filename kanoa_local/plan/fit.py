@@ -20,7 +20,7 @@ on pre-Ampere GPUs, models a release dropped or a plugin moved out of the stock 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -40,6 +40,7 @@ MIN_CONTEXT = 2048             # below this an interpretation does not fit in th
 TARGET_CONCURRENCY = 4         # a few requests at full length at once; 1 is "tight"
 CPU_CONTEXT = 4096             # the CPU engine is slow; long windows only cost RAM
 CPU_MAX_KV_GIB = 4
+CPU_PIPELINE_COMPILATION = {"mode": 2, "backend": "eager"}   # DYNAMO_TRACE_ONCE, no inductor
 CPU_RAM_SHARE = 0.85           # leave the OS and the user's notebook some room
 PRECISION_RANK = {"fp32": 0, "bf16": 1, "fp16": 1, "fp8": 2, "int8": 2, "awq": 3, "w4a16": 3,
                   "gptq": 4, "nvfp4": 3, "bnb-4bit": 5, "gguf": 6}
@@ -56,6 +57,8 @@ class PlanRequest(Model):
     max_gpus: int | None = Field(None, ge=1)
     nodes: int = Field(1, ge=1, description="identical nodes like the profile's (pipeline parallel "
                                             "across nodes, tensor parallel within one)")
+    all_nodes: bool = Field(False, description="use every one of the nodes (pipeline parallel = "
+                                               "nodes), not the fewest that fit: they are given")
     kv_cache_dtype: Literal["auto", "fp8"] | None = None
     offline: bool = Field(False, description="no model hub: only local or packaged weights")
     hf_token: bool | None = Field(None, description="whether HF_TOKEN is set (None: unknown)")
@@ -82,6 +85,8 @@ class Settings(Model):
     trust_remote_code: bool = False
     sampling: dict[str, float] = {}
     enforce_eager: bool = False
+    compilation_config: dict[str, Any] | None = Field(
+        None, description="vLLM's --compilation-config (CPU pipeline stages: traced, run eagerly)")
     block_size: int | None = None
 
 
@@ -233,6 +238,8 @@ def _parallel_options(entry: ModelEntry, n: int, req: PlanRequest) -> list[tuple
     """(tensor parallel, pipeline parallel) to try on ``req.nodes`` nodes of ``n`` GPUs: within
     one node any TP the heads allow; across nodes vLLM's rule, TP = every GPU of a node and
     PP = the nodes used (only whole nodes)."""
+    if req.nodes > 1 and req.all_nodes:
+        return [(n, req.nodes)] if n in _tp_options(entry, n, None) else []
     out = [(tp, 1) for tp in _tp_options(entry, n, req.max_gpus)]
     if req.nodes > 1 and n in _tp_options(entry, n, None):
         out += [(n, pp) for pp in range(2, req.nodes + 1)
@@ -454,7 +461,15 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
     # with SIGILL at the first request: float32 always works.
     dtype = "float32"
     dtype_bytes = 4
-    w = mem.weights(entry, variant, dtype_bytes, 1, checkpoint)
+    # Several CPU nodes only when they are given to be used (Docker hosts for `up`): one
+    # pipeline stage each, its share of the layers and of the KV cache per node.
+    pp = req.nodes if req.all_nodes else 1
+    if pp > 1:
+        if arch.layers < pp:
+            reasons.append(f"{arch.layers} layers cannot be split over {pp} nodes")
+            return cand
+        arch = _stage_arch(arch, pp)
+    w = mem.weights(entry, variant, dtype_bytes, pp, checkpoint)
     batched, seqs = mem.scheduler_defaults("cpu", 0)
     act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, 1, entry.max_images if entry.vision else 0)
     runtime = Term(name="runtime", bytes=mem.CPU_RUNTIME_BYTES, note="API server, engine and worker processes")
@@ -497,11 +512,18 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
                       note=f"VLLM_CPU_KVCACHE_SPACE={kv_gib}: {cap.tokens:,} tokens"))
     cand.fits = fit
     cand.settings = Settings(image=None, vllm_version=None, dtype=dtype, max_model_len=max_len,
-                             cpu_kv_cache_gib=kv_gib, enforce_eager=True,
+                             cpu_kv_cache_gib=kv_gib, pipeline_parallel_size=pp,
+                             # eager: no C++ compiler needed, no compile wait. A pipeline stage
+                             # after the first needs vLLM's warm-up, which eager mode skips (its
+                             # buffers for the previous stage's output would be missing): trace
+                             # once and run the graph eagerly instead.
+                             enforce_eager=pp == 1,
+                             compilation_config=CPU_PIPELINE_COMPILATION if pp > 1 else None,
                              limit_images=entry.max_images if entry.vision else None,
                              trust_remote_code=entry.trust_remote_code, sampling=dict(entry.sampling))
     reasons.append(f"CPU engine in float32 (safe on every x86 CPU): weights {_gib(w.total)}, "
-                   f"KV cache {kv_gib} GiB = {cap.tokens:,} tokens, {cap.concurrency:.1f} × {_tokens(max_len)}")
+                   f"KV cache {kv_gib} GiB = {cap.tokens:,} tokens, {cap.concurrency:.1f} × {_tokens(max_len)}"
+                   + (f", per node of {pp} (pipeline parallel {pp})" if pp > 1 else ""))
     if not entry.instruct:
         warnings.append(f"{entry.name} is a base model, not instruction-tuned: expect weak answers")
     warnings.append(f"the CPU engine is slow: expect a few tokens per second on {profile.cpu.count} cores")
@@ -557,7 +579,7 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
     gpus = _usable_gpus(profile)
     device: Device = "cpu" if req.device == "cpu" or not gpus else "gpu"
     machine = _machine_text(profile, device)
-    if req.nodes > 1 and device == "gpu":
+    if req.nodes > 1 and (device == "gpu" or req.all_nodes):
         machine = f"{req.nodes} nodes, each {machine}"
     out: list[Candidate] = []
     for entry in entries:
