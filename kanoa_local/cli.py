@@ -435,9 +435,11 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--namespace", metavar="NS", help="k8s: the namespace (default: the context's)"),
         click.option("--no-wait", "no_wait", is_flag=True,
                      help="k8s: return once the pods are scheduled, without waiting for readiness"),
-        click.option("--docker-host", metavar="URL",
+        click.option("--docker-host", "docker_host", metavar="URL", multiple=True,
                      help="run on another machine's Docker daemon: tcp://ADDR:2375 or ssh://user@host "
-                          "(its port is published there, on all its addresses unless --host says)"),
+                          "(its port is published there, on all its addresses unless --host says). "
+                          "Repeat it to serve one model across several hosts, the head first "
+                          "(`local` = this machine's daemon)"),
         click.option("--runtime", type=click.Choice(["auto", "docker", "process"]), default="auto",
                      show_default=True,
                      help="docker: the vLLM image; process: vLLM from a Python interpreter (--python); "
@@ -488,13 +490,16 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
     """`up` with progress on stderr (none with --json); the UpResult."""
     from . import deploy
 
-    opts = dict(opts)
-    if "://" in opts["host"]:                      # `up --host ssh://user@gpu-box`
-        if opts.get("docker_host"):
-            from .errors import UsageError
+    from .errors import UsageError
 
+    opts = dict(opts)
+    hosts = list(opts.pop("docker_host", None) or ())
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    if "://" in opts["host"]:                      # `up --host ssh://user@gpu-box`
+        if hosts:
             raise UsageError("--host is a URL and --docker-host is given too", remedy="give one of them")
-        opts["docker_host"], opts["host"] = opts["host"], "127.0.0.1"
+        hosts, opts["host"] = [opts["host"]], "127.0.0.1"
     hardware_file, gpu_name = opts.pop("hardware_file"), opts.pop("gpu_name")
     target = opts.pop("target", "local")
     if target in ("slurm", "k8s"):
@@ -502,6 +507,20 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
     opts["wait"] = not opts.pop("no_wait", False)
     cluster = resolve_cluster(opts.pop("cluster_file", None), opts.pop("nodes", None),
                               opts.pop("gpus_per_node", None), gpu_name, None, None)
+    if cluster is not None and not hosts and target == "local" and len(cluster.hosts) > 1 and all(
+            "://" in h or h == "local" for h in cluster.hosts):
+        hosts = list(cluster.hosts)               # a cluster file of Docker hosts
+    hosts_or_local = [None if h == "local" else h for h in hosts]
+    if len(hosts) > 1:
+        if target != "local":
+            raise UsageError("several --docker-host with --target " + target,
+                             remedy="Docker hosts are the local target: drop --target")
+        opts["docker_hosts"], opts["docker_host"] = hosts_or_local, hosts_or_local[0]
+        if cluster is not None and cluster.nodes != len(hosts):
+            raise UsageError(f"the cluster has {cluster.nodes} nodes and {len(hosts)} Docker hosts are given",
+                             remedy="one Docker host per node")
+    else:
+        opts["docker_host"] = hosts_or_local[0] if hosts else None
     if opts.get("docker_host") and opts["host"] == "127.0.0.1":
         # the remote host's loopback cannot be reached from here
         opts["host"] = "0.0.0.0"
@@ -512,8 +531,10 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
         profile = cluster.profile()
         opts["nodes"] = cluster.nodes
     else:
+        # remote Docker hosts are planned from what their daemons say, unless a profile is given
         profile = (resolve_profile(hardware_file, gpu_name, docker=False)
-                   if hardware_file or gpu_name or not opts.get("docker_host") else None)
+                   if hardware_file or gpu_name or not (opts.get("docker_host") or opts.get("docker_hosts"))
+                   else None)
     models_files = list(opts.pop("models_files") or [])
     user_models = not opts.pop("no_user_models")
 

@@ -49,6 +49,7 @@ class PsRow(BaseModel):
     container_id: str | None = None
     uptime_s: float | None = None
     docker_host: str | None = Field(None, description="the remote Docker host, when not this machine")
+    nodes: int = Field(1, description="containers on as many Docker hosts (multi-node)")
 
 
 class PsReport(BaseModel):
@@ -99,7 +100,8 @@ def log_path(name: str) -> Path:
 def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | None = None,
                 models_files: list[str] | None = None, user_models: bool = True,
                 precision: str | None = None, max_model_len: int | None = None, force_cpu: bool = False,
-                offline: bool | None = None, nodes: int = 1) -> tuple[Candidate, str | None, list[Candidate]]:
+                offline: bool | None = None, nodes: int = 1,
+                all_nodes: bool = False) -> tuple[Candidate, str | None, list[Candidate]]:
     """Plan for `up`: the chosen candidate, the local weights directory (if any), and smaller
     plans of the same model to fall back to."""
     import os
@@ -126,7 +128,7 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
         offline = hub_offline()
     request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
                           device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
-                          hf_token=bool(os.environ.get("HF_TOKEN")))
+                          all_nodes=all_nodes, hf_token=bool(os.environ.get("HF_TOKEN")))
     result = plan(profile, catalog, request, checkpoints=weights)
     if result.chosen is None:
         raise NoFitError(result.summary, remedy=result.remedy)
@@ -165,13 +167,16 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
           models_files: list[str] | None = None, user_models: bool = True, profile: Any = None,
           temperature: float | None = None, max_tokens: int | None = None,
           cost_per_mtok: float | None = None, docker_host: str | None = None, nodes: int = 1,
-          namespace: str | None = None, wait: bool = True,
+          docker_hosts: list[str | None] | None = None, namespace: str | None = None, wait: bool = True,
           on_plan: Callable[[Candidate, str], None] | None = None,
           on_status: Callable[[str], None] | None = None, **callbacks: Any) -> UpResult:
     """Probe (or take ``profile``), plan, fetch the weights and start: what `kanoa-local up`
     does. ``on_plan(candidate, runtime)`` is told what will start; ``on_status`` gets one-line
     news of slow preparation (unpacking a packaged model); ``on_stage``/``on_pull``/
-    ``on_download`` as for :func:`up`."""
+    ``on_download`` as for :func:`up`.
+
+    ``docker_hosts`` (two or more Docker host URLs, None for the local daemon, the head first)
+    serves one model across them: one container per host, pipeline parallel = hosts."""
 
     from .probe import probe
     from .settings import engine_caches
@@ -180,7 +185,15 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
 
     if offline is None:
         offline = hub_offline()
-    remote = is_remote(docker_host)
+    multi = bool(docker_hosts) and len(docker_hosts) > 1   # type: ignore[arg-type]
+    if multi:
+        assert docker_hosts is not None
+        check_docker_hosts(docker_hosts)
+        runtime, docker_host, nodes = "docker", docker_hosts[0], len(docker_hosts)
+        if profile is None:
+            profile = smallest_node([remote_profile(h) if is_remote(h) else probe(docker=False)  # type: ignore[arg-type]
+                                     for h in docker_hosts])
+    remote = is_remote(docker_host) or (multi and any(is_remote(h) for h in docker_hosts or []))
     if remote:
         runtime = "docker"
         if profile is None:
@@ -189,12 +202,13 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     cand, model_dir, fallbacks = plan_for_up(prof, model=model, model_path=model_path, precision=precision,
                                              max_model_len=max_model_len, force_cpu=cpu, offline=offline,
                                              models_files=models_files, user_models=user_models,
-                                             nodes=nodes)
-    if (cand.settings and cand.settings.pipeline_parallel_size > 1) and runtime not in ("slurm", "k8s"):
+                                             nodes=nodes, all_nodes=multi)
+    if (cand.settings and cand.settings.pipeline_parallel_size > 1) and runtime not in ("slurm", "k8s") \
+            and not multi:
         raise UsageError(f"{cand.label} spans {cand.settings.pipeline_parallel_size} nodes; `up` starts "
-                         "multi-node plans on Slurm or Kubernetes only",
-                         remedy="add --target slurm or --target k8s, or `kanoa-local export docker` for "
-                                "Docker hosts")
+                         "multi-node plans on Docker hosts, Slurm or Kubernetes",
+                         remedy="give one --docker-host per node (the head first), or add --target slurm "
+                                "or --target k8s")
     if gpu_memory_utilization is not None and cand.device == "gpu":
         def with_gmu(c: Candidate) -> Candidate:
             assert c.settings is not None
@@ -222,7 +236,72 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     return up(cand, name=name, port=port, host=host, runtime=runtime,  # type: ignore[arg-type]
               python=python, model_dir=model_dir, image=image, timeout=timeout, replace=replace,
               no_retry=no_retry, offline=bool(offline), fallbacks=[] if model_dir else fallbacks,
-              caches=engine_caches(), defaults=defaults, docker_host=docker_host, **callbacks)
+              caches=engine_caches(), defaults=defaults, docker_host=docker_host,
+              docker_hosts=docker_hosts if multi else None, **callbacks)
+
+
+LOCAL_DOCKER = ("local", "unix://", "npipe://")
+
+
+def check_docker_hosts(hosts: list[str | None]) -> None:
+    """Each node on its own daemon, at most one of them this machine's."""
+    from .engine.docker import is_remote
+
+    seen: set[str] = set()
+    for h in hosts:
+        key = h if is_remote(h) else "local"
+        if key in seen:
+            raise UsageError(f"{'this machine' if key == 'local' else h} is given twice: one node per Docker host",
+                             remedy="give each node's Docker host once (tcp://ADDR:2375 or ssh://user@host; "
+                                    "`local` for this machine's)")
+        seen.add(key)
+        if h and not is_remote(h) and not h.startswith(LOCAL_DOCKER):
+            raise UsageError(f"--docker-host {h}: not a Docker host URL",
+                             remedy="use tcp://ADDR:2375, ssh://user@host, or `local` for this machine")
+
+
+def smallest_node(profiles: list[Any]) -> Any:
+    """The node profile a multi-node plan must fit (vLLM splits the work evenly): the fewest
+    and smallest GPUs, then the least free RAM."""
+    gpu_counts = {len(p.gpus) for p in profiles}
+    if len(gpu_counts) > 1:
+        raise UsageError("the Docker hosts differ in GPUs; a multi-node plan needs identical nodes",
+                         remedy="use hosts with the same GPUs, or pass --hardware with one node's profile")
+    return min(profiles, key=lambda p: (min((g.memory_total for g in p.gpus), default=0), p.ram_available))
+
+
+def node_addresses(hosts: list[str | None]) -> list[str]:
+    """The address every node is reached by from the others: a remote host's (resolved from its
+    URL), and for this machine the source address it uses toward the first remote node."""
+    from .engine.docker import host_address, is_remote
+
+    def resolve(h: str) -> str:
+        name = host_address(h)
+        try:
+            return socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)[0][4][0]
+        except OSError as exc:
+            raise UsageError(f"cannot resolve {name} (of {h}): {exc.strerror or exc}",
+                             remedy="give the Docker host by an address or a name this machine resolves") from None
+
+    remote = [resolve(h) for h in hosts if is_remote(h)]   # type: ignore[arg-type]
+    out = []
+    for h in hosts:
+        if is_remote(h):
+            out.append(remote.pop(0))
+            continue
+        peer = next(resolve(x) for x in hosts if is_remote(x))  # type: ignore[arg-type]
+        with socket.socket(socket.AF_INET6 if ":" in peer else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect((peer, 9))        # no packet is sent: the kernel picks the route's source
+                out.append(s.getsockname()[0])
+            except OSError as exc:
+                raise UsageError(f"no route from this machine to {peer}: {exc.strerror or exc}",
+                                 remedy="check the network between the nodes") from None
+    return out
+
+
+#: vLLM's default --master-port is 29501: port 8000 keeps it, the next deployment moves along.
+MASTER_PORT_OFFSET = 21501
 
 
 def remote_profile(docker_host: str) -> Any:
@@ -342,7 +421,9 @@ def is_alive(dep: Deployment) -> bool:
                           context=dep.k8s_context)
     from .engine import docker as dk
 
-    return bool(dep.container_id) and dk.container_state(dep.container_id, host=dep.docker_host)["running"]
+    return bool(dep.container_id) and all(
+        dk.container_state(cid, host=h)["running"]
+        for cid, h in [(dep.container_id, dep.docker_host)] + [(w.container_id, w.docker_host) for w in dep.workers])
 
 
 def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host: str = "127.0.0.1",
@@ -353,7 +434,7 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
        on_pull: Callable[[int, int], None] | None = None, offline: bool = False,
        on_download: Callable[[int, int], None] | None = None,
        fallbacks: list[Candidate] | None = None, defaults: dict[str, Any] | None = None,
-       docker_host: str | None = None) -> UpResult:
+       docker_host: str | None = None, docker_hosts: list[str | None] | None = None) -> UpResult:
     """Start ``candidate`` (a fitting plan) and wait until one token comes back.
 
     When vLLM says the context does not fit and names the length that would, `up` retries once
@@ -361,8 +442,21 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
     the same model, best first). Each retry is said in the notes; ``no_retry`` turns them off.
     ``defaults`` (temperature, max_tokens, cost_per_mtok) are what the handed clients use.
     ``docker_host`` (tcp:// or ssh://) runs the container on another machine's daemon: its port
-    is published there and reached from here; the engine downloads weights itself there."""
+    is published there and reached from here; the engine downloads weights itself there.
+    ``docker_hosts`` (the head first) runs one container per host with vLLM's multi-node flags
+    and host networking; the head serves the API on ``host`` of its machine."""
     fallbacks = fallbacks or []
+    nodes: list[tuple[str | None, str]] | None = None
+    if docker_hosts and len(docker_hosts) > 1:
+        if runtime != "docker":
+            raise UsageError("several Docker hosts run containers", remedy="drop --runtime process")
+        check_docker_hosts(docker_hosts)
+        nodes = list(zip(docker_hosts, node_addresses(docker_hosts)))
+        docker_host = docker_hosts[0]
+        s = candidate.settings
+        if s is not None and s.pipeline_parallel_size != len(nodes):
+            raise UsageError(f"the plan spans {s.pipeline_parallel_size} node(s), not the {len(nodes)} Docker hosts given",
+                             remedy="plan with one node per Docker host")
     if candidate.settings is None:
         raise UsageError("this plan does not fit, so it cannot be started",
                          remedy="`kanoa-local plan` shows what fits")
@@ -387,7 +481,7 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
 
     from .engine.docker import is_remote
 
-    remote = is_remote(docker_host)
+    remote = is_remote(docker_host) or bool(nodes and any(is_remote(h) for h, _ in nodes))
     if remote and runtime != "docker":
         raise UsageError("a remote Docker host runs containers: the process runtime is local only",
                          remedy="drop --runtime process, or --docker-host")
@@ -407,7 +501,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
         down(name)
         notes.append(f"replaced the running {name}")
     # a remote host's ports cannot be probed from here: Docker says when one is taken
-    chosen = port if remote or runtime == "slurm" else pick_port(host, port)
+    head_remote = is_remote(docker_host)
+    chosen = port if head_remote or runtime == "slurm" else pick_port(host, port)
     if chosen != port:
         notes.append(f"port {port} is in use: using {chosen}")
     if runtime == "process":
@@ -433,7 +528,8 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
         spec = make_spec(chosen, attempt)
         dep, report = _start_once(attempt, spec, name=name, host=host, port=chosen, runtime=runtime,
                                   python=python, timeout=timeout, stall=stall, on_stage=on_stage,
-                                  on_pull=on_pull, defaults=defaults or {}, docker_host=docker_host)
+                                  on_pull=on_pull, defaults=defaults or {}, docker_host=docker_host,
+                                  nodes=nodes)
         if report.outcome == "ready":
             return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url,
                             api_key_file=dep.api_key_file)
@@ -487,8 +583,10 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
                 on_stage: Callable[[StageEvent], None] | None,
                 on_pull: Callable[[int, int], None] | None = None,
                 defaults: dict[str, Any] | None = None,
-                docker_host: str | None = None) -> tuple[Deployment, ReadyReport]:
-    """Start once and wait; on anything but ready, what was started is removed again."""
+                docker_host: str | None = None,
+                nodes: list[tuple[str | None, str]] | None = None) -> tuple[Deployment, ReadyReport]:
+    """Start once and wait; on anything but ready, what was started is removed again.
+    ``nodes`` ((Docker host, address), the head first): one container on each."""
     key, key_file = state.new_api_key(name)
     log = log_path(name)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -510,6 +608,35 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
             read_lines = process.LogFollower(log)
             alive = lambda: started.proc.poll() is None  # noqa: E731
             exit_info = lambda: {"exit_code": started.proc.poll()}  # noqa: E731
+        elif runtime == "docker" and nodes:
+            from .engine import docker as dk
+            from .engine.spec import node_launches
+            from .state import WorkerNode
+
+            launches = node_launches(spec, deployment=name, nodes=nodes, listen=host,
+                                     master_port=min(65535, port + MASTER_PORT_OFFSET))
+            labels = {"io.kanoa-local.plan-hash": dep.plan_hash, "io.kanoa-local.port": str(port)}
+            for node_spec, node in launches:     # the head first: it opens the master port
+                cid = dk.run_server(node_spec, name=name if node.rank == 0 else f"{name}-{node.rank}",
+                                    secrets_env={"VLLM_API_KEY": key}, extra_labels=labels, on_pull=on_pull,
+                                    gpu_uuids=None, host=node.docker_host, node=node)
+                started.containers.append((cid, node.docker_host, node.rank))
+                if node.rank == 0:
+                    dep.container_id = cid
+                else:
+                    dep.workers.append(WorkerNode(rank=node.rank, docker_host=node.docker_host,
+                                                  address=node.address, container_id=cid))
+            followers = [(r, dk.ContainerLogFollower(c, host=h)) for c, h, r in started.containers]
+
+            def read_lines() -> list[str]:
+                # the workers' lines too, marked: a worker's fatal error is the diagnosis
+                return [ln if r == 0 else f"(node {r}) {ln}" for r, f in followers for ln in f()]
+
+            def states() -> list[dict[str, Any]]:
+                return [{**dk.container_state(c, host=h), "node": r} for c, h, r in started.containers]
+
+            alive = lambda: all(st["running"] for st in states())  # noqa: E731
+            exit_info = lambda: next((st for st in states() if not st["running"]), states()[0])  # noqa: E731
         elif runtime == "docker":
             from .engine import docker as dk
 
@@ -680,6 +807,8 @@ def _existing(name: str) -> Deployment | None:
         return None
     if is_alive(dep):
         return dep
+    if dep.workers:
+        remove_containers(dep)  # a node died: the others cannot serve without it
     state.remove(name)          # a dead leftover: forget it
     return None
 
@@ -692,6 +821,7 @@ class _Started:
         self.proc = None
         self.job_id: str | None = None
         self.container: str | None = None
+        self.containers: list[tuple[str, str | None, int]] = []   # multi-node: (id, host, rank)
 
     def cleanup(self, keep_log_from: list[str] | None = None) -> None:
         if self.proc is not None:
@@ -707,11 +837,34 @@ class _Started:
             if text:                      # `logs NAME` still shows why it failed
                 log_path(self.name).write_text(text)
             dk.stop_remove(self.container, timeout=5, host=self.docker_host)
+        if self.containers:
+            from .engine import docker as dk
+
+            parts = []
+            for cid, host, rank in self.containers:
+                text = dk.container_logs(cid, host=host)
+                parts.append(text if rank == 0 else f"\n--- node {rank} ({host or 'this machine'})\n{text}")
+            log_path(self.name).write_text("".join(parts))
+            for cid, host, _ in self.containers:
+                dk.stop_remove(cid, timeout=5, host=host)
         if self.job_id is not None:
             from .engine import slurm as sl
 
             sl.cancel(self.job_id)
         state.remove(self.name)
+
+
+def remove_containers(dep: Deployment) -> None:
+    """Stop and remove a Docker deployment's containers on every host it used (by label)."""
+    from .engine import docker as dk
+
+    known = {dep.docker_host: [dep.container_id]}
+    for w in dep.workers:
+        known.setdefault(w.docker_host, []).append(w.container_id)
+    for h in dep.docker_hosts:
+        found = [c["id"] for c in dk.find_servers(dep.name, host=h)]
+        for cid in found or [c for c in known.get(h, []) if c]:
+            dk.stop_remove(cid, host=h)
 
 
 def down(name: str | None = None, *, all_: bool = False) -> DownResult:
@@ -741,10 +894,8 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
             k8s.delete(dep.name, namespace=dep.k8s_namespace or "default", kubeconfig=dep.kubeconfig,
                        context=dep.k8s_context)
         else:
-            from .engine import docker as dk
 
-            for ctr in dk.find_servers(dep.name, host=dep.docker_host) or [{"id": dep.container_id}]:
-                dk.stop_remove(ctr["id"], host=dep.docker_host)
+            remove_containers(dep)
         state.remove(dep.name)
         removed.append(dep.name)
     if all_:
@@ -762,7 +913,7 @@ def ps() -> PsReport:
         alive = is_alive(d)
         rows.append(PsRow(name=d.name, runtime=d.runtime, model=d.model_id, base_url=d.base_url,
                           state="running" if alive else "dead", pid=d.pid, container_id=d.container_id,
-                          docker_host=d.docker_host,
+                          docker_host=d.docker_host, nodes=1 + len(d.workers),
                           uptime_s=round(now - d.created_at, 1) if alive else None))
     # Containers are the truth: one with kanoa-local's label but no state file still shows.
     known = {d.name for d in deps}
@@ -770,12 +921,12 @@ def ps() -> PsReport:
         from .engine import docker as dk
 
         # every daemon kanoa-local has used: the local one and the remote hosts on record
-        hosts: list[str | None] = [None] + sorted({d.docker_host for d in deps if d.docker_host})
+        hosts: list[str | None] = [None] + sorted({h for d in deps for h in d.docker_hosts if h})
         for h in hosts:
             for ctr in dk.find_servers(host=h):
                 lab = ctr["labels"]
                 name = lab.get("io.kanoa-local.deployment", ctr["id"][:12])
-                if name in known:
+                if name in known or lab.get("io.kanoa-local.node-rank", "0") != "0":
                     continue
                 port = lab.get("io.kanoa-local.port", "?")
                 addr = dk.host_address(h) if dk.is_remote(h) else "127.0.0.1"
@@ -874,7 +1025,11 @@ def log_lines(name: str, tail: int | None = None) -> list[str]:
         text = dk.container_logs(dep.container_id, host=dep.docker_host)
         if text:
             lines = text.splitlines()
-            return lines[-tail:] if tail else lines
+            lines = lines[-tail:] if tail else lines
+            for w in dep.workers:          # each worker's own log after the head's
+                wl = dk.container_logs(w.container_id, host=w.docker_host).splitlines()
+                lines += [f"--- node {w.rank} ({w.docker_host or 'this machine'})"] + (wl[-tail:] if tail else wl)
+            return lines
     p = log_path(name)
     if not p.is_file():
         from .errors import DeploymentNotFound

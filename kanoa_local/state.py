@@ -28,6 +28,15 @@ DEFAULT_COST_PER_MTOK = 0.10
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
+class WorkerNode(Model):
+    """A worker of a multi-node deployment on Docker hosts (the head is the deployment itself)."""
+
+    rank: int
+    docker_host: str | None = Field(None, description="its Docker host URL (None: the local daemon)")
+    address: str
+    container_id: str
+
+
 class Deployment(Model):
     name: str
     runtime: Literal["docker", "process", "slurm", "k8s"]
@@ -48,6 +57,8 @@ class Deployment(Model):
     k8s_namespace: str | None = None
     k8s_context: str | None = None
     kubeconfig: str | None = Field(None, description="the kubeconfig file `up` used (None: the default)")
+    workers: list[WorkerNode] = Field(default_factory=list,
+                                      description="multi-node on Docker hosts: the nodes after the head")
     spec: LaunchSpec
     vision: bool = Field(False, description="the model takes images")
     max_model_len: int | None = None
@@ -56,6 +67,15 @@ class Deployment(Model):
     max_tokens: int | None = None
     cost_per_mtok: float = Field(DEFAULT_COST_PER_MTOK,
                                  description="estimated USD per million tokens, input + output")
+
+    @property
+    def docker_hosts(self) -> list[str | None]:
+        """Every Docker daemon this deployment has a container on, the head's first."""
+        hosts = [self.docker_host]
+        for w in self.workers:
+            if w.docker_host not in hosts:
+                hosts.append(w.docker_host)
+        return hosts
 
     @property
     def base_url(self) -> str:

@@ -52,3 +52,22 @@ def test_cpu_spec_mounts_local_weights_offline_and_sizes_the_kv_cache():
     proc = launch_spec(c, runtime="process", model_dir="/srv/gemma", port=9000)
     assert proc.image is None and proc.argv[proc.argv.index("--host") + 1] == "127.0.0.1"
     assert "--port 9000" in proc.process_command()
+
+
+def test_node_launches_give_each_node_its_rank_address_and_a_headless_worker():
+    from kanoa_local.engine.spec import WORKER_ENTRYPOINT, node_launches
+
+    c = chosen("no-driver", offline=True)
+    spec = launch_spec(c, deployment="span_x", model_dir="/srv/m", port=8123, host="127.0.0.1")
+    (head, h), (worker, w) = node_launches(spec, deployment="span_x", listen="127.0.0.1", master_port=29624,
+                                           nodes=[(None, "10.0.0.1"), ("tcp://10.0.0.2:2375", "10.0.0.2")])
+    for s, n, rank in ((head, h, 0), (worker, w, 1)):
+        a = s.argv
+        assert a[a.index("--node-rank") + 1] == str(rank) and a[a.index("--nnodes") + 1] == "2"
+        assert a[a.index("--master-addr") + 1] == "10.0.0.1" and a[a.index("--master-port") + 1] == "29624"
+        assert a[a.index("--port") + 1] == "8123"           # host networking: the real port
+        assert s.env["VLLM_HOST_IP"] == n.address and s.labels[LABEL_PREFIX + "node-rank"] == str(rank)
+        assert n.hostname == f"kanoa-span-x-{rank}"          # a valid hostname from any name
+    assert "--headless" not in head.argv and h.entrypoint is None and h.docker_host is None
+    assert worker.argv[-1] == "--headless" and w.entrypoint == WORKER_ENTRYPOINT
+    assert head.argv[head.argv.index("--host") + 1] == "127.0.0.1"

@@ -205,16 +205,23 @@ def pull(image: str, on_progress: Any = None, host: str | None = None) -> None:
     except docker.errors.DockerException as exc:
         why = getattr(exc, "explanation", None) or str(exc)
         raise ImageUnavailable(
-            f"the image {image} is not on this Docker host and could not be pulled ({why.strip()[:160]})",
+            f"the image {image} is not on {'the Docker host ' + host if is_remote(host) else 'this Docker host'} "
+            f"and could not be pulled ({why.strip()[:160]})",
             remedy="pull it where a registry is reachable and `docker save`/`docker load` it here, "
                    "or pass --image with one that is here") from exc
 
 
 def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: list[str] | None,
-               extra_labels: dict[str, str], on_pull: Any = None, host: str | None = None) -> str:
+               extra_labels: dict[str, str], on_pull: Any = None, host: str | None = None,
+               node: Any = None) -> str:
     """Create and start the vLLM container of ``spec``; its id. A missing image is pulled (with
     progress). A container whose start failed (a GPU request on a daemon without the NVIDIA
-    runtime) is removed before the error."""
+    runtime) is removed before the error.
+
+    ``node`` (a :class:`~kanoa_local.engine.spec.NodeLaunch`) makes it one node of a multi-node
+    deployment: host networking (the ranks reach each other directly), a hostname that resolves
+    to the node's own address (the address torch's gloo announces), and ``vllm serve`` as the
+    entrypoint of a worker (only it knows --headless)."""
     import docker
 
     c = client(host=host)
@@ -239,6 +246,12 @@ def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: 
             ports={"8000/tcp": (spec.host, spec.port)},
             volumes={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts},
             labels={**spec.labels, **extra_labels})
+        if node is not None:
+            del kwargs["ports"]
+            kwargs.update(network_mode="host", hostname=node.hostname,
+                          extra_hosts={node.hostname: node.address})
+            if node.entrypoint:
+                kwargs["entrypoint"] = list(node.entrypoint)
         if spec.ipc_host:
             kwargs["ipc_mode"] = "host"
         elif spec.shm_size:

@@ -10,6 +10,7 @@ them as ``$VLLM_API_KEY`` / ``$HF_TOKEN``.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from typing import Literal
 
@@ -105,6 +106,8 @@ def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port
         args += ["--override-generation-config", json.dumps(s.sampling, separators=(",", ":"), sort_keys=True)]
     if s.enforce_eager:
         args.append("--enforce-eager")
+    if s.compilation_config:
+        args += ["--compilation-config", json.dumps(s.compilation_config, separators=(",", ":"), sort_keys=True)]
     return args
 
 
@@ -155,6 +158,60 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
         ipc_host=c.device == "gpu" and runtime == "docker",
         shm_size="2g" if c.device == "cpu" and runtime == "docker" else None,
         labels=labels, served_model_name=c.model_id)
+
+
+#: What a worker node runs. Only ``vllm serve`` knows --headless (an engine with no API server);
+#: images before vLLM 0.20 have ``python3 -m vllm.entrypoints.openai.api_server`` as their
+#: entrypoint, which would ignore it and start a second server.
+WORKER_ENTRYPOINT = ["vllm", "serve"]
+
+
+def multinode_args(nnodes: int, rank: int | str, head: str, master_port: int | None = None) -> list[str]:
+    """vLLM's native multi-node flags for one node: PP across nodes over torch.distributed,
+    rank 0 (the head) serves the API. None on a single node."""
+    if nnodes == 1:
+        return []
+    args = ["--distributed-executor-backend", "mp", "--nnodes", str(nnodes), "--node-rank", str(rank),
+            "--master-addr", head]
+    if master_port:
+        args += ["--master-port", str(master_port)]
+    return args
+
+
+class NodeLaunch(Model):
+    """One node of a multi-node deployment on Docker hosts."""
+
+    rank: int
+    docker_host: str | None = Field(None, description="its Docker host URL (None: the local daemon)")
+    address: str = Field(description="the address the other nodes reach it by")
+    hostname: str = Field(description="the container's hostname, resolving to ``address`` inside it")
+    entrypoint: list[str] | None = Field(None, description="overrides the image's (workers)")
+
+
+def node_launches(spec: LaunchSpec, *, deployment: str, nodes: list[tuple[str | None, str]],
+                  master_port: int, listen: str) -> list[tuple[LaunchSpec, NodeLaunch]]:
+    """The head's and every worker's spec for ``nodes`` ((Docker host, address), head first).
+    Host networking: the head's API listens on ``listen`` itself (nothing is published), every
+    node announces its own address (VLLM_HOST_IP, and a hostname that resolves to it: torch's
+    gloo picks the address the hostname resolves to, which on a stock host can be 127.0.1.1)."""
+    head = nodes[0][1]
+    out = []
+    for rank, (docker_host, address) in enumerate(nodes):
+        argv = list(spec.argv)
+        if "--host" in argv:
+            argv[argv.index("--host") + 1] = listen
+        if "--port" in argv:
+            argv[argv.index("--port") + 1] = str(spec.port)
+        argv += multinode_args(len(nodes), rank, head, master_port)
+        if rank:
+            argv.append("--headless")
+        node_spec = spec.model_copy(update={
+            "argv": argv, "env": {**spec.env, "VLLM_HOST_IP": address},
+            "labels": {**spec.labels, LABEL_PREFIX + "node-rank": str(rank)}})
+        out.append((node_spec, NodeLaunch(rank=rank, docker_host=docker_host, address=address,
+                                          hostname=re.sub(r"[^a-z0-9-]", "-", f"kanoa-{deployment}-{rank}")[:63],
+                                          entrypoint=WORKER_ENTRYPOINT if rank else None)))
+    return out
 
 
 class PlanReport(Model):

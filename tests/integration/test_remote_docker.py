@@ -97,3 +97,63 @@ def test_the_same_host_over_ssh(remote_docker_facts, tiny_model, cpu_image, tmp_
     bad = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--docker-host", url,
                   "--name", "viassh2", env=env, timeout=120)
     assert bad.returncode == 6 and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_one_model_across_this_machine_and_the_remote_host(remote_docker, docker_client, cpu_image, tiny_model):
+    """Multi-node on Docker hosts: the head here, a worker on the second daemon, vLLM's native
+    multi-node flags (pipeline parallel 2, one layer each), gloo between the two network
+    namespaces; the API on this machine's loopback; down removes both."""
+    import docker
+
+    far = docker.DockerClient(base_url=remote_docker, timeout=10)
+    port = free_port()
+    r = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--docker-host", "local",
+                "--docker-host", remote_docker, "--name", "span", "--port", str(port), "--json", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    up = UpResult.model_validate_json(r.stdout)
+    dep = up.deployment
+    assert up.base_url == f"http://127.0.0.1:{port}/v1" and dep.docker_host is None
+    assert [(w.rank, w.docker_host) for w in dep.workers] == [(1, remote_docker)]
+    head, worker = docker_client.containers.get(dep.container_id), far.containers.get(dep.workers[0].container_id)
+    assert head.attrs["HostConfig"]["NetworkMode"] == worker.attrs["HostConfig"]["NetworkMode"] == "host"
+    assert worker.attrs["Config"]["Entrypoint"] == ["vllm", "serve"] and "--headless" in worker.attrs["Args"]
+    assert "--pipeline-parallel-size" in head.attrs["Args"] and head.attrs["Args"][-1] != "--headless"
+    # the engine really spans both: the worker loaded the second stage and the head answers
+    assert "PP rank 1" in worker.logs().decode(errors="replace")
+    from kanoa_local import connect
+
+    chat = connect("span").openai().chat.completions.create(
+        model=dep.model, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    assert chat.usage.completion_tokens >= 1
+    ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
+    row = next(d for d in ps.deployments if d.name == "span")
+    assert row.nodes == 2 and row.state == "running"
+    assert [d.name for d in ps.deployments].count("span") == 1      # the worker is not a second row
+    logs = run_cli("logs", "span", "-n", "50")
+    assert logs.returncode == 0 and "--- node 1 (" in logs.stdout
+    down = run_cli("down", "span", "--json")
+    assert down.returncode == 0 and json.loads(down.stdout)["removed"] == ["span"]
+    assert far.containers.list(all=True) == []
+    assert not docker_client.containers.list(all=True, filters={"label": "io.kanoa-local.deployment=span"})
+
+
+def test_a_worker_that_cannot_start_leaves_nothing_on_either_host(remote_docker, docker_client, cpu_image,
+                                                                  tiny_model):
+    """The image exists here but not on the remote host (no registry to pull from): one line,
+    and the head that had started here is removed again."""
+    import docker
+
+    only_here = "kanoa-local/only-here:test"
+    docker_client.images.get(cpu_image).tag(only_here)
+    far = docker.DockerClient(base_url=remote_docker, timeout=10)
+    try:
+        r = run_cli("up", "--model-path", str(tiny_model), "--image", only_here, "--docker-host", "local",
+                    "--docker-host", remote_docker, "--name", "half", "--port", str(free_port()), timeout=300)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+        assert len(errors) == 1 and only_here in errors[0], r.stderr
+        assert not docker_client.containers.list(all=True, filters={"label": "io.kanoa-local.deployment=half"})
+        assert far.containers.list(all=True) == []
+        assert "half" not in run_cli("ps", "--json").stdout
+    finally:
+        docker_client.images.remove(only_here)

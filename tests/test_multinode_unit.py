@@ -1,0 +1,48 @@
+"""Multi-node on Docker hosts, the parts without a daemon: host lists, addresses, node profiles."""
+
+from __future__ import annotations
+
+import pytest
+
+from kanoa_local.deploy import check_docker_hosts, node_addresses, smallest_node
+from kanoa_local.errors import UsageError
+from kanoa_local.hardware import what_if
+from kanoa_local.probe import load_preset
+
+
+def test_each_node_on_its_own_docker_host():
+    check_docker_hosts([None, "tcp://10.0.0.2:2375", "ssh://me@gpu-b"])
+    with pytest.raises(UsageError, match="given twice"):
+        check_docker_hosts(["tcp://10.0.0.2:2375", "tcp://10.0.0.2:2375"])
+    with pytest.raises(UsageError, match="this machine is given twice"):
+        check_docker_hosts([None, "unix:///var/run/docker.sock"])
+    with pytest.raises(UsageError, match="not a Docker host URL"):
+        check_docker_hosts(["gpu-b", "tcp://10.0.0.2:2375"])
+
+
+def test_addresses_remote_from_the_url_and_this_machine_by_its_route():
+    # loopback peers keep this test off any network: the route's source toward 127.0.0.2 is loopback
+    assert node_addresses([None, "tcp://127.0.0.2:2375"]) == ["127.0.0.1", "127.0.0.2"]
+    assert node_addresses(["ssh://me@127.0.0.3", None]) == ["127.0.0.3", "127.0.0.1"]
+    with pytest.raises(UsageError, match="cannot resolve"):
+        node_addresses([None, "tcp://no-such-host.invalid:2375"])
+
+
+def test_the_plan_fits_the_smallest_node_and_nodes_must_match():
+    big, small = load_preset("a100-80g"), what_if(load_preset("a100-80g"), vram_gb=40)
+    assert smallest_node([big, small]) is small
+    with pytest.raises(UsageError, match="differ in GPUs"):
+        smallest_node([big, load_preset("no-driver")])
+
+
+def test_up_with_bad_docker_host_lists_is_one_line():
+    from tests.conftest import run_cli
+
+    for args, words in ((["--docker-host", "tcp://127.0.0.2:2375", "--docker-host", "tcp://127.0.0.2:2375"], "given twice"),
+                        (["--docker-host", "local", "--docker-host", "tcp://127.0.0.2:2375", "--target", "slurm"],
+                         "--target slurm"),
+                        (["--docker-host", "gpu-b", "--docker-host", "local"], "not a Docker host URL")):
+        r = run_cli("up", "tiny", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+        assert len(errors) == 1 and words in errors[0] and "Traceback" not in r.stderr
