@@ -622,6 +622,9 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, model: str | None, n
     word = "Already running" if result.reused else ("Ready" if result.ready is not None or d.runtime != "k8s"
                                                    else "Scheduled (not waiting for readiness)")
     click.echo(f"{word}: {d.name}  {result.base_url}  model {d.served_model_name}")
+    if d.workers:
+        click.echo(f"  {1 + len(d.workers)} nodes: the head on {d.docker_host or 'this machine'}, "
+                   + ", ".join(f"node {w.rank} on {w.docker_host or 'this machine'}" for w in d.workers))
     click.echo(f"  API key: {result.api_key_file} (mode 0600)")
     click.echo(f"  export OPENAI_BASE_URL={result.base_url} OPENAI_API_KEY=$(cat {result.api_key_file})")
     click.echo(f"  stop it with `kanoa-local down {d.name}`")

@@ -254,7 +254,8 @@ def ps_report(report: Any) -> None:
             t.add_column(col)
         for d in report.deployments:
             st = "[green]running[/]" if d.state == "running" else "[red]dead[/]"
-            where = d.runtime + (f" on {d.docker_host}" if d.docker_host else "")
+            where = d.runtime + (f" on {d.docker_host}" if d.docker_host else "") + (
+                f" ({d.nodes} nodes)" if d.nodes > 1 else "")
             t.add_row(d.name, st, d.model, d.base_url, where, _dur(d.uptime_s))
         out.print(t)
     for name in report.unreadable:
@@ -275,6 +276,9 @@ def status_report(r: Any) -> None:
     t.add_row("API key", f"{r.api_key_hint}  ({r.deployment.api_key_file})")
     t.add_row("runtime", f"{r.runtime}" + (f"  pid {r.deployment.pid}" if r.deployment.pid else "")
               + (f"  on {r.deployment.docker_host}" if r.deployment.docker_host else ""))
+    for w in r.deployment.workers:
+        t.add_row(f"node {w.rank}", f"{w.address}  on {w.docker_host or 'this machine'}  "
+                                    f"container {w.container_id[:12]}")
     t.add_row("uptime", _dur(r.uptime_s))
     m = r.metrics
     if m is not None:

@@ -106,7 +106,8 @@ CONF
       # inside a node this machine's name must mean the node's own address (srun tells the
       # other nodes where to call back by it): a private mount of a hosts file that says so
       # (not `ip netns exec`, which remounts /sys and slurmd loses its cgroups)
-      printf '127.0.0.1 localhost\n%s %s\n' "${NODE_ADDR[$node]}" "$host" > "$W/etc/hosts-$node"
+      printf '127.0.0.1 localhost\n%s %s\n%s gpu1\n%s gpu2\n' "${NODE_ADDR[$node]}" "$host" \
+        "${NODE_ADDR[gpu1]}" "${NODE_ADDR[gpu2]}" > "$W/etc/hosts-$node"
       setsid nsenter --net="/var/run/netns/kl-slurm-$node" unshare --mount --propagation private \
         sh -c "mount --bind '$W/etc/hosts-$node' /etc/hosts && exec slurmd -f '$SLURM_CONF' -N $node" \
         >/dev/null 2>&1 </dev/null

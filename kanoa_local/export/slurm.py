@@ -38,6 +38,11 @@ srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
     ARGS+=(--distributed-executor-backend mp --nnodes {nodes} --node-rank "$RANK" --master-addr "$HEAD_ADDR")
     # workers run the engine only; just `vllm serve` knows --headless
     [ "$RANK" -eq 0 ] || {{ ARGS+=(--headless); SERVE=(-m vllm.entrypoints.cli.main serve); }}
+    # the address the other nodes reach this one by (its route toward the head), not one
+    # inherited from the submitting machine: vLLM guesses it from a default route, which
+    # compute nodes often lack (it then announces 0.0.0.0 and the ranks never meet)
+    IP="$(python3 -c "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((socket.gethostbyname(sys.argv[1]), 9)); print(s.getsockname()[0])" "$HEAD_ADDR" 2>/dev/null || true)"
+    [ -z "$IP" ] || export VLLM_HOST_IP="$IP"
   fi
   echo "kanoa-local: node $(hostname) rank $RANK CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-}}"
   if [ -n "${{KANOA_APPTAINER_IMAGE:-}}" ]; then

@@ -129,6 +129,8 @@ def test_one_model_across_this_machine_and_the_remote_host(remote_docker, docker
     row = next(d for d in ps.deployments if d.name == "span")
     assert row.nodes == 2 and row.state == "running"
     assert [d.name for d in ps.deployments].count("span") == 1      # the worker is not a second row
+    human = run_cli("status", "span")
+    assert human.returncode == 0 and "node 1" in human.stdout and remote_docker in human.stdout
     logs = run_cli("logs", "span", "-n", "50")
     assert logs.returncode == 0 and "--- node 1 (" in logs.stdout
     down = run_cli("down", "span", "--json")

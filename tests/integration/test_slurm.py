@@ -53,6 +53,42 @@ def test_rendered_multi_node_script_runs_one_rank_per_node(slurm_cluster, tmp_pa
         assert "--nnodes 2" in line and f"--node-rank {rank}" in line and "--tensor-parallel-size 2" in line
         assert "--pipeline-parallel-size 2" in line and "--master-addr gpu1" in line
         assert ("--headless" in line) == (rank == 1)
+        # a worker runs `vllm serve` (the api_server module would ignore --headless)
+        assert ("vllm.entrypoints.cli.main serve" in line) == (rank == 1)
+
+
+def test_the_rendered_script_runs_a_real_engine_across_both_nodes(slurm_cluster, cpu_venv, tiny_model, tmp_path):
+    """The sbatch script of a 2-node plan (the tiny model in two pipeline stages on the vLLM CPU
+    engine), submitted as is: rank 0 on gpu1 serves the API, rank 1 on gpu2 runs headless, they
+    meet over gloo across the two namespaces (each announcing its own address, no default route
+    there) and the head answers from here."""
+    from kanoa_local.deploy import plan_for_up
+    from kanoa_local.engine.ready import first_token
+    from kanoa_local.engine import slurm as sl
+    from kanoa_local.export import ExportOptions, render
+    from kanoa_local.probe import load_preset
+
+    c, _, _ = plan_for_up(load_preset("no-driver"), model_path=str(tiny_model), nodes=2, all_nodes=True)
+    assert c.settings.pipeline_parallel_size == 2
+    port = free_port()
+    (art,) = render("slurm", c, ExportOptions(name="pp2", port=port), nodes=2)
+    script = Path(slurm_cluster["KANOA_SLURM_JOBS"]) / f"pp2-{tmp_path.name}.sbatch"
+    script.write_text(art.content)
+    log = script.with_suffix(".log")
+    job = sl.submit(script, log_file=log, env={"VLLM_API_KEY": "kl-pp2", "KANOA_VLLM_PYTHON": str(cpu_venv / "bin" / "python")},
+                    job_name="kanoa-test-pp2")
+    head = dict(kv.split("=") for kv in slurm_cluster["KANOA_SLURM_NODES"].split(","))["gpu1"]
+    try:
+        deadline, ok = time.monotonic() + 400, False
+        while time.monotonic() < deadline and sl.job(job)["state"] in sl.ACTIVE and not ok:
+            ok = first_token(f"http://{head}:{port}/v1", "kl-pp2", c.model_id, timeout=10)[0]
+            time.sleep(3)
+        text = log.read_text(errors="replace") if log.exists() else ""
+        assert ok, text[-3000:]
+        assert "PP rank 1" in text and "headless" in text.lower()
+    finally:
+        sl.cancel(job)
+        wait_for_job(job)
 
 
 def test_slurm_refuses_more_gpus_than_a_node_has_in_one_line(slurm_cluster, tmp_path):
