@@ -10,7 +10,6 @@ them as ``$VLLM_API_KEY`` / ``$HF_TOKEN``.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from typing import Literal
 
@@ -166,6 +165,16 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
 WORKER_ENTRYPOINT = ["vllm", "serve"]
 
 
+def dns_label(name: str) -> str:
+    """A name every Kubernetes kind and every hostname accepts (a DNS-1035 label: lower case,
+    letters, digits and '-', a letter first, at most 63)."""
+    out = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name.lower())
+    out = "-".join(p for p in out.split("-") if p)
+    if not out or not out[0].isalpha():
+        out = "k-" + out
+    return out[:63].rstrip("-")
+
+
 def multinode_args(nnodes: int, rank: int | str, head: str, master_port: int | None = None) -> list[str]:
     """vLLM's native multi-node flags for one node: PP across nodes over torch.distributed,
     rank 0 (the head) serves the API. None on a single node."""
@@ -209,7 +218,7 @@ def node_launches(spec: LaunchSpec, *, deployment: str, nodes: list[tuple[str | 
             "argv": argv, "env": {**spec.env, "VLLM_HOST_IP": address},
             "labels": {**spec.labels, LABEL_PREFIX + "node-rank": str(rank)}})
         out.append((node_spec, NodeLaunch(rank=rank, docker_host=docker_host, address=address,
-                                          hostname=re.sub(r"[^a-z0-9-]", "-", f"kanoa-{deployment}-{rank}")[:63],
+                                          hostname=dns_label(f"kanoa-{deployment}-{rank}"),
                                           entrypoint=WORKER_ENTRYPOINT if rank else None)))
     return out
 

@@ -36,7 +36,7 @@ def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
         service["shm_size"] = "2gb"
         if s.cpu_kv_cache_gib:
             service["environment"]["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kv_cache_gib)
-    from .k8s import dns_label
+    from ..engine.spec import dns_label
 
     # a compose project name takes lowercase letters, digits, dashes and underscores only
     doc = {"name": dns_label(f"kanoa-{opts.name}"), "services": {"vllm": service}}

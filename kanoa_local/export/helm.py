@@ -32,7 +32,7 @@ def _extra_args(argv: list[str]) -> list[str]:
 def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
     import yaml
 
-    from .k8s import dns_label
+    from ..engine.spec import dns_label
 
     s = c.settings
     assert s is not None

@@ -12,22 +12,13 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ..engine.spec import WORKER_ENTRYPOINT
+from ..engine.spec import WORKER_ENTRYPOINT, dns_label
 from . import CONTAINER_HF, Artefact, ExportOptions, Layout, server_args
 from ..errors import UsageError
 from ..plan.fit import Candidate
 
 GPU = "nvidia.com/gpu"
 LWS_API = "leaderworkerset.x-k8s.io/v1"
-
-
-def dns_label(name: str) -> str:
-    """An object name every kind accepts (a Service name is a DNS-1035 label: no dots)."""
-    out = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name.lower())
-    out = "-".join(p for p in out.split("-") if p)
-    if not out or not out[0].isalpha():
-        out = "k-" + out
-    return out[:63].rstrip("-")
 
 
 def _labels(opts: ExportOptions, c: Candidate) -> dict[str, str]:
