@@ -46,3 +46,16 @@ def test_up_with_bad_docker_host_lists_is_one_line():
         assert r.returncode == 2, (args, r.stderr)
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
         assert len(errors) == 1 and words in errors[0] and "Traceback" not in r.stderr
+
+
+def test_export_takes_docker_urls_as_node_addresses_but_not_the_local_daemon():
+    from kanoa_local.export import layout_for
+    from kanoa_local.plan import PlanRequest, plan
+    from kanoa_local.catalog import load_catalog
+
+    c = plan(load_preset("rtx4090"), load_catalog(user=False),
+             PlanRequest(model="llama-3.1-8b", nodes=2, all_nodes=True)).chosen
+    lay = layout_for(c, 2, ["ssh://me@gpu-a", "tcp://10.0.0.2:2375"])
+    assert lay.hosts == ["gpu-a", "10.0.0.2"]
+    with pytest.raises(UsageError, match="this machine's Docker daemon"):
+        layout_for(c, 2, ["local", "tcp://10.0.0.2:2375"])

@@ -60,6 +60,9 @@ def _address(host: str) -> str:
     """A node's address; a Docker host URL (tcp://, ssh://) names it too."""
     from ..engine.docker import host_address
 
+    if host == "local" or host.startswith("unix://"):
+        raise UsageError(f"hosts: {host!r} is this machine's Docker daemon, not an address the other "
+                         "nodes can use", remedy="give each node's address (or tcp:// / ssh:// URL) in hosts")
     return host_address(host) if "://" in host else host
 
 
