@@ -713,7 +713,13 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
         if on_stage:
             on_stage(StageEvent(stage=text, at_s=round(time.monotonic() - t0, 1)))
 
-    applied = k8s.apply(objs, namespace=ns, kubeconfig=kubeconfig, context=context)
+    try:
+        applied = k8s.apply(objs, namespace=ns, kubeconfig=kubeconfig, context=context,
+                            gone_timeout=min(60.0, timeout))
+    except BaseException:
+        if existing is None:       # apply removed what it had created; the new key goes too
+            state.remove(name)
+        raise
     stage("applied " + ", ".join(applied))
     dep = Deployment(name=name, runtime="k8s", model_id=c.model_id, served_model_name=c.model_id,
                      host=f"{svc}.{ns}.svc", port=port, device=c.device, plan_hash=manifests_hash(objs),

@@ -112,44 +112,87 @@ def _ops(api: Any, obj: dict[str, Any], ns: str) -> tuple[Callable, Callable, Ca
     raise UsageError(f"kanoa-local does not apply {kind} objects", remedy="apply it with kubectl")
 
 
+def _wait_gone(read: Callable, where: str, name: str, namespace: str, timeout: float) -> None:
+    from kubernetes.client.rest import ApiException
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            read(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise _api_error(exc, where) from None
+        time.sleep(1)
+    raise EngineError(f"{where} is still being deleted after {timeout:.0f} s (its pods are stopping)",
+                      remedy=f"try again once `kubectl get {where.lower()} -n {namespace}` finds nothing, "
+                             "or choose another --name")
+
+
 def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None = None,
-          context: str | None = None) -> list[str]:
+          context: str | None = None, gone_timeout: float = 60) -> list[str]:
     """Server-side dry run of every object, then create (or replace what kanoa-local made
-    before). Returns 'Kind/name' of what was applied."""
+    before; an object still being deleted is waited for, up to ``gone_timeout`` s, then made
+    anew). Returns 'Kind/name' of what was applied."""
     from kubernetes.client.rest import ApiException
 
     api = _client(kubeconfig, context)
     for obj in objs:                       # the API server validates all before anything is stored
-        create, *_ = _ops(api, obj, namespace)
-        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        create, _, _, read = _ops(api, obj, namespace)
+        name = obj["metadata"]["name"]
+        where = f"{obj['kind']}/{name}"
         try:
             _call(create, where, namespace, obj, dry_run="All", _raw_conflict=True)
         except ApiException as exc:
             if exc.status != 409:          # exists already: replaced below
                 raise _api_error(exc, where) from None
-    done = []
-    for obj in objs:
-        create, replace, _, read = _ops(api, obj, namespace)
-        name = obj["metadata"]["name"]
-        where = f"{obj['kind']}/{name}"
-        try:
-            _call(create, where, namespace, obj, _raw_conflict=True)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise _api_error(exc, where) from None
             current = _call(read, where, name, namespace)
-            labels = (current.get("metadata", {}) if isinstance(current, dict) else current.metadata.to_dict()).get("labels") or {}
-            if labels.get("app.kubernetes.io/managed-by") != "kanoa-local":
-                raise UsageError(f"{where} exists and kanoa-local did not create it",
-                                 remedy="choose another --name or namespace") from None
-            if obj["kind"] == "PersistentVolumeClaim":
-                pass                       # a claim's spec cannot change; keep the weights
-            else:
-                if obj["kind"] in ("Service",):
-                    obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": current.metadata.resource_version}}
-                _call(replace, where, name, namespace, obj)
-        done.append(where)
+            meta = current.get("metadata", {}) if isinstance(current, dict) else current.metadata.to_dict()
+            if meta.get("deletion_timestamp") or meta.get("deletionTimestamp"):
+                # a `down` still under way (its pods stopping): a replace would go with it, so
+                # wait until it is gone (before anything is created), then it is made anew
+                _wait_gone(read, where, name, namespace, timeout=gone_timeout)
+    done: list[str] = []
+    created: list[tuple[Callable, str]] = []
+    try:
+        for obj in objs:
+            _create_or_replace(api, obj, namespace, done, created)
+    except BaseException:
+        for delete, name in reversed(created):     # a failure half-way: what it created goes again
+            try:
+                delete(name, namespace, _preload_content=False)
+            except Exception:  # noqa: BLE001 - best effort; the first error is the one to report
+                pass
+        raise
     return done
+
+
+def _create_or_replace(api: Any, obj: dict[str, Any], namespace: str, done: list[str],
+                       created: list[tuple[Callable, str]]) -> None:
+    from kubernetes.client.rest import ApiException
+
+    create, replace, delete, read = _ops(api, obj, namespace)
+    name = obj["metadata"]["name"]
+    where = f"{obj['kind']}/{name}"
+    try:
+        _call(create, where, namespace, obj, _raw_conflict=True)
+        created.append((delete, name))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise _api_error(exc, where) from None
+        current = _call(read, where, name, namespace)
+        meta = current.get("metadata", {}) if isinstance(current, dict) else current.metadata.to_dict()
+        labels = meta.get("labels") or {}
+        if labels.get("app.kubernetes.io/managed-by") != "kanoa-local":
+            raise UsageError(f"{where} exists and kanoa-local did not create it",
+                             remedy="choose another --name or namespace") from None
+        if obj["kind"] == "PersistentVolumeClaim":
+            pass                       # a claim's spec cannot change; keep the weights
+        else:
+            if obj["kind"] in ("Service",):
+                obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": current.metadata.resource_version}}
+            _call(replace, where, name, namespace, obj)
+    done.append(where)
 
 
 def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> list[dict[str, Any]]:

@@ -60,6 +60,16 @@ def test_two_gpu_plan_is_scheduled_and_down_deletes_it(cluster):
     # no kubelet here to stop them: the pods are left terminating, as on a real node until it has
     assert all(p["terminating"] for p in k8s.pods("two", namespace="default", kubeconfig=cluster["KUBECONFIG"]))
     assert not k8s.exists("two", namespace="default", kubeconfig=cluster["KUBECONFIG"])
+    # `up` of the same name while that deletion is under way: it waits, then says so in one
+    # line, and creates nothing meanwhile (a replace would have been deleted with the rest)
+    again = run_cli("up", "llama-3.1-70b", "--quant", "bf16", "--gpu", "h100", "--gpus-per-node", "2",
+                    "--target", "k8s", "--name", "two", "--no-wait", "--timeout", "10", env=cluster, timeout=300)
+    err = [ln for ln in again.stderr.splitlines() if ln.startswith("Error:")]
+    assert again.returncode != 0 and len(err) == 1 and "still being deleted" in err[0], again.stderr
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=cluster["KUBECONFIG"]))
+    assert not core.list_namespaced_secret("default", label_selector="io.kanoa-local/deployment=two").items
 
 
 def test_a_plan_bigger_than_any_node_gets_the_schedulers_reason(cluster):
