@@ -261,8 +261,8 @@ def check_docker_hosts(hosts: list[str | None]) -> None:
 
 
 def smallest_node(profiles: list[Any]) -> Any:
-    """The node profile a multi-node plan must fit (vLLM splits the work evenly): the fewest
-    and smallest GPUs, then the least free RAM."""
+    """The node profile a multi-node plan must fit (vLLM splits the work evenly): the one with
+    the smallest GPUs, then the least free RAM. Every node must have as many GPUs."""
     gpu_counts = {len(p.gpus) for p in profiles}
     if len(gpu_counts) > 1:
         raise UsageError("the Docker hosts differ in GPUs; a multi-node plan needs identical nodes",
