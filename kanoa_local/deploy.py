@@ -283,13 +283,13 @@ def node_addresses(hosts: list[str | None]) -> list[str]:
             raise UsageError(f"cannot resolve {name} (of {h}): {exc.strerror or exc}",
                              remedy="give the Docker host by an address or a name this machine resolves") from None
 
-    remote = [resolve(h) for h in hosts if is_remote(h)]   # type: ignore[arg-type]
+    remote = {h: resolve(h) for h in hosts if is_remote(h)}   # type: ignore[misc]
     out = []
     for h in hosts:
-        if is_remote(h):
-            out.append(remote.pop(0))
+        if h in remote:
+            out.append(remote[h])
             continue
-        peer = next(resolve(x) for x in hosts if is_remote(x))  # type: ignore[arg-type]
+        peer = next(iter(remote.values()))
         with socket.socket(socket.AF_INET6 if ":" in peer else socket.AF_INET, socket.SOCK_DGRAM) as s:
             try:
                 s.connect((peer, 9))        # no packet is sent: the kernel picks the route's source

@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 from ..engine.spec import WORKER_ENTRYPOINT, dns_label
-from . import CONTAINER_HF, Artefact, ExportOptions, Layout, server_args
+from . import CONTAINER_HF, Artefact, ExportOptions, Layout, node_args, server_args
 from ..errors import UsageError
 from ..plan.fit import Candidate
 
@@ -39,9 +39,9 @@ def _container(c: Candidate, layout: Layout, opts: ExportOptions, role: str, sec
     assert s is not None
     args = server_args(c, opts.port)
     if layout.pipeline_parallel > 1:
-        args += ["--distributed-executor-backend", "mp", "--nnodes", str(layout.pipeline_parallel),
-                 "--master-addr", "$(LWS_LEADER_ADDRESS)"]
-        args += ["--node-rank", "0"] if role == "leader" else ["--node-rank", "$(LWS_WORKER_INDEX)", "--headless"]
+        args += node_args(layout, 0 if role == "leader" else "$(LWS_WORKER_INDEX)", "$(LWS_LEADER_ADDRESS)")
+        if role == "worker":
+            args.append("--headless")
     ctr: dict[str, Any] = {
         "name": "vllm", "image": opts.image, "args": args,
         "env": [{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "api-key"}}},
