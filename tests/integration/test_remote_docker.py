@@ -133,6 +133,10 @@ def test_one_model_across_this_machine_and_the_remote_host(remote_docker, docker
     assert human.returncode == 0 and "node 1" in human.stdout and remote_docker in human.stdout
     logs = run_cli("logs", "span", "-n", "50")
     assert logs.returncode == 0 and "--- node 1 (" in logs.stdout
+    # a worker that dies takes the deployment with it: status says so, down still clears both
+    worker.kill()
+    st = StatusReport.model_validate_json(run_cli("status", "span", "--json").stdout)
+    assert st.state == "dead" and not st.healthy
     down = run_cli("down", "span", "--json")
     assert down.returncode == 0 and json.loads(down.stdout)["removed"] == ["span"]
     assert far.containers.list(all=True) == []
@@ -159,3 +163,31 @@ def test_a_worker_that_cannot_start_leaves_nothing_on_either_host(remote_docker,
         assert "half" not in run_cli("ps", "--json").stdout
     finally:
         docker_client.images.remove(only_here)
+
+
+def test_ctrl_c_during_a_multi_node_start_leaves_nothing_on_either_host(remote_docker, docker_client, cpu_image,
+                                                                         tiny_model):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import docker
+
+    far = docker.DockerClient(base_url=remote_docker, timeout=10)
+    p = subprocess.Popen([sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model), "--image",
+                          cpu_image, "--docker-host", "local", "--docker-host", remote_docker, "--name", "cc2",
+                          "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = os.path.join(os.environ["KANOA_LOCAL_HOME"], "state", "deployments", "cc2.json")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(state) and time.monotonic() < deadline:   # both containers started
+        time.sleep(0.2)
+    assert os.path.exists(state), p.stderr.read() if p.poll() is not None else "no state file"
+    time.sleep(2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not docker_client.containers.list(all=True, filters={"label": "io.kanoa-local.deployment=cc2"})
+    assert far.containers.list(all=True) == []
+    assert not os.path.exists(state)
