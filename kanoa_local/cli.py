@@ -494,8 +494,6 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
 
     opts = dict(opts)
     hosts = list(opts.pop("docker_host", None) or ())
-    if isinstance(hosts, str):
-        hosts = [hosts]
     if "://" in opts["host"]:                      # `up --host ssh://user@gpu-box`
         if hosts:
             raise UsageError("--host is a URL and --docker-host is given too", remedy="give one of them")

@@ -421,9 +421,8 @@ def is_alive(dep: Deployment) -> bool:
                           context=dep.k8s_context)
     from .engine import docker as dk
 
-    return bool(dep.container_id) and all(
-        dk.container_state(cid, host=h)["running"]
-        for cid, h in [(dep.container_id, dep.docker_host)] + [(w.container_id, w.docker_host) for w in dep.workers])
+    return bool(dep.container_id) and all(dk.container_state(cid, host=h)["running"]  # type: ignore[arg-type]
+                                          for cid, h in dep.containers)
 
 
 def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host: str = "127.0.0.1",
@@ -591,7 +590,7 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
     log = log_path(name)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    started = _Started(name, docker_host)
+    started = _Started(name)
     try:
         dep = Deployment(name=name, runtime=runtime, docker_host=docker_host, model_id=candidate.model_id,  # type: ignore[arg-type]
                          served_model_name=spec.served_model_name, host=host, port=port,
@@ -640,15 +639,15 @@ def _start_once(candidate: Candidate, spec, *, name: str, host: str, port: int, 
         elif runtime == "docker":
             from .engine import docker as dk
 
-            started.container = dk.run_server(
+            cid = dep.container_id = dk.run_server(
                 spec, name=name, secrets_env={"VLLM_API_KEY": key},
                 gpu_uuids=(candidate.settings.gpu_uuids or None) if candidate.settings else None,
                 extra_labels={"io.kanoa-local.plan-hash": dep.plan_hash, "io.kanoa-local.port": str(port)},
                 on_pull=on_pull, host=docker_host)
-            dep.container_id = started.container
-            read_lines = dk.ContainerLogFollower(started.container, host=docker_host)
-            alive = lambda: dk.container_state(started.container, host=docker_host)["running"]  # noqa: E731
-            exit_info = lambda: dk.container_state(started.container, host=docker_host)  # noqa: E731
+            started.containers.append((cid, docker_host, 0))
+            read_lines = dk.ContainerLogFollower(cid, host=docker_host)
+            alive = lambda: dk.container_state(cid, host=docker_host)["running"]  # noqa: E731
+            exit_info = lambda: dk.container_state(cid, host=docker_host)  # noqa: E731
         elif runtime == "slurm":
             from .engine import slurm as sl
 
@@ -822,12 +821,11 @@ def _existing(name: str) -> Deployment | None:
 class _Started:
     """What one `up` started, so that a failure or Ctrl-C removes exactly that."""
 
-    def __init__(self, name: str, docker_host: str | None = None) -> None:
-        self.name, self.docker_host = name, docker_host
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.proc = None
         self.job_id: str | None = None
-        self.container: str | None = None
-        self.containers: list[tuple[str, str | None, int]] = []   # multi-node: (id, host, rank)
+        self.containers: list[tuple[str, str | None, int]] = []   # (id, Docker host, node rank)
 
     def cleanup(self, keep_log_from: list[str] | None = None) -> None:
         if self.proc is not None:
@@ -836,13 +834,6 @@ class _Started:
                 self.proc.wait(timeout=5)
             except Exception:  # noqa: BLE001 - best effort; the group was killed
                 pass
-        if self.container is not None:
-            from .engine import docker as dk
-
-            text = dk.container_logs(self.container, host=self.docker_host)
-            if text:                      # `logs NAME` still shows why it failed
-                log_path(self.name).write_text(text)
-            dk.stop_remove(self.container, timeout=5, host=self.docker_host)
         if self.containers:
             from .engine import docker as dk
 
@@ -850,7 +841,8 @@ class _Started:
             for cid, host, rank in self.containers:
                 text = dk.container_logs(cid, host=host)
                 parts.append(text if rank == 0 else f"\n--- node {rank} ({host or 'this machine'})\n{text}")
-            log_path(self.name).write_text("".join(parts))
+            if any(parts):                # `logs NAME` still shows why it failed
+                log_path(self.name).write_text("".join(parts))
             for cid, host, _ in self.containers:
                 dk.stop_remove(cid, timeout=5, host=host)
         if self.job_id is not None:
@@ -864,12 +856,9 @@ def remove_containers(dep: Deployment) -> None:
     """Stop and remove a Docker deployment's containers on every host it used (by label)."""
     from .engine import docker as dk
 
-    known = {dep.docker_host: [dep.container_id]}
-    for w in dep.workers:
-        known.setdefault(w.docker_host, []).append(w.container_id)
     for h in dep.docker_hosts:
         found = [c["id"] for c in dk.find_servers(dep.name, host=h)]
-        for cid in found or [c for c in known.get(h, []) if c]:
+        for cid in found or [c for c, ch in dep.containers if ch == h and c]:
             dk.stop_remove(cid, host=h)
 
 
@@ -900,7 +889,6 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
             k8s.delete(dep.name, namespace=dep.k8s_namespace or "default", kubeconfig=dep.kubeconfig,
                        context=dep.k8s_context)
         else:
-
             remove_containers(dep)
         state.remove(dep.name)
         removed.append(dep.name)

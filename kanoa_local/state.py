@@ -69,13 +69,14 @@ class Deployment(Model):
                                  description="estimated USD per million tokens, input + output")
 
     @property
+    def containers(self) -> list[tuple[str | None, str | None]]:
+        """(container id, Docker host) of every node, the head first."""
+        return [(self.container_id, self.docker_host)] + [(w.container_id, w.docker_host) for w in self.workers]
+
+    @property
     def docker_hosts(self) -> list[str | None]:
         """Every Docker daemon this deployment has a container on, the head's first."""
-        hosts = [self.docker_host]
-        for w in self.workers:
-            if w.docker_host not in hosts:
-                hosts.append(w.docker_host)
-        return hosts
+        return list(dict.fromkeys(h for _, h in self.containers))
 
     @property
     def base_url(self) -> str:

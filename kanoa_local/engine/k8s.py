@@ -112,6 +112,11 @@ def _ops(api: Any, obj: dict[str, Any], ns: str) -> tuple[Callable, Callable, Ca
     raise UsageError(f"kanoa-local does not apply {kind} objects", remedy="apply it with kubectl")
 
 
+def _metadata(obj: Any) -> dict[str, Any]:
+    """An object's metadata as a dict, from a typed model or a custom object's plain dict."""
+    return obj.get("metadata", {}) if isinstance(obj, dict) else obj.metadata.to_dict()
+
+
 def _wait_gone(read: Callable, where: str, name: str, namespace: str, timeout: float) -> None:
     from kubernetes.client.rest import ApiException
 
@@ -146,8 +151,7 @@ def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None 
         except ApiException as exc:
             if exc.status != 409:          # exists already: replaced below
                 raise _api_error(exc, where) from None
-            current = _call(read, where, name, namespace)
-            meta = current.get("metadata", {}) if isinstance(current, dict) else current.metadata.to_dict()
+            meta = _metadata(_call(read, where, name, namespace))
             if meta.get("deletion_timestamp") or meta.get("deletionTimestamp"):
                 # a `down` still under way (its pods stopping): a replace would go with it, so
                 # wait until it is gone (before anything is created), then it is made anew
@@ -181,7 +185,7 @@ def _create_or_replace(api: Any, obj: dict[str, Any], namespace: str, done: list
         if exc.status != 409:
             raise _api_error(exc, where) from None
         current = _call(read, where, name, namespace)
-        meta = current.get("metadata", {}) if isinstance(current, dict) else current.metadata.to_dict()
+        meta = _metadata(current)
         labels = meta.get("labels") or {}
         if labels.get("app.kubernetes.io/managed-by") != "kanoa-local":
             raise UsageError(f"{where} exists and kanoa-local did not create it",
