@@ -13,6 +13,7 @@ every tensor's dtype, shape and byte range, so reading headers costs a few KiB p
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,14 @@ def _dir_size(d: Path) -> int:
         return sum(f.stat().st_size for f in d.iterdir() if f.is_file())
     except OSError:
         return 0
+
+
+def hf_token() -> str | None:
+    """The Hugging Face token as huggingface_hub finds it ($HF_TOKEN, the legacy variable, or
+    the file `hf auth login` writes): one reader for plan, up, pull and export."""
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # noqa: BLE001 - an old huggingface_hub: the environment only
+        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None

@@ -190,7 +190,7 @@ def check(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: st
     profile = resolve_profile(hardware_file, gpu_name, vram_gb, gpu_count)
     bw = None
     if bandwidth:
-        from .engine.bandwidth import measure
+        from .bandwidth import measure
 
         bw = measure(profile, image=image, live=hardware_file is None and gpu_name is None)
     if save_file:
@@ -312,12 +312,19 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         model_dir = str(packaged_models_dir() / c.model_id) if c.variant.package else None
         from .settings import engine_caches
 
-        # as `up --runtime auto` would: the vLLM image for GPU plans, a process for CPU plans
-        runtime = "docker" if c.device == "gpu" else "process"
+        # the rule `up --runtime auto` uses (a GPU plan without Docker: what up would then say)
+        from .backends.docker_api import daemon_facts
+        from .deploy.targets import choose_runtime
+        from .errors import DockerUnavailable
+
+        try:
+            runtime = choose_runtime("auto", c, None, docker_facts=lambda: daemon_facts(timeout=2))
+        except DockerUnavailable:
+            runtime = "docker"
         spec = launch_spec(c, port=port, model_dir=model_dir, runtime=runtime, **engine_caches())
     command = None
     if spec is not None:
-        from .engine.process import default_python
+        from .runtimes.process import default_python
 
         command = spec.docker_command() if runtime == "docker" else spec.process_command(default_python())
     report = PlanReport(plan=result, launch=spec, command=command,
@@ -493,46 +500,22 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
     from .errors import UsageError
 
     opts = dict(opts)
-    hosts = list(opts.pop("docker_host", None) or ())
-    if "://" in opts["host"]:                      # `up --host ssh://user@gpu-box`
-        if hosts:
-            raise UsageError("--host is a URL and --docker-host is given too", remedy="give one of them")
-        hosts, opts["host"] = [opts["host"]], "127.0.0.1"
+    hosts = [None if h == "local" else h for h in (opts.pop("docker_host", None) or ())]
     hardware_file, gpu_name = opts.pop("hardware_file"), opts.pop("gpu_name")
-    target = opts.pop("target", "local")
-    if target in ("slurm", "k8s"):
-        opts["runtime"] = target
     opts["wait"] = not opts.pop("no_wait", False)
     cluster = resolve_cluster(opts.pop("cluster_file", None), opts.pop("nodes", None),
                               opts.pop("gpus_per_node", None), gpu_name, None, None)
-    if cluster is not None and not hosts and target == "local" and len(cluster.hosts) > 1 and all(
-            "://" in h or h == "local" for h in cluster.hosts):
-        hosts = list(cluster.hosts)               # a cluster file of Docker hosts
-    hosts_or_local = [None if h == "local" else h for h in hosts]
-    if len(hosts) > 1:
-        if target != "local":
-            raise UsageError("several --docker-host with --target " + target,
-                             remedy="Docker hosts are the local target: drop --target")
-        opts["docker_hosts"], opts["docker_host"] = hosts_or_local, hosts_or_local[0]
-        if cluster is not None and cluster.nodes != len(hosts):
-            raise UsageError(f"the cluster has {cluster.nodes} nodes and {len(hosts)} Docker hosts are given",
-                             remedy="one Docker host per node")
-    else:
-        opts["docker_host"] = hosts_or_local[0] if hosts else None
-    if opts.get("docker_host") and opts["host"] == "127.0.0.1":
-        # the remote host's loopback cannot be reached from here
-        opts["host"] = "0.0.0.0"
-        if not as_json:
-            click.echo(f"note: the server is published on every address of {opts['docker_host']}; "
-                       "the API key protects it (--host ADDR to choose one)", err=True)
+    if len(hosts) > 1 and cluster is not None and cluster.nodes != len(hosts):
+        raise UsageError(f"the cluster has {cluster.nodes} nodes and {len(hosts)} Docker hosts are given",
+                         remedy="one Docker host per node")
+    opts["docker_hosts"] = hosts
     if cluster is not None:
         profile = cluster.profile()
         opts["nodes"] = cluster.nodes
+        opts["cluster_hosts"] = list(cluster.hosts)
     else:
-        # remote Docker hosts are planned from what their daemons say, unless a profile is given
-        profile = (resolve_profile(hardware_file, gpu_name, docker=False)
-                   if hardware_file or gpu_name or not (opts.get("docker_host") or opts.get("docker_hosts"))
-                   else None)
+        # a remote Docker host is planned from what its daemon says, unless a profile is given
+        profile = resolve_profile(hardware_file, gpu_name, docker=False) if hardware_file or gpu_name else None
     models_files = list(opts.pop("models_files") or [])
     user_models = not opts.pop("no_user_models")
 
@@ -543,7 +526,7 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
     def on_plan(c: Any, runtime: str) -> None:
         say(f"Starting {c.model_name} ({c.device}, --max-model-len {c.settings.max_model_len}) "
             f"on the {runtime} runtime ...")
-        if opts["host"] not in ("127.0.0.1", "localhost", "::1") and not opts.get("docker_host"):
+        if opts["host"] not in ("127.0.0.1", "localhost", "::1") and "://" not in opts["host"] and not hosts:
             say(f"warning: listening on {opts['host']}: anyone who can reach this machine can use "
                 "the server with the API key")
 
@@ -620,9 +603,10 @@ def up(ctx: click.Context, as_json: bool, sub_verbose: int, model: str | None, n
     word = "Already running" if result.reused else ("Ready" if result.ready is not None or d.runtime != "k8s"
                                                    else "Scheduled (not waiting for readiness)")
     click.echo(f"{word}: {d.name}  {result.base_url}  model {d.served_model_name}")
-    if d.workers:
-        click.echo(f"  {1 + len(d.workers)} nodes: the head on {d.docker_host or 'this machine'}, "
-                   + ", ".join(f"node {w.rank} on {w.docker_host or 'this machine'}" for w in d.workers))
+    nodes = getattr(d.place, "nodes", [])
+    if len(nodes) > 1:
+        click.echo(f"  {len(nodes)} nodes: the head on {d.docker_host or 'this machine'}, "
+                   + ", ".join(f"node {w.rank} on {w.docker_host or 'this machine'}" for w in nodes[1:]))
     click.echo(f"  API key: {result.api_key_file} (mode 0600)")
     click.echo(f"  export OPENAI_BASE_URL={result.base_url} OPENAI_API_KEY=$(cat {result.api_key_file})")
     click.echo(f"  stop it with `kanoa-local down {d.name}`")
@@ -708,8 +692,6 @@ def env_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, name: str | Non
 def logs(ctx: click.Context, as_json: bool, sub_verbose: int, name: str, tail: int | None,
          follow: bool) -> None:
     """The engine's log (kept after a failed start too)."""
-    import time
-
     from . import deploy
 
     lines = deploy.log_lines(name, tail)
@@ -719,14 +701,8 @@ def logs(ctx: click.Context, as_json: bool, sub_verbose: int, name: str, tail: i
     for line in lines:
         click.echo(line)
     if follow:
-        from .engine.process import LogFollower
-
-        f = LogFollower(deploy.log_path(name))
-        f()                       # skip what was printed
-        while True:
-            for line in f():
-                click.echo(line)
-            time.sleep(0.5)
+        for line in deploy.follow_logs(name):
+            click.echo(line)
 
 
 def _save(path: str, model: Any) -> None:

@@ -12,13 +12,16 @@ Exit codes (also in ``kanoa-local --help`` and the README)::
     3   ConfigError         a file (profile, models.toml, state) is malformed or wrong
     4   ProbeError          the hardware probe itself failed
     5   NoFitError          nothing fits for a launch
-    6   EngineError         Docker side: daemon unreachable, NVIDIA runtime missing, image missing
+    6   EngineError         where the engine runs: Docker daemon, Slurm or Kubernetes not answering
+                        (what runs there is then kept, not forgotten), NVIDIA runtime or image missing
     7   EngineStartError    the engine started but did not become ready
     8   DeploymentNotFound  no deployment of that name
     10  ``check``: CPU only (no usable NVIDIA GPU; the CPU engine can serve small models)
     11  ``check``: a GPU is there but not ready to serve (see the failed items)
     12  ``check``: cannot serve here at all
+    129 hung up (SIGHUP) during a start; cleaned up as for Ctrl-C
     130 interrupted (Ctrl-C); whatever was started has been cleaned up
+    143 terminated (SIGTERM) during a start; cleaned up as for Ctrl-C
 """
 
 from __future__ import annotations

@@ -243,6 +243,7 @@ def _dur(s: float | None) -> str:
 
 
 def ps_report(report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     out = console()
@@ -253,30 +254,40 @@ def ps_report(report: Any) -> None:
         for col in ("name", "state", "model", "endpoint", "runtime", "uptime"):
             t.add_column(col)
         for d in report.deployments:
-            st = "[green]running[/]" if d.state == "running" else "[red]dead[/]"
+            st = {"running": "[green]running[/]", "dead": "[red]dead[/]"}.get(d.state, "[yellow]unknown[/]")
+            if d.orphan:
+                st += " [yellow](no record)[/]"
             where = d.runtime + (f" on {d.docker_host}" if d.docker_host else "") + (
                 f" ({d.nodes} nodes)" if d.nodes > 1 else "")
             t.add_row(d.name, st, d.model, d.base_url, where, _dur(d.uptime_s))
         out.print(t)
-    for name in report.unreadable:
-        out.print(f"[yellow]![/] unreadable state for {name!r}: `kanoa-local down {name}` cleans it up")
+        for d in report.deployments:
+            if d.state != "running" and d.reason:
+                out.print(f"[yellow]![/] {d.name}: {escape(d.reason)}")
+    for p in report.problems:
+        out.print(f"[yellow]![/] {escape(p)}")
 
 
 def status_report(r: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     out = console()
-    style = {"running": "green", "starting": "yellow", "dead": "red"}[r.state]
+    style = {"running": "green", "starting": "yellow", "dead": "red", "unknown": "yellow"}[r.state]
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("deployment", f"{r.name}  [{style}]{r.state}[/]" + ("" if r.healthy or r.state == "dead" else "  (not healthy)"))
+    t.add_row("deployment", f"{r.name}  [{style}]{r.state}[/]"
+              + ("" if r.healthy or r.state in ("dead", "unknown") else "  (not healthy)")
+              + (f"  ({escape(r.reason)})" if r.reason else ""))
     t.add_row("model", r.model)
     t.add_row("endpoint", r.base_url)
     t.add_row("API key", f"{r.api_key_hint}  ({r.deployment.api_key_file})")
-    t.add_row("runtime", f"{r.runtime}" + (f"  pid {r.deployment.pid}" if r.deployment.pid else "")
+    place = r.deployment.place
+    t.add_row("runtime", f"{r.runtime}" + (f"  pid {place.pid}" if getattr(place, "pid", None) else "")
+              + (f"  job {place.job_id}" if getattr(place, "job_id", None) else "")
               + (f"  on {r.deployment.docker_host}" if r.deployment.docker_host else ""))
-    for w in r.deployment.workers:
+    for w in getattr(place, "nodes", [])[1:]:
         t.add_row(f"node {w.rank}", f"{w.address}  on {w.docker_host or 'this machine'}  "
                                     f"container {w.container_id[:12]}")
     t.add_row("uptime", _dur(r.uptime_s))

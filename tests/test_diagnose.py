@@ -59,7 +59,7 @@ def test_docker_start_errors_use_the_same_diagnosis():
     """What the daemon answers at container start (the toolkit's driver check) reads as one line."""
     import docker
 
-    from kanoa_local.engine.docker import translate_errors
+    from kanoa_local.backends.docker_api import translate_errors
     from kanoa_local.errors import EngineError
 
     text = (LOGS / "driver-too-old.txt").read_text().splitlines()[-1]

@@ -209,7 +209,7 @@ def test_helm_values_reference_the_secret_and_map_the_plan():
 
 
 def test_scheduler_reasons_that_waiting_cannot_change():
-    from kanoa_local.engine.k8s import is_final
+    from kanoa_local.backends.kube_api import is_final
 
     assert is_final("0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
     assert is_final("0/3 nodes are available: 1 Insufficient cpu, 2 Insufficient nvidia.com/gpu.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+
+import pytest
 import sys
 from pathlib import Path
 
@@ -27,7 +29,8 @@ def test_cli_import_pulls_no_heavy_module():
 
 
 def test_each_foreign_library_is_imported_in_one_module():
-    owners = {"pynvml": {"probe/nvml.py"}, "docker": {"engine/docker.py"},
+    owners = {"pynvml": {"probe/nvml.py"}, "docker": {"backends/docker_api.py"},
+              "kubernetes": {"backends/kube_api.py"}, "psutil": {"probe/system.py", "runtimes/process.py"},
               "huggingface_hub": {"checkpoint.py"}, "openai": {"client.py"}}
     for lib, allowed in owners.items():
         found = set()
@@ -44,3 +47,39 @@ def test_the_planner_is_pure():
             "'docker', 'pynvml', 'huggingface_hub'))])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+#: (importer, what it must never load): the layering of the package
+FORBIDDEN = [
+    ("kanoa_local.state", ("kanoa_local.client", "kanoa_local.interpreter", "kanoa_local.deploy",
+                           "kanoa_local.runtimes", "kanoa_local.cli")),
+    ("kanoa_local.engine.spec", ("kanoa_local.check", "kanoa_local.runtimes", "kanoa_local.deploy",
+                                 "kanoa_local.backends", "kanoa_local.probe")),
+    ("kanoa_local.engine.ready", ("kanoa_local.check", "kanoa_local.runtimes", "kanoa_local.deploy")),
+    ("kanoa_local.engine.diagnose", ("kanoa_local.check", "kanoa_local.runtimes", "kanoa_local.deploy")),
+    ("kanoa_local.probe", ("kanoa_local.engine", "kanoa_local.runtimes", "kanoa_local.deploy")),
+    ("kanoa_local.runtimes", ("kanoa_local.deploy", "kanoa_local.cli", "kanoa_local.render")),
+    ("kanoa_local.backends.docker_api", ("kanoa_local.runtimes", "kanoa_local.deploy", "kanoa_local.cli")),
+    ("kanoa_local.deploy", ("kanoa_local.cli", "kanoa_local.render")),
+]
+
+
+@pytest.mark.parametrize("module,forbidden", FORBIDDEN, ids=[m for m, _ in FORBIDDEN])
+def test_import_directions(module, forbidden):
+    """Lower layers never load higher ones: cli → deploy → runtimes → backends; state imports
+    no hand-off code; engine/ is vLLM knowledge and imports neither check nor the runtimes."""
+    import importlib
+
+    mods = [module] + ([f"{module}.{m}" for m in ("process", "docker", "slurm", "k8s")]
+                       if module == "kanoa_local.runtimes" else [])
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {mods!r}]; "
+            f"print(sorted({{m for m in sys.modules if m.startswith({forbidden!r})}}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", (module, out.stdout)
+    importlib.import_module(module)
+
+
+def test_no_module_is_over_400_lines():
+    big = {str(f.relative_to(PKG)): n for f in PKG.rglob("*.py")
+           if (n := len(f.read_text().splitlines())) > 400}
+    assert big == {}, big

@@ -1,8 +1,13 @@
-"""The deployments registry: atomic files, a 0600 key, damaged files skipped."""
+"""The deployments registry: atomic durable records with a schema version, a 0600 key, one lock
+per name, a state dir that cannot take a record said before anything starts."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -18,17 +23,20 @@ def _dep(name="a"):
     c = plan(load_preset("l4"), load_catalog(user=False), PlanRequest(model="llama-3.1-8b")).chosen
     spec = launch_spec(c, deployment=name)
     key, path = state.new_api_key(name)
-    return state.Deployment(name=name, runtime="process", model_id=c.model_id, served_model_name=c.model_id,
+    place = state.ProcessPlace(pid=os.getpid(), started_at=0.0, launch_id="x", log_file="/dev/null")
+    return state.Deployment(name=name, place=place, model_id=c.model_id, served_model_name=c.model_id,
                             host="127.0.0.1", port=8000, device="gpu", plan_hash=state.plan_hash(spec),
-                            api_key_file=str(path), pid=None, spec=spec), key
+                            api_key_file=str(path), spec=spec), key
 
 
 def test_key_is_private_and_round_trips():
     dep, key = _dep()
     assert os.stat(dep.api_key_file).st_mode & 0o777 == 0o600
     state.save(dep)
-    assert state.read_api_key(state.load("a")) == key
+    again = state.load("a")
+    assert state.read_api_key(again) == key and again.runtime == "process" and again.schema_version == 2
     assert key.startswith("kl-") and len(key) > 30
+    assert key not in state.record_path("a").read_text()
 
 
 def test_damaged_file_is_skipped_and_named():
@@ -36,10 +44,38 @@ def test_damaged_file_is_skipped_and_named():
     state.save(dep)
     (state.deployments_dir() / "bad.json").write_text("{not json")
     deps, broken = state.list_all()
-    assert [d.name for d in deps] == ["good"] and broken == ["bad"]
+    assert [d.name for d in deps] == ["good"] and list(broken) == ["bad"] and "damaged" in broken["bad"]
     state.remove("good")
     with pytest.raises(DeploymentNotFound):
         state.load("good")
+
+
+def test_a_schema_1_record_is_migrated_and_a_newer_one_refused_in_one_line():
+    dep, _ = _dep("old")
+    flat = json.loads(dep.model_dump_json())
+    del flat["place"], flat["schema_version"]
+    flat.pop("runtime", None)
+    flat.update(runtime="docker", container_id="abc123", docker_host="tcp://10.0.0.2:2375",
+                workers=[{"rank": 1, "docker_host": None, "address": "10.0.0.1", "container_id": "def456"}],
+                pid=None, log_file=None, job_id=None, k8s_namespace=None, k8s_context=None, kubeconfig=None)
+    state.deployments_dir().mkdir(parents=True, exist_ok=True)
+    state.record_path("old").write_text(json.dumps(flat))
+    got = state.load("old")
+    assert got.runtime == "docker" and [n.container_id for n in got.place.nodes] == ["abc123", "def456"]
+    assert got.docker_host == "tcp://10.0.0.2:2375" and got.base_url == "http://127.0.0.1:8000/v1"
+    newer = json.loads(dep.model_dump_json())
+    newer["schema_version"] = 9
+    state.record_path("new").write_text(json.dumps(newer))
+    with pytest.raises(state.RecordUnreadable, match="newer kanoa-local .*schema 9") as e:
+        state.load("new")
+    assert "damaged" not in e.value.message
+
+
+def test_deeply_nested_record_is_damaged_not_an_internal_error():
+    state.deployments_dir().mkdir(parents=True, exist_ok=True)
+    state.record_path("deep").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(state.RecordUnreadable, match="damaged"):
+        state.load("deep")
 
 
 @pytest.mark.parametrize("name", ["", "a b", "../x", "-x", "x" * 64])
@@ -48,10 +84,68 @@ def test_bad_names(name):
         state.check_name(name)
 
 
+def test_ipv6_hosts_are_bracketed_in_urls():
+    dep, _ = _dep("six")
+    assert dep.model_copy(update={"host": "::1"}).base_url == "http://[::1]:8000/v1"
+    assert dep.model_copy(update={"host": "::"}).base_url == "http://[::1]:8000/v1"
+
+
+def test_one_name_one_lock_across_processes(tmp_path):
+    """A second holder (another process) waits, then gets one line; a killed holder frees it."""
+    code = ("import sys, time; from kanoa_local import state\n"
+            "with state.lock('x'):\n    print('held', flush=True); time.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert p.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(state.NameBusy, match="another kanoa-local"):
+            with state.lock("x", wait=1):
+                pass
+        assert time.monotonic() - t0 >= 0.9
+        with state.lock("y", wait=0):       # other names are free
+            pass
+    finally:
+        p.kill()
+        p.wait()
+    with state.lock("x", wait=5):            # the kernel released the dead holder's lock
+        pass
+
+
+CHECK = ("from kanoa_local import state\n"
+         "try:\n    state.check_writable()\n    print('OK')\nexcept state.StateDirError as e:\n    print('ERR', e.message)\n")
+
+
+def _in_own_mount(tmp_path, setup: str) -> str:
+    """Run the writable check with the state dir on a real tmpfs of its own (a private mount
+    namespace, root), after ``setup`` (shell) made it read-only or full."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (CI has both)")
+    home = tmp_path / "h"
+    d = home / "state"
+    d.mkdir(parents=True)
+    script = (f"mount -t tmpfs -o size=256k tmpfs {d} && {setup.format(d=d)} && "
+              f"{sys.executable} -c \"$CHECK\"; ls -A {d}/deployments 2>/dev/null | wc -l")
+    env = {**os.environ, "KANOA_LOCAL_HOME": str(home), "CHECK": CHECK}
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, env=env)
+    return r.stdout + r.stderr
+
+
+def test_read_only_state_dir_is_said_before_anything_starts(tmp_path):
+    out = _in_own_mount(tmp_path, "mount -o remount,ro {d}")
+    assert "ERR kanoa-local cannot write its state in" in out and "not writable" in out, out
+
+
+def test_full_disk_is_said_and_leaves_no_half_written_file(tmp_path):
+    out = _in_own_mount(tmp_path, "mkdir {d}/deployments && (dd if=/dev/zero of={d}/fill bs=4k 2>/dev/null; true)")
+    assert "ERR kanoa-local cannot write its state in" in out and "the disk is full" in out, out
+    assert out.strip().splitlines()[-1] == "0", out         # no temp file, no 0-byte record
+
+
 def test_status_of_a_dead_gpu_deployment_shows_gpu_memory_from_nvml():
     """NVML played back from a recorded profile (the only fake): who holds GPU memory."""
-    import json
-
     from kanoa_local import deploy
     from kanoa_local.probe import PRESET_DIR
     from kanoa_local.probe.nvml import Replay
@@ -62,6 +156,7 @@ def test_status_of_a_dead_gpu_deployment_shows_gpu_memory_from_nvml():
     dep = dep.model_copy(update={"gpu_uuids": [uuid]})
     state.save(dep)
     st = deploy.status("g", nvml=Replay(rec))
+    # the recorded pid is this test process, but its start time is not the record's: not ours
     assert st.state == "dead" and not st.healthy
     [g] = st.gpus
     assert g.uuid == uuid and g.memory_used > 0

@@ -44,7 +44,7 @@ def probe(nvml: Any | None = None, *, docker: bool | DockerFacts = True,
             "use Docker Desktop's WSL2 backend or Docker Engine inside WSL with the NVIDIA "
             "Container Toolkit")))
     if docker is True:
-        from ..engine.docker import daemon_facts
+        from ..backends.docker_api import daemon_facts
 
         docker_facts: DockerFacts | None = daemon_facts()
     elif isinstance(docker, DockerFacts):

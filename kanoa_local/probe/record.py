@@ -19,7 +19,7 @@ def record_machine(name: str, description: str | None = None) -> dict:
     ram_total, ram_available, _ = system.memory()
     cpu = system.cpu()
     disk_path, disk_free = system.disk_free(hf_cache_dir())
-    from ..engine.docker import daemon_facts
+    from ..backends.docker_api import daemon_facts
 
     rec.update({
         "name": name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kanoa_local.check import check
-from kanoa_local.engine import docker as dk
+from kanoa_local.backends import docker_api as dk
 from kanoa_local.errors import GpuRuntimeMissing
 from kanoa_local.probe import probe
 from tests.conftest import run_cli
@@ -22,7 +22,7 @@ def test_probe_sees_the_real_daemon(docker_client):
 
 def test_gpu_request_on_a_daemon_without_nvidia_runtime_is_explained(docker_client, cpu_image):
     """The daemon really answers 'could not select device driver'; we translate it."""
-    from kanoa_local.engine.bandwidth import _run_in_image
+    from kanoa_local.bandwidth import _run_in_image
 
     before = {c.id for c in docker_client.containers.list(all=True)}
     with pytest.raises(GpuRuntimeMissing) as info:

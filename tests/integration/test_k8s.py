@@ -49,7 +49,7 @@ def test_two_gpu_plan_is_scheduled_and_down_deletes_it(cluster):
     up = UpResult.model_validate_json(r.stdout)
     dep = up.deployment
     assert dep.runtime == "k8s" and dep.base_url == "http://kanoa-two.default.svc:8000/v1"
-    from kanoa_local.engine import k8s
+    from kanoa_local.backends import kube_api as k8s
 
     pods = k8s.pods("two", namespace="default", kubeconfig=cluster["KUBECONFIG"])
     assert [p["node"] for p in pods] == ["gpu-two"]          # the only node with 2 GPUs
@@ -81,7 +81,7 @@ def test_a_plan_bigger_than_any_node_gets_the_schedulers_reason(cluster):
     assert r.returncode == 7, r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(err) == 1 and "Insufficient nvidia.com/gpu" in err[0] and "Traceback" not in r.stderr
-    from kanoa_local.engine import k8s
+    from kanoa_local.backends import kube_api as k8s
 
     assert not k8s.exists("four", namespace="default", kubeconfig=cluster["KUBECONFIG"])   # nothing left
     assert json.loads(run_cli("ps", "--json", env=cluster).stdout)["deployments"] == []

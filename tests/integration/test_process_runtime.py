@@ -13,10 +13,22 @@ import time
 import pytest
 
 from kanoa_local.deploy import PsReport, StatusReport, UpResult
-from kanoa_local.engine import process
+from kanoa_local.runtimes.process import ProcessRuntime, members
+from kanoa_local.state import load as load_record
 from tests.conftest import ROOT, free_port, http, make_tiny_model, run_cli
 
 pytestmark = pytest.mark.engine
+
+
+def running(dep) -> bool:
+    return ProcessRuntime().liveness(dep).alive
+
+
+def default_signals():
+    """The child gets default signal dispositions, whatever this suite inherited (a suite
+    started from a background job has SIGINT ignored)."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
 
 
 def up(cpu_venv, model, *extra, timeout=400):
@@ -30,7 +42,7 @@ def test_lifecycle_on_the_process_runtime(cpu_venv, tiny_model):
     assert r.returncode == 0, r.stderr[-2000:]
     res = UpResult.model_validate_json(r.stdout)
     dep = res.deployment
-    assert dep.host == "127.0.0.1" and dep.port == port and process.is_running(dep.pid)
+    assert dep.host == "127.0.0.1" and dep.port == port and running(dep)
     assert [s.stage for s in res.ready.stages][-1] == "first token"
     assert oct(os.stat(res.api_key_file).st_mode & 0o777) == "0o600"
     key = open(res.api_key_file).read().strip()
@@ -49,7 +61,7 @@ def test_lifecycle_on_the_process_runtime(cpu_venv, tiny_model):
     # a second up of the same plan returns at once
     t0 = time.monotonic()
     again = UpResult.model_validate_json(up(cpu_venv, tiny_model, "--name", "t1", "--port", str(port)).stdout)
-    assert again.reused and again.deployment.pid == dep.pid and time.monotonic() - t0 < 15
+    assert again.reused and again.deployment.place.pid == dep.place.pid and time.monotonic() - t0 < 15
 
     # the hand-off: the library finds it, and `env` gives what other tools need
     import kanoa_local
@@ -75,7 +87,7 @@ def test_lifecycle_on_the_process_runtime(cpu_venv, tiny_model):
     # down leaves no process, no state, and the port free
     d = run_cli("down", "t1")
     assert d.returncode == 0 and "t1" in d.stdout
-    assert not process.is_running(dep.pid)
+    assert not running(dep) and not members(dep.place.launch_id)
     assert PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments == []
     assert run_cli("status", "t1").returncode == 8
 
@@ -101,18 +113,19 @@ def test_ctrl_c_while_waiting_leaves_nothing(cpu_venv, tiny_model):
     env = {**os.environ}
     p = subprocess.Popen([sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model),
                           "--python", str(cpu_venv / "bin" / "python"), "--name", "cc", "--port", str(port)],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=default_signals)
     state = os.path.join(os.environ["KANOA_LOCAL_HOME"], "state", "deployments", "cc.json")
     deadline = time.monotonic() + 60
     while not os.path.exists(state) and time.monotonic() < deadline:
         time.sleep(0.2)
-    pid = json.load(open(state))["pid"]
+    launch = json.load(open(state))["place"]["launch_id"]
     time.sleep(2)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert not process.is_running(pid)
+    assert not members(launch)
     assert not os.path.exists(state)
     status, _ = http("GET", f"http://127.0.0.1:{port}/health", timeout=3)
     assert status == 0
@@ -139,7 +152,7 @@ def test_two_deployments_a_busy_port_and_a_killed_engine(cpu_venv, tiny_model):
         ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
         assert sorted(d.name for d in ps.deployments) == ["a", "b"]
         # the engine dies under us: status says so at once
-        os.killpg(os.getpgid(b.deployment.pid), signal.SIGKILL)
+        os.killpg(os.getpgid(b.deployment.place.pid), signal.SIGKILL)
         time.sleep(1)
         st = StatusReport.model_validate_json(run_cli("status", "b", "--json").stdout)
         assert st.state == "dead" and not st.healthy
@@ -185,9 +198,107 @@ def test_library_up_and_connect(cpu_venv, tiny_model):
     dep = kanoa_local.up(model_path=str(tiny_model), python=str(cpu_venv / "bin" / "python"),
                          name="lib", port=free_port(), runtime="process")
     try:
-        assert dep.runtime == "process" and kanoa_local.connect("lib").pid == dep.pid
+        assert dep.runtime == "process" and kanoa_local.connect("lib").place.pid == dep.place.pid
         assert dep.openai().completions.create(model=dep.model, prompt="x", max_tokens=1).usage.completion_tokens == 1
     finally:
         deploy.down("lib")
     with pytest.raises(kanoa_local.KanoaError):
         kanoa_local.connect("lib")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_during_up_clean_up(cpu_venv, tiny_model, sig, code):
+    """A closed terminal or a CI timeout during `up`: the same cleanup as Ctrl-C."""
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model),
+                          "--python", str(cpu_venv / "bin" / "python"), "--name", "sig", "--port", str(port)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=default_signals)
+    rec = os.path.join(os.environ["KANOA_LOCAL_HOME"], "state", "deployments", "sig.json")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(rec) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    launch = json.load(open(rec))["place"]["launch_id"]
+    time.sleep(2)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    assert "Traceback" not in err and not members(launch) and not os.path.exists(rec)
+    assert http("GET", f"http://127.0.0.1:{port}/health", timeout=3)[0] == 0
+
+
+def test_a_reused_pid_is_never_signalled(cpu_venv, tiny_model):
+    """A record whose pid now belongs to another process (here a `sleep`): `ps` says dead,
+    `down` and `down --all` leave that process alone."""
+    from kanoa_local import state
+
+    res = UpResult.model_validate_json(up(cpu_venv, tiny_model, "--name", "reuse", "--port", str(free_port())).stdout)
+    run_cli("down", "reuse")
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        dep = res.deployment
+        stale = dep.model_copy(update={"place": dep.place.model_copy(update={"pid": sleeper.pid})})
+        state.save(stale)
+        state.new_api_key("reuse")
+        ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
+        assert [(d.name, d.state) for d in ps.deployments] == [("reuse", "dead")]
+        assert run_cli("down", "--all").returncode == 0
+        time.sleep(0.5)
+        assert sleeper.poll() is None               # still sleeping
+        assert not state.record_path("reuse").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_two_ups_of_one_name_start_one_server(cpu_venv, tiny_model):
+    """Two real `up` processes at once: one starts, the other waits and reuses it; one server,
+    one key that works."""
+    port = free_port()
+    argv = [sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model), "--python",
+            str(cpu_venv / "bin" / "python"), "--name", "race", "--port", str(port), "--json"]
+    ps_ = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in ps_]
+    try:
+        assert [p.returncode for p in ps_] == [0, 0], [e[-1500:] for _, e in outs]
+        results = [UpResult.model_validate_json(o) for o, _ in outs]
+        assert sorted(r.reused for r in results) == [False, True]
+        assert len({r.deployment.place.launch_id for r in results}) == 1
+        key = open(results[0].api_key_file).read().strip()
+        from openai import OpenAI
+
+        out = OpenAI(base_url=results[0].base_url, api_key=key).completions.create(
+            model=results[0].deployment.served_model_name, prompt="x", max_tokens=1)
+        assert out.usage.completion_tokens == 1
+        found, _ = ProcessRuntime().discover()
+        assert [f.name for f in found] == ["race"]
+    finally:
+        run_cli("down", "race")
+
+
+def test_orphans_are_listed_removable_and_never_block_up(cpu_venv, tiny_model):
+    """A server whose record is lost (a crash between start and save) is found by its
+    environment marker: `ps` lists it, and `up` of its name clears it first; `down NAME` of an
+    orphan removes it. When the API server dies, its engine processes go with `down`."""
+    from kanoa_local import state
+
+    a = UpResult.model_validate_json(up(cpu_venv, tiny_model, "--name", "orph", "--port", str(free_port())).stdout)
+    state.record_path("orph").unlink()
+    ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
+    [row] = ps.deployments
+    assert row.name == "orph" and row.orphan and row.state == "running"
+    b = UpResult.model_validate_json(up(cpu_venv, tiny_model, "--name", "orph", "--port", str(free_port())).stdout)
+    assert not b.reused and any("no record" in n for n in b.notes), b.notes
+    assert not members(a.deployment.place.launch_id)
+    # the API server dies; whatever of its engine remains is the deployment's still
+    os.kill(b.deployment.place.pid, signal.SIGKILL)
+    time.sleep(1)
+    st = StatusReport.model_validate_json(run_cli("status", "orph", "--json").stdout)
+    assert st.state == "dead"
+    state.record_path("orph").unlink()
+    d = run_cli("down", "orph")
+    assert d.returncode == 0, d.stderr
+    assert not members(b.deployment.place.launch_id)
+    r = run_cli("down", "orph")
+    assert r.returncode == 8 and "no deployment named 'orph'" in r.stderr

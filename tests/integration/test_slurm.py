@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.scaleout]
 
 
 def wait_for_job(job_id: str, timeout: float = 120) -> None:
-    from kanoa_local.engine import slurm as sl
+    from kanoa_local.backends import slurm_cli as sl
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and sl.job(job_id)["state"] != "GONE":
@@ -30,7 +30,7 @@ def test_rendered_multi_node_script_runs_one_rank_per_node(slurm_cluster, tmp_pa
     """The export, submitted with Slurm's own sbatch: a 2 nodes × 2 GPUs plan. The engine's
     interpreter is replaced by one that prints what it was given (no GPU engine here): the
     ranks, the GPUs Slurm gave each node and vLLM's multi-node flags come from the job's output."""
-    from kanoa_local.engine import slurm as sl
+    from kanoa_local.backends import slurm_cli as sl
 
     r = run_cli("export", "slurm", "llama-3.1-70b", "--nodes", "2", "--gpus-per-node", "2", "--gpu", "l4",
                 "-o", str(tmp_path))
@@ -64,7 +64,7 @@ def test_the_rendered_script_runs_a_real_engine_across_both_nodes(slurm_cluster,
     there) and the head answers from here."""
     from kanoa_local.deploy import plan_for_up
     from kanoa_local.engine.ready import first_token
-    from kanoa_local.engine import slurm as sl
+    from kanoa_local.backends import slurm_cli as sl
     from kanoa_local.export import ExportOptions, render
     from kanoa_local.probe import load_preset
 
@@ -92,7 +92,7 @@ def test_the_rendered_script_runs_a_real_engine_across_both_nodes(slurm_cluster,
 
 
 def test_slurm_refuses_more_gpus_than_a_node_has_in_one_line(slurm_cluster, tmp_path):
-    from kanoa_local.engine import slurm as sl
+    from kanoa_local.backends import slurm_cli as sl
 
     r = run_cli("export", "slurm", "llama-3.1-8b", "--gpus-per-node", "4", "--gpu", "t4", "--quant", "bf16",
                 "-o", str(tmp_path))
@@ -127,6 +127,6 @@ def test_up_on_slurm_serves_from_a_node_and_down_cancels(slurm_cluster, cpu_venv
     assert run_cli("logs", "onslurm").stdout.strip()
     down = run_cli("down", "onslurm", "--json")
     assert down.returncode == 0 and json.loads(down.stdout)["removed"] == ["onslurm"]
-    from kanoa_local.engine import slurm as sl
+    from kanoa_local.backends import slurm_cli as sl
 
     assert sl.job(dep.job_id)["state"] == "GONE"

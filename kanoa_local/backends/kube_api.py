@@ -74,6 +74,10 @@ def _api_error(exc: Any, what: str) -> Exception:
                        remedy="check the cluster (`kubectl get --raw /readyz`)")
 
 
+class ApiUnreachable(EngineError):
+    """The API server did not answer: what runs there is unknown."""
+
+
 def _call(fn: Callable[..., Any], what: str, *args: Any, _raw_conflict: bool = False, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` with the client's errors made one-line kanoa-local errors (a 409
     Conflict is re-raised as is with ``_raw_conflict``, for create-or-replace)."""
@@ -87,7 +91,7 @@ def _call(fn: Callable[..., Any], what: str, *args: Any, _raw_conflict: bool = F
             raise
         raise _api_error(exc, what) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise EngineError(f"cannot reach the Kubernetes API server: {str(exc).splitlines()[0][:200]}",
+        raise ApiUnreachable(f"cannot reach the Kubernetes API server: {str(exc).splitlines()[0][:200]}",
                           remedy="check KUBECONFIG and that the cluster answers") from None
 
 
@@ -283,16 +287,58 @@ def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context:
     return gone
 
 
-def exists(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> bool:
+def state(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> str:
+    """'alive' while a Deployment (or pod) of ``name`` is there and not on its way out, else
+    'dead'. An API server that does not answer raises :class:`ApiUnreachable`."""
     from kubernetes import client
 
     api = _client(kubeconfig, context)
     sel = f"{LABEL}={name}"
-    try:
-        deps = _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=sel).items
-        if any(d.metadata.deletion_timestamp is None for d in deps):      # not on its way out
-            return True
-    except (EngineError, ConfigError):
-        return False
-    return any(not p["terminating"] for p in pods(name, namespace=namespace, kubeconfig=kubeconfig,
-                                                  context=context))
+    deps = _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=sel).items
+    if any(d.metadata.deletion_timestamp is None for d in deps):
+        return "alive"
+    live = [p for p in pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context) if not p["terminating"]]
+    return "alive" if live else "dead"
+
+
+def exists(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> bool:
+    """Whether ``name`` is there (an unreachable API server raises, it is not "no")."""
+    return state(name, namespace=namespace, kubeconfig=kubeconfig, context=context) == "alive"
+
+
+def pod_logs(name: str, *, namespace: str, tail: int | None = None, follow: bool = False,
+             kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """The engine's output of the deployment's first pod: its text, or with ``follow`` an
+    iterator of new lines (the kubelet's log stream)."""
+    from kubernetes import client
+
+    api = _client(kubeconfig, context)
+    ps = sorted(pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context),
+                key=lambda p: (p["terminating"], p["name"]))
+    if not ps:
+        return iter(()) if follow else ""
+    core = client.CoreV1Api(api)
+    if not follow:
+        return _call(core.read_namespaced_pod_log, f"reading the log of {ps[0]['name']}", ps[0]["name"],
+                     namespace, tail_lines=tail)
+    resp = _call(core.read_namespaced_pod_log, f"following the log of {ps[0]['name']}", ps[0]["name"],
+                 namespace, follow=True, since_seconds=1, _preload_content=False)
+
+    def lines() -> Any:
+        buf = ""
+        for chunk in resp.stream():
+            buf += chunk.decode(errors="replace")
+            *done, buf = buf.split("\n")
+            yield from done
+        if buf:
+            yield buf
+    return lines()
+
+
+def deployment_names(namespace: str, *, kubeconfig: str | None = None, context: str | None = None) -> list[str]:
+    """The kanoa-local deployments (by label) in ``namespace``."""
+    from kubernetes import client
+
+    api = _client(kubeconfig, context)
+    deps = _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=LABEL).items
+    return sorted({d.metadata.labels.get(LABEL) for d in deps if d.metadata.labels and d.metadata.labels.get(LABEL)})

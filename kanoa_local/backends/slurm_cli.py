@@ -33,10 +33,14 @@ def _slurm_error(r: subprocess.CompletedProcess) -> str:
     return text
 
 
-def submit(script: Path, *, log_file: Path, env: dict[str, str], job_name: str) -> str:
+class SchedulerUnavailable(EngineError):
+    """slurmctld did not answer: a job's state is unknown (never "gone")."""
+
+
+def submit(script: Path, *, log_file: Path, env: dict[str, str], job_name: str, comment: str = "") -> str:
     """Submit ``script``; its job id. Slurm's refusal (e.g. more GPUs than a node has) is one line."""
     r = _run(["sbatch", "--parsable", "--job-name", job_name, "--output", str(log_file),
-              "--export", "ALL", str(script)], timeout=60, env=env)
+              *(["--comment", comment] if comment else []), "--export", "ALL", str(script)], timeout=60, env=env)
     if r.returncode != 0:
         why = _slurm_error(r)
         remedy = "ask for what the cluster's nodes have (`sinfo -o '%N %G %c %m'`)"
@@ -47,14 +51,48 @@ def submit(script: Path, *, log_file: Path, env: dict[str, str], job_name: str) 
 
 
 
+#: squeue's answer for a job id the controller no longer knows: that job is gone, not unknown
+GONE_MARKS = ("Invalid job id",)
+
+
+def _unavailable(r: subprocess.CompletedProcess, what: str) -> SchedulerUnavailable:
+    return SchedulerUnavailable(f"Slurm did not answer {what}: {_slurm_error(r)}",
+                                remedy="is slurmctld up? (`sinfo`); nothing was changed or forgotten")
+
+
 def job(job_id: str) -> dict[str, str]:
-    """{state, nodes, reason}; state 'GONE' when Slurm no longer lists it."""
-    r = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%N|%r"])
-    line = r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else ""
+    """{state, nodes, reason}; state 'GONE' when Slurm says it no longer has it. A controller
+    that does not answer raises :class:`SchedulerUnavailable` (the job may well still run)."""
+    try:
+        r = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%N|%r"])
+    except EngineError as exc:
+        if exc.message == NO_SLURM:
+            raise
+        raise SchedulerUnavailable(exc.message, remedy=exc.remedy) from exc
+    if r.returncode != 0:
+        if any(m in (r.stderr or "") + (r.stdout or "") for m in GONE_MARKS):
+            return {"state": "GONE", "nodes": "", "reason": ""}
+        raise _unavailable(r, f"about job {job_id}")
+    line = r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
     if not line:
         return {"state": "GONE", "nodes": "", "reason": ""}
     state, nodes, reason = (line.split("|") + ["", ""])[:3]
     return {"state": state, "nodes": nodes, "reason": reason}
+
+
+def my_jobs(comment_prefix: str) -> list[dict[str, str]]:
+    """This user's jobs whose comment starts with ``comment_prefix``: {id, name, state, comment}."""
+    import getpass
+
+    r = _run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%T|%k"])
+    if r.returncode != 0:
+        raise _unavailable(r, "for the job list")
+    out = []
+    for line in r.stdout.splitlines():
+        parts = (line.split("|") + ["", "", ""])[:4]
+        if parts[3].startswith(comment_prefix):
+            out.append({"id": parts[0], "name": parts[1], "state": parts[2], "comment": parts[3]})
+    return out
 
 
 def head_address(nodelist: str) -> str:
@@ -76,7 +114,9 @@ def cancel(job_id: str, wait: float = 30) -> bool:
 
     if job(job_id)["state"] == "GONE":
         return False
-    _run(["scancel", job_id])
+    r = _run(["scancel", job_id])
+    if r.returncode != 0:
+        raise _unavailable(r, f"to scancel {job_id}")
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and job(job_id)["state"] != "GONE":
         time.sleep(1)

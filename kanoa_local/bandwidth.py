@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..check import BandwidthResult
-from ..errors import DockerUnavailable, EngineError, GpuRuntimeMissing, ImageUnavailable
-from ..hardware import HardwareProfile
-from ..images import DEFAULT_GPU_IMAGE, image_for_driver
+from .check import BandwidthResult
+from .errors import DockerUnavailable, EngineError, GpuRuntimeMissing, ImageUnavailable
+from .hardware import HardwareProfile
+from .images import DEFAULT_GPU_IMAGE, image_for_driver
 
 #: A measured/expected ratio below this marks a link that delivers much less than it claims.
 #: Pinned H2D over a healthy x16 link reaches ~80-90 % of the spec figure.
@@ -73,9 +73,9 @@ def measure(profile: HardwareProfile, image: str | None = None, live: bool = Tru
 
 def _run_in_image(image: str, gpu_uuid: str, timeout: float) -> dict:
     """Run h2d_bench.py in ``image`` on one GPU; the container is always removed."""
-    from . import docker as dk
+    from .backends import docker_api as dk
 
-    script = (Path(__file__).with_name("h2d_bench.py")).read_text()
+    script = (Path(__file__).parent / "engine" / "h2d_bench.py").read_text()
     c = dk.client()
     container = None
     try:

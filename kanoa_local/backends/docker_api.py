@@ -132,11 +132,12 @@ def translate_errors(image: str | None = None) -> Iterator[None]:
                                       "(`docker load -i FILE`)") from exc
     except docker.errors.APIError as exc:
         text = str(exc)
-        from .diagnose import diagnose
+        from ..engine.diagnose import diagnose
 
         d = diagnose(text)
         if d.kind in ("driver-too-old", "port-in-use", "shm-too-small"):
-            raise EngineError(f"Docker could not start the container: {d.cause}", remedy=d.remedy) from exc
+            raise EngineError(f"Docker could not start the container: {d.cause}", remedy=d.remedy,
+                              details={"kind": d.kind}) from exc
         if NO_GPU_DRIVER_MARK in text:
             raise GpuRuntimeMissing(
                 "Docker cannot give containers a GPU: no NVIDIA runtime is registered with "
@@ -184,17 +185,25 @@ def daemon_facts(timeout: float = 3, host: str | None = None) -> DockerFacts:
 
 
 # ----------------------------------------------------------------------------- serving containers
+# Each function takes a docker-py client: a command opens one client per host and closes it
+# (kanoa_local.runtimes.docker.Clients), instead of a new connection — on ssh://, a new SSH
+# session — per call.
+
+OWNER_LABEL = "io.kanoa-local.owner"
+DEPLOYMENT_LABEL = "io.kanoa-local.deployment"
 
 
-def pull(image: str, on_progress: Any = None, host: str | None = None) -> None:
-    """Pull ``image`` with progress (bytes done, bytes total) summed over its layers."""
+def pull(c: Any, image: str, on_progress: Any = None, where: str = "this Docker host") -> None:
+    """Pull ``image`` (name:tag or name@sha256:digest, parsed by docker-py) with progress
+    (bytes done, bytes total) summed over its layers."""
     import docker
+    from docker.utils import parse_repository_tag
 
-    c = client(host=host)
-    repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+    repo, ref = parse_repository_tag(image)
     done: dict[str, tuple[int, int]] = {}
     try:
-        for ev in c.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+        # a digest goes in the tag parameter too: the Engine API reads "sha256:..." there as one
+        for ev in c.api.pull(repo, tag=ref or "latest", stream=True, decode=True):
             if "error" in ev:
                 raise docker.errors.APIError(ev["error"])
             detail = ev.get("progressDetail") or {}
@@ -205,18 +214,17 @@ def pull(image: str, on_progress: Any = None, host: str | None = None) -> None:
     except docker.errors.DockerException as exc:
         why = getattr(exc, "explanation", None) or str(exc)
         raise ImageUnavailable(
-            f"the image {image} is not on {'the Docker host ' + host if is_remote(host) else 'this Docker host'} "
-            f"and could not be pulled ({why.strip()[:160]})",
+            f"the image {image} is not on {where} and could not be pulled ({why.strip()[:160]})",
             remedy="pull it where a registry is reachable and `docker save`/`docker load` it here, "
                    "or pass --image with one that is here") from exc
 
 
-def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: list[str] | None,
-               extra_labels: dict[str, str], on_pull: Any = None, host: str | None = None,
-               node: Any = None) -> str:
+def run_server(c: Any, spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: list[str] | None,
+               extra_labels: dict[str, str], on_pull: Any = None, remote: bool = False, where: str = "",
+               node: Any = None, on_created: Any = None) -> str:
     """Create and start the vLLM container of ``spec``; its id. A missing image is pulled (with
-    progress). A container whose start failed (a GPU request on a daemon without the NVIDIA
-    runtime) is removed before the error.
+    progress). ``on_created(id)`` is told the id before the start, so a cleanup knows it even
+    when the start fails or is interrupted.
 
     ``node`` (a :class:`~kanoa_local.engine.spec.NodeLaunch`) makes it one node of a multi-node
     deployment: host networking (the ranks reach each other directly), a hostname that resolves
@@ -224,18 +232,18 @@ def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: 
     entrypoint of a worker (only it knows --headless)."""
     import docker
 
-    c = client(host=host)
     image = spec.image
     try:
         c.images.get(image)
     except docker.errors.ImageNotFound:
-        pull(image, on_pull, host=host)
+        pull(c, image, on_pull, where=where or "this Docker host")
     except docker.errors.DockerException as exc:
         reason, remedy = _classify_unreachable(exc)
-        raise DockerUnavailable(f"lost the Docker daemon ({reason})", remedy=remedy) from exc
+        raise DockerUnavailable(f"lost the Docker daemon{' at ' + where if where else ''} ({reason})",
+                                remedy=remedy) from exc
     with translate_errors(image):
         for m in spec.mounts:
-            if not m.read_only and not is_remote(host):   # a remote daemon creates its own
+            if not m.read_only and not remote:   # a remote daemon creates its own
                 Path(m.source).mkdir(parents=True, exist_ok=True)
         env = {**spec.env, **secrets_env}
         for k in spec.secret_env:
@@ -258,7 +266,19 @@ def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: 
             kwargs["shm_size"] = spec.shm_size
         if spec.gpus is not None:
             kwargs["device_requests"] = gpu_requests(gpu_uuids)
-        ctr = c.containers.create(image, **kwargs)
+        try:
+            ctr = c.containers.create(image, **kwargs)
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise NameTaken(f"the container name kanoa-{name} is taken on {where or 'this Docker host'} "
+                                "by a container kanoa-local did not start for you",
+                                remedy=f"choose another --name, or remove that container (`docker rm kanoa-{name}`) "
+                                       "if it is yours") from exc
+            raise
+        if on_created is not None:
+            on_created(ctr.id)
+            ctr.start()
+            return ctr.id
         try:
             ctr.start()
         except BaseException:
@@ -267,36 +287,67 @@ def run_server(spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: 
         return ctr.id
 
 
-def container_state(cid: str, host: str | None = None) -> dict[str, Any]:
-    """{running, status, exit_code, oom_killed}; status 'gone' when the container is not there."""
+class NameTaken(EngineError):
+    pass
+
+
+def container_state(c: Any, cid: str) -> dict[str, Any]:
+    """{state: running|exited|gone, status, exit_code, oom_killed}; a daemon that does not
+    answer raises DockerUnavailable (unknown is not gone)."""
     import docker
 
     try:
-        ctr = client(host=host).containers.get(cid)
+        ctr = c.containers.get(cid)
     except docker.errors.NotFound:
-        return {"running": False, "status": "gone", "exit_code": None, "oom_killed": False}
-    except (docker.errors.DockerException, DockerUnavailable):
-        return {"running": False, "status": "unknown", "exit_code": None, "oom_killed": False}
+        return {"state": "gone", "status": "gone", "exit_code": None, "oom_killed": False}
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
+                                remedy="check that it is up") from exc
     st = ctr.attrs.get("State", {})
-    return {"running": bool(st.get("Running")), "status": st.get("Status"),
+    return {"state": "running" if st.get("Running") else "exited", "status": st.get("Status"),
             "exit_code": st.get("ExitCode"), "oom_killed": bool(st.get("OOMKilled"))}
 
 
-def container_logs(cid: str, host: str | None = None) -> str:
+def container_logs(c: Any, cid: str, tail: int | None = None) -> str:
     import docker
 
     try:
-        return client(host=host).containers.get(cid).logs().decode(errors="replace")
-    except (docker.errors.DockerException, DockerUnavailable):
+        return c.containers.get(cid).logs(tail=tail or "all").decode(errors="replace")
+    except docker.errors.NotFound:
         return ""
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
+                                remedy="check that it is up") from exc
+
+
+def follow_logs(c: Any, cid: str) -> Iterator[str]:
+    """New lines of a container's output from now on, until it stops (docker logs -f)."""
+    import time
+
+    import docker
+
+    try:
+        stream = c.containers.get(cid).logs(stream=True, follow=True, since=int(time.time()))
+    except docker.errors.NotFound:
+        return
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
+                                remedy="check that it is up") from exc
+    buf = ""
+    for chunk in stream:
+        buf += chunk.decode(errors="replace")
+        *lines, buf = buf.split("\n")
+        for ln in lines:
+            yield ln.rstrip("\r")
+    if buf:
+        yield buf
 
 
 class ContainerLogFollower:
-    """New log lines of a container on each call."""
+    """New log lines of a container on each call (a daemon blip reads as no new lines)."""
 
-    def __init__(self, cid: str, host: str | None = None) -> None:
-        self.cid, self.seen, self.buf = cid, 0, ""
-        self.c = client(host=host)
+    def __init__(self, c: Any, cid: str) -> None:
+        self.c, self.cid, self.seen, self.buf = c, cid, 0, ""
 
     def __call__(self) -> list[str]:
         import docker
@@ -311,37 +362,46 @@ class ContainerLogFollower:
         return [ln.rstrip("\r") for ln in lines]
 
 
-def stop_remove(cid: str | None, timeout: int = 20, host: str | None = None) -> bool:
+def stop_remove(c: Any, cid: str | None, timeout: int = 20) -> bool:
     """Stop (graceful, then kill) and remove a container; False when it was not there."""
     import docker
 
     if not cid:
         return False
     try:
-        ctr = client(host=host).containers.get(cid)
+        ctr = c.containers.get(cid)
     except docker.errors.NotFound:
         return False
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
+                                remedy="check that it is up") from exc
     with translate_errors():
         try:
             ctr.stop(timeout=timeout)
+        except docker.errors.NotFound:
+            return True
         except docker.errors.APIError:
             pass
-        ctr.remove(force=True)
+        try:
+            ctr.remove(force=True)
+        except docker.errors.NotFound:
+            pass
     return True
 
 
-def find_servers(deployment: str | None = None, host: str | None = None) -> list[dict[str, Any]]:
-    """kanoa-local's server containers (all states) on ``host`` (default: the local daemon),
-    found by label: id, status, labels."""
+def find_servers(c: Any, deployment: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+    """kanoa-local's server containers (all states), found by label — ``owner``'s only when
+    given: id, name, status, labels. A daemon that does not answer raises DockerUnavailable."""
     import docker
 
     filters = [f"{ROLE_LABEL}=server"]
     if deployment:
-        filters.append(f"io.kanoa-local.deployment={deployment}")
+        filters.append(f"{DEPLOYMENT_LABEL}={deployment}")
+    if owner:
+        filters.append(f"{OWNER_LABEL}={owner}")
     try:
-        ctrs = client(timeout=5, host=host).containers.list(all=True, filters={"label": filters})
-    except DockerUnavailable:
-        return []
-    except docker.errors.DockerException:
-        return []
-    return [{"id": c.id, "status": c.status, "labels": dict(c.labels)} for c in ctrs]
+        ctrs = c.containers.list(all=True, filters={"label": filters})
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
+                                remedy="check that it is up") from exc
+    return [{"id": x.id, "name": x.name, "status": x.status, "labels": dict(x.labels)} for x in ctrs]

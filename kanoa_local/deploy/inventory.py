@@ -1,0 +1,162 @@
+"""`ps`, `down` and `connect`: records reconciled with what runs (see :mod:`.reconcile`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from .. import state
+from ..errors import DeploymentNotFound, EngineError, UsageError
+from ..runtimes import Pool, Unreachable
+from ..state import Deployment, DockerPlace, ProcessPlace, RecordUnreadable, reach_address, url_host
+from .reconcile import discover, orphans, same_place
+
+
+class PsRow(BaseModel):
+    name: str
+    runtime: str
+    model: str
+    base_url: str
+    state: Literal["running", "dead", "unknown"]
+    reason: str = Field("", description="dead: what is gone; unknown: who did not answer")
+    orphan: bool = Field(False, description="runs without a record (`down NAME` removes it)")
+    pid: int | None = None
+    container_id: str | None = None
+    uptime_s: float | None = None
+    docker_host: str | None = Field(None, description="the remote Docker host, when not this machine")
+    nodes: int = Field(1, description="containers on as many Docker hosts (multi-node)")
+
+
+class PsReport(BaseModel):
+    deployments: list[PsRow]
+    unreadable: list[str] = Field(default_factory=list, description="records that could not be read")
+    problems: list[str] = Field(default_factory=list,
+                                description="damaged records and places that did not answer")
+
+
+class DownResult(BaseModel):
+    removed: list[str]
+
+
+def _ids(place: object) -> tuple[int | None, str | None, str | None, int]:
+    if isinstance(place, ProcessPlace):
+        return place.pid, None, None, 1
+    if isinstance(place, DockerPlace):
+        return None, place.head.container_id[:12], place.head.docker_host, len(place.nodes)
+    return None, None, None, 1
+
+
+def ps() -> PsReport:
+    deps, broken = state.list_all()
+    rows = []
+    now = time.time()
+    with Pool() as pool:
+        for d in deps:
+            lv = pool[d.runtime].liveness(d)
+            pid, cid, dh, n = _ids(d.place)
+            rows.append(PsRow(name=d.name, runtime=d.runtime, model=d.model_id, base_url=d.base_url,
+                              state="running" if lv.alive else lv.state, reason=lv.reason, pid=pid,  # type: ignore[arg-type]
+                              container_id=cid, docker_host=dh, nodes=n,
+                              uptime_s=round(now - d.created_at, 1) if lv.alive else None))
+        found, unreachable = discover(pool, deps)
+    for kind, f in orphans(deps, found):
+        pid, cid, dh, n = _ids(f.place)
+        port = f.port or 0
+        rows.append(PsRow(name=f.name, runtime=kind, model=f.model, orphan=True,
+                          base_url=f"http://{url_host(reach_address(f.listen, dh))}:{port}/v1" if port else "",
+                          state="running" if f.running else "dead", reason="no record: `kanoa-local down "
+                          f"{f.name}` removes it", pid=pid, container_id=cid, docker_host=dh, nodes=n))
+    problems = [f"{n}: {why}" for n, why in broken.items()] + [f"{u} did not answer" for u in unreachable]
+    return PsReport(deployments=rows, unreadable=sorted(broken), problems=problems)
+
+
+def _known_names(pool: Pool) -> list[str]:
+    deps, broken = state.list_all()
+    found, _ = discover(pool, deps)
+    return sorted({d.name for d in deps} | set(broken) | {f.name for _, f in found})
+
+
+def _down_one(name: str, pool: Pool) -> bool:
+    """Stop and remove everything of ``name`` (its record's place and whatever else runs under
+    the name), then forget it; False when there was nothing. A place that does not answer
+    raises :class:`Unreachable` after every other one was tried, and the record stays."""
+    rec: Deployment | None = None
+    broken = False
+    try:
+        rec = state.find(name)
+    except RecordUnreadable as exc:
+        if exc.details.get("schema_version"):
+            raise
+        broken = True
+    records = [rec] if rec is not None else []
+    found, _ = discover(pool, records, docker_hosts=rec.place.hosts if rec and isinstance(rec.place, DockerPlace) else None)
+    targets = [(rec.runtime, rec.place)] if rec is not None else []
+    targets += [(k, f.place) for k, f in found if f.name == name
+                and not (rec is not None and same_place(rec.place, f.place))]
+    if not targets and rec is None and not broken and not state.key_path(name).exists():
+        return False
+    failed: list[str] = []
+    for kind, place in targets:
+        try:
+            pool[kind].stop(name, place)
+        except Unreachable as exc:
+            failed.append(exc.message)
+    if failed:
+        raise Unreachable("; ".join(failed), remedy=f"the record of {name} is kept: run `kanoa-local down {name}` "
+                                                     "again once it answers")
+    state.remove(name)
+    return True
+
+
+def down(name: str | None = None, *, all_: bool = False) -> DownResult:
+    removed: list[str] = []
+    failed: list[str] = []
+    with Pool() as pool:
+        if all_:
+            names = _known_names(pool)
+        elif name is None:
+            names = _known_names(pool)
+            if len(names) != 1:
+                raise UsageError("which deployment? " + ("there are: " + ", ".join(names) if names else "nothing is running"),
+                                 remedy="give a name (`kanoa-local ps`) or --all")
+        else:
+            names = [state.check_name(name)]
+        for n in names:
+            try:
+                with state.lock(n, wait=15):
+                    if _down_one(n, pool):
+                        removed.append(n)
+                    elif not all_:
+                        others = [x for x in _known_names(pool) if x != n]
+                        raise DeploymentNotFound(f"no deployment named {n!r}" + (
+                            f"; there are: {', '.join(others)}" if others else ""),
+                            remedy="`kanoa-local ps` lists them")
+            except Unreachable as exc:
+                failed.append(exc.message)
+    if failed:
+        raise Unreachable("; ".join(failed) + (f" (removed: {', '.join(removed)})" if removed else ""),
+                          remedy="what did not answer is kept: run `kanoa-local down` again once it does")
+    return DownResult(removed=removed)
+
+
+def connect(name: str | None = None) -> Deployment:
+    """A running deployment: ``name``, or the only one running."""
+    with Pool() as pool:
+        if name is not None:
+            dep = state.load(state.check_name(name))
+            lv = pool[dep.runtime].liveness(dep)
+            if lv.unknown:
+                raise Unreachable(f"cannot tell whether {name!r} runs: {lv.reason}", remedy="try again once it answers")
+            if not lv.alive:
+                raise EngineError(f"deployment {name!r} is not running ({lv.reason})",
+                                  remedy=f"`kanoa-local up --name {name}` starts it again")
+            return dep
+        deps = [d for d in state.list_all()[0] if pool[d.runtime].liveness(d).alive]
+    if len(deps) == 1:
+        return deps[0]
+    if not deps:
+        raise DeploymentNotFound("no deployment is running", remedy="start one with `kanoa-local up`")
+    raise UsageError("several deployments are running: " + ", ".join(d.name for d in deps),
+                     remedy="name one, e.g. connect(\"" + deps[0].name + "\")")

