@@ -185,9 +185,7 @@ def daemon_facts(timeout: float = 3, host: str | None = None) -> DockerFacts:
 
 
 # ----------------------------------------------------------------------------- serving containers
-# Each function takes a docker-py client: a command opens one client per host and closes it
-# (kanoa_local.runtimes.docker.Clients), instead of a new connection — on ssh://, a new SSH
-# session — per call.
+# Each function takes a client: one per host per command (kanoa_local.runtimes.docker.Clients).
 
 OWNER_LABEL = "io.kanoa-local.owner"
 DEPLOYMENT_LABEL = "io.kanoa-local.deployment"
@@ -291,6 +289,10 @@ class NameTaken(EngineError):
     pass
 
 
+def _silent(exc: BaseException) -> DockerUnavailable:
+    return DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})", remedy="check that it is up")
+
+
 def container_state(c: Any, cid: str) -> dict[str, Any]:
     """{state: running|exited|gone, status, exit_code, oom_killed}; a daemon that does not
     answer raises DockerUnavailable (unknown is not gone)."""
@@ -301,8 +303,7 @@ def container_state(c: Any, cid: str) -> dict[str, Any]:
     except docker.errors.NotFound:
         return {"state": "gone", "status": "gone", "exit_code": None, "oom_killed": False}
     except docker.errors.DockerException as exc:
-        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
-                                remedy="check that it is up") from exc
+        raise _silent(exc) from exc
     st = ctr.attrs.get("State", {})
     return {"state": "running" if st.get("Running") else "exited", "status": st.get("Status"),
             "exit_code": st.get("ExitCode"), "oom_killed": bool(st.get("OOMKilled"))}
@@ -316,14 +317,12 @@ def container_logs(c: Any, cid: str, tail: int | None = None) -> str:
     except docker.errors.NotFound:
         return ""
     except docker.errors.DockerException as exc:
-        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
-                                remedy="check that it is up") from exc
+        raise _silent(exc) from exc
 
 
 def follow_logs(c: Any, cid: str) -> Iterator[str]:
     """New lines of a container's output from now on, until it stops (docker logs -f)."""
     import time
-
     import docker
 
     try:
@@ -331,16 +330,12 @@ def follow_logs(c: Any, cid: str) -> Iterator[str]:
     except docker.errors.NotFound:
         return
     except docker.errors.DockerException as exc:
-        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
-                                remedy="check that it is up") from exc
+        raise _silent(exc) from exc
     buf = ""
     for chunk in stream:
-        buf += chunk.decode(errors="replace")
-        *lines, buf = buf.split("\n")
-        for ln in lines:
-            yield ln.rstrip("\r")
-    if buf:
-        yield buf
+        *lines, buf = (buf + chunk.decode(errors="replace")).split("\n")
+        yield from (ln.rstrip("\r") for ln in lines)
+    yield from ([buf] if buf else [])
 
 
 class ContainerLogFollower:
@@ -373,8 +368,7 @@ def stop_remove(c: Any, cid: str | None, timeout: int = 20) -> bool:
     except docker.errors.NotFound:
         return False
     except docker.errors.DockerException as exc:
-        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
-                                remedy="check that it is up") from exc
+        raise _silent(exc) from exc
     with translate_errors():
         try:
             ctr.stop(timeout=timeout)
@@ -402,6 +396,5 @@ def find_servers(c: Any, deployment: str | None = None, owner: str | None = None
     try:
         ctrs = c.containers.list(all=True, filters={"label": filters})
     except docker.errors.DockerException as exc:
-        raise DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})",
-                                remedy="check that it is up") from exc
+        raise _silent(exc) from exc
     return [{"id": x.id, "name": x.name, "status": x.status, "labels": dict(x.labels)} for x in ctrs]

@@ -54,7 +54,26 @@ def test_lifecycle_on_the_docker_runtime(docker_client, cpu_image, tiny_model, n
     st = StatusReport.model_validate_json(run_cli("status", name, "--json").stdout)
     assert st.healthy and st.metrics.generation_tokens >= 1
     assert "Application startup complete" in run_cli("logs", name).stdout
+    # `logs -f` follows the container's own output until it stops
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    follow = subprocess.Popen([sys.executable, "-m", "kanoa_local", "logs", "-f", name], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    for _ in range(3):
+        http("POST", f"{res.base_url}/completions", api_key=key,
+             body={"model": res.deployment.served_model_name, "prompt": "more", "max_tokens": 2})
+    time.sleep(2)
     assert run_cli("down", name).returncode == 0
+    out, err = follow.communicate(timeout=60)
+    assert follow.returncode == 0, err
+    # what was there, then the three requests made while following (uvicorn's access lines)
+    assert out.count("Application startup complete") == 1
+    assert out.count('"POST /v1/completions') >= 4, out[-1500:]
     assert _servers(docker_client, name) == []
     assert PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments == []
 
@@ -76,3 +95,35 @@ def test_missing_image_says_how_to_get_one(docker_client, tiny_model, names):
     # a real pull attempt: no registry is reachable from these machines
     assert r.returncode == 6 and "could not be pulled" in r.stderr and "docker load" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_orphan_container_is_listed_removed_and_never_blocks_up(docker_client, cpu_image, tiny_model, names):
+    """A container whose record is lost (a crash, SIGKILL of `up`): `ps` lists it, `up` of its
+    name removes it and starts anew (no raw name-conflict), `down NAME` removes an orphan."""
+    from kanoa_local import state
+
+    name = names("orph")
+    first = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--name", name,
+                    "--port", str(free_port()), "--json", timeout=400)
+    assert first.returncode == 0, first.stderr[-1500:]
+    old = UpResult.model_validate_json(first.stdout).deployment.place.head.container_id
+    state.record_path(name).unlink()
+    rows = {d.name: d for d in PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments}
+    assert rows[name].orphan and rows[name].state == "running" and rows[name].container_id == old[:12]
+    again = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--name", name,
+                    "--port", str(free_port()), "--json", timeout=400)
+    assert again.returncode == 0, again.stderr[-1500:]
+    res = UpResult.model_validate_json(again.stdout)
+    assert any("no record" in n for n in res.notes) and res.deployment.place.head.container_id != old
+    assert [c.id for c in _servers(docker_client, name)] == [res.deployment.place.head.container_id]
+    state.record_path(name).unlink()
+    assert run_cli("down", name).returncode == 0
+    assert _servers(docker_client, name) == []
+
+
+def test_an_image_by_digest_is_pulled_by_its_digest(docker_client, tiny_model, names):
+    """`repo@sha256:...` goes to the daemon whole (docker-py's parser), not split at the last ':'."""
+    ref = "kanoa-local/no-such-image@sha256:" + "0" * 64
+    r = run_cli("up", "--model-path", str(tiny_model), "--image", ref, "--name", names("dig"))
+    assert r.returncode == 6 and "could not be pulled" in r.stderr, r.stderr
+    assert "invalid reference format" not in r.stderr and "Traceback" not in r.stderr

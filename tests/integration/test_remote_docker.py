@@ -28,9 +28,9 @@ def test_up_status_ps_down_on_a_remote_docker_host(remote_docker, docker_client,
     import docker
 
     far = docker.DockerClient(base_url=remote_docker, timeout=10)
-    assert far.containers.get(dep.container_id).status == "running"
+    assert far.containers.get(dep.place.head.container_id).status == "running"
     with pytest.raises(docker.errors.NotFound):
-        docker_client.containers.get(dep.container_id)
+        docker_client.containers.get(dep.place.head.container_id)
     # the handed client reaches it from here
     from kanoa_local import connect
 
@@ -42,17 +42,34 @@ def test_up_status_ps_down_on_a_remote_docker_host(remote_docker, docker_client,
     logs = run_cli("logs", "far", "-n", "200")
     assert logs.returncode == 0 and logs.stdout.strip()
     # ps spans both daemons: a labelled container on the local one shows beside the remote one
+    from kanoa_local.state import owner_id
+
     ghost = docker_client.containers.run(cpu_image, entrypoint=["sleep", "300"], detach=True,
                                          labels={"io.kanoa-local.role": "server",
                                                  "io.kanoa-local.deployment": "ghost",
+                                                 "io.kanoa-local.owner": owner_id(),
                                                  "io.kanoa-local.test-session": "x"})
+    # another user's server on the same daemon: never listed, never touched
+    theirs = docker_client.containers.run(cpu_image, entrypoint=["sleep", "300"], detach=True,
+                                          labels={"io.kanoa-local.role": "server",
+                                                  "io.kanoa-local.deployment": "theirs",
+                                                  "io.kanoa-local.owner": "someone-else",
+                                                  "io.kanoa-local.test-session": "x"})
     try:
         ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
         rows = {d.name: d for d in ps.deployments}
         assert rows["far"].docker_host == remote_docker and rows["far"].state == "running"
-        assert rows["ghost"].docker_host is None
+        assert rows["ghost"].docker_host is None and rows["ghost"].orphan and "theirs" not in rows
+        assert run_cli("down", "ghost").returncode == 0
+        assert [c.id for c in docker_client.containers.list(all=True, filters={"label": "io.kanoa-local.deployment=ghost"})] == []
+        theirs.reload()
+        assert theirs.status == "running"
     finally:
-        ghost.remove(force=True)
+        for c in (ghost, theirs):
+            try:
+                c.remove(force=True)
+            except Exception:  # noqa: BLE001 - already removed by `down`
+                pass
     # a busy port on the remote host: one line, nothing left behind there
     busy = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--docker-host", remote_docker,
                    "--name", "far2", "--port", str(port), timeout=300)
@@ -113,8 +130,8 @@ def test_one_model_across_this_machine_and_the_remote_host(remote_docker, docker
     up = UpResult.model_validate_json(r.stdout)
     dep = up.deployment
     assert up.base_url == f"http://127.0.0.1:{port}/v1" and dep.docker_host is None
-    assert [(w.rank, w.docker_host) for w in dep.workers] == [(1, remote_docker)]
-    head, worker = docker_client.containers.get(dep.container_id), far.containers.get(dep.workers[0].container_id)
+    assert [(w.rank, w.docker_host) for w in dep.place.nodes[1:]] == [(1, remote_docker)]
+    head, worker = docker_client.containers.get(dep.place.head.container_id), far.containers.get(dep.place.nodes[1].container_id)
     assert head.attrs["HostConfig"]["NetworkMode"] == worker.attrs["HostConfig"]["NetworkMode"] == "host"
     assert worker.attrs["Config"]["Entrypoint"] == ["vllm", "serve"] and "--headless" in worker.attrs["Args"]
     assert "--pipeline-parallel-size" in head.attrs["Args"] and head.attrs["Args"][-1] != "--headless"

@@ -114,7 +114,7 @@ def test_up_on_slurm_serves_from_a_node_and_down_cancels(slurm_cluster, cpu_venv
     assert r.returncode == 0, r.stderr[-2000:]
     up = UpResult.model_validate_json(r.stdout)
     dep = up.deployment
-    assert dep.runtime == "slurm" and dep.job_id
+    assert dep.runtime == "slurm" and dep.place.job_id
     node_addr = dict(kv.split("=") for kv in slurm_cluster["KANOA_SLURM_NODES"].split(","))
     assert dep.host in node_addr.values()                 # served from a compute node, reached from here
     from kanoa_local import connect
@@ -129,4 +129,52 @@ def test_up_on_slurm_serves_from_a_node_and_down_cancels(slurm_cluster, cpu_venv
     assert down.returncode == 0 and json.loads(down.stdout)["removed"] == ["onslurm"]
     from kanoa_local.backends import slurm_cli as sl
 
-    assert sl.job(dep.job_id)["state"] == "GONE"
+    assert sl.job(dep.place.job_id)["state"] == "GONE"
+
+
+def test_a_stopped_controller_is_unknown_and_nothing_is_forgotten(slurm_cluster, tmp_path):
+    """slurmctld stopped while a job runs: `ps`/`status` say unknown, `down` refuses and keeps
+    the record (the job keeps running); once the controller is back, `down` cancels it."""
+    import os
+    import signal
+    import subprocess
+
+    from kanoa_local import state
+    from kanoa_local.backends import slurm_cli as sl
+    from kanoa_local.catalog import load_catalog
+    from kanoa_local.engine.spec import launch_spec
+    from kanoa_local.plan import PlanRequest, plan
+    from kanoa_local.probe import load_preset
+    from tests.conftest import SCRIPTS
+
+    script = tmp_path / "sleep.sbatch"
+    script.write_text("#!/bin/bash\nsleep 600\n")
+    job = sl.submit(script, log_file=tmp_path / "sleep.log", env={}, job_name="kanoa-held")
+    c = plan(load_preset("l4"), load_catalog(user=False), PlanRequest(model="llama-3.1-8b")).chosen
+    spec = launch_spec(c, deployment="held", runtime="process")
+    _, key_file = state.new_api_key("held")
+    state.save(state.Deployment(name="held", place=state.SlurmPlace(job_id=job, log_file=str(tmp_path / "sleep.log")),
+                                model_id=c.model_id, served_model_name=c.model_id, host="gpu1", port=8000,
+                                device="gpu", plan_hash="x", api_key_file=str(key_file), spec=spec))
+    pidfile = Path(slurm_cluster["SLURM_CONF"]).parent.parent / "slurmctld.pid"
+    os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+    try:
+        time.sleep(2)
+        ps = PsReport.model_validate_json(run_cli("ps", "--json", timeout=200).stdout)
+        assert [(d.name, d.state) for d in ps.deployments] == [("held", "unknown")]
+        d = run_cli("down", "held", timeout=200)
+        assert d.returncode == 6 and "kept" in d.stderr and "Traceback" not in d.stderr
+        assert state.record_path("held").exists()
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "slurm-cluster.sh"), "start"], capture_output=True, timeout=300)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if sl.job(job)["state"] in sl.ACTIVE:
+                break
+        except sl.SchedulerUnavailable:
+            pass
+        time.sleep(1)
+    assert sl.job(job)["state"] in sl.ACTIVE                 # it kept running meanwhile
+    assert run_cli("down", "held", timeout=200).returncode == 0
+    assert sl.job(job)["state"] == "GONE" and not state.record_path("held").exists()
