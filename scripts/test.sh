@@ -26,6 +26,9 @@ if [[ " $* " != *" not docker and not engine"* ]]; then
   eval "$(bash scripts/cpu-runtime.sh all | grep -E '^KANOA_(CPU|GEMMA)_' | sed 's/^/export /')"
 fi
 
+log "lint (ruff)"
+.venv/bin/python -m ruff check kanoa_local tests benchmarks scripts
+
 log "pytest"
 set +e
 .venv/bin/python -m pytest "$@"

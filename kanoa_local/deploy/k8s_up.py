@@ -103,15 +103,6 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
         return UpResult(deployment=dep, base_url=dep.base_url, api_key_file=dep.api_key_file, notes=notes)
 
 
-    def manifests_hash(objs: list[dict[str, Any]]) -> str:
-        import hashlib
-        import json
-
-        scrubbed = [o for o in objs if o.get("kind") != "Secret"]
-        return hashlib.sha256(json.dumps(scrubbed, sort_keys=True).encode()).hexdigest()[:16]
-
-
-
 
 def manifests_hash(objs: list[dict[str, Any]]) -> str:
     import hashlib

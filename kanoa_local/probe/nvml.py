@@ -185,7 +185,7 @@ def _read_device(nvml: Any, handle: Any, index: int, call: Callable[..., Any]) -
                 raise
             continue
         snotes: list[Note] = []
-        s = lambda field, fn: call(field, fn, mh, notes=snotes)  # noqa: E731
+        s = lambda field, fn: call(field, fn, mh, notes=snotes)  # noqa: E731, B023 - used in this iteration
         smem = s("memory", nvml.nvmlDeviceGetMemoryInfo)
         suuid = s("uuid", nvml.nvmlDeviceGetUUID)
         sname = s("name", nvml.nvmlDeviceGetName)

@@ -130,7 +130,7 @@ class Runtime(ABC):
         """This user's deployments where this runtime looks (``hosts``: Docker hosts, ...), and
         the places that did not answer."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: only runtimes with clients override it
         """Release clients (one per host per command)."""
 
 
