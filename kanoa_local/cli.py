@@ -321,7 +321,8 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
             runtime = choose_runtime("auto", c, None, docker_facts=lambda: daemon_facts(timeout=2))
         except DockerUnavailable:
             runtime = "docker"
-        spec = launch_spec(c, port=port, model_dir=model_dir, runtime=runtime, **engine_caches())
+        spec = launch_spec(c, port=port, model_dir=model_dir, runtime="docker" if runtime == "docker" else "process",
+                           **engine_caches())
     command = None
     if spec is not None:
         from .runtimes.process import default_python

@@ -26,8 +26,9 @@ if [[ " $* " != *" not docker and not engine"* ]]; then
   eval "$(bash scripts/cpu-runtime.sh all | grep -E '^KANOA_(CPU|GEMMA)_' | sed 's/^/export /')"
 fi
 
-log "lint (ruff)"
+log "lint (ruff) and types (mypy, pydantic plugin)"
 .venv/bin/python -m ruff check kanoa_local tests benchmarks scripts
+.venv/bin/python -m mypy kanoa_local
 
 log "pytest"
 set +e

@@ -15,7 +15,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -190,15 +189,6 @@ def tiny_model(cpu_venv) -> Path:
 # ----------------------------------------------------------------------------- engine
 
 
-class Endpoint:
-    def __init__(self, base_url: str, api_key: str, model: str, container=None) -> None:
-        self.base_url, self.api_key, self.model, self.container = base_url, api_key, model, container
-
-    @property
-    def root(self) -> str:
-        return self.base_url.rsplit("/v1", 1)[0]
-
-
 def http(method: str, url: str, body: dict | None = None, api_key: str | None = None,
          timeout: float = 30) -> tuple[int, str]:
     """One real HTTP request with the standard library: (status, text); status 0 = no answer."""
@@ -221,53 +211,24 @@ def http(method: str, url: str, body: dict | None = None, api_key: str | None = 
         return 0, repr(exc)
 
 
-def wait_for_first_token(ep: Endpoint, timeout: float = 300, alive=lambda: True) -> None:
-    """Ready means one real token came back (health can be 200 before the engine can serve)."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"engine exited while starting: {last}")
-        status, text = http("POST", f"{ep.base_url}/completions", api_key=ep.api_key,
-                            body={"model": ep.model, "prompt": "hello", "max_tokens": 1})
-        if status == 200:
-            return
-        last = f"HTTP {status}: {text[:200]}"
-        time.sleep(1)
-    raise TimeoutError(f"no token within {timeout} s: {last}")
-
-
-@pytest.fixture(scope="session")
-def vllm_container(docker_client, cpu_image, tiny_model) -> Endpoint:
-    """The tiny model served by the real vLLM CPU engine in a container (shared by the session)."""
-    port = free_port()
-    key = "sk-test-" + uuid.uuid4().hex
-    ctr = docker_client.containers.run(
-        cpu_image, detach=True, name=f"kanoa-test-{SESSION_ID}",
-        command=["--model", "/model", "--served-model-name", "tiny", "--host", "0.0.0.0",
-                 "--port", "8000", "--dtype", "float32", "--max-model-len", "2048",
-                 "--enforce-eager", "--api-key", key],
-        environment={"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
-        volumes={str(tiny_model): {"bind": "/model", "mode": "ro"}},
-        ports={"8000/tcp": ("127.0.0.1", port)}, shm_size="1g",
-        labels={TEST_LABEL: SESSION_ID})
-    ep = Endpoint(f"http://127.0.0.1:{port}/v1", key, "tiny", ctr)
-
-    def alive() -> bool:
-        ctr.reload()
-        return ctr.status in ("created", "running")
-
-    try:
-        wait_for_first_token(ep, alive=alive)
-    except Exception:
-        logs = ctr.logs(tail=40).decode(errors="replace")
-        ctr.remove(force=True)
-        pytest.fail(f"vLLM container did not become ready:\n{logs}", pytrace=False)
-    yield ep
-    ctr.remove(force=True)
-
-
 # ----------------------------------------------------------------------------- CLI
+
+
+def in_private_mount(folder: Path, setup: str, argv: list[str], env: dict[str, str] | None = None,
+                     after: str = "true") -> subprocess.CompletedProcess:
+    """Run ``argv`` with ``folder`` on a small tmpfs of its own, in a private mount namespace
+    (root, unshare), after the shell ``setup`` ({d} is the folder) made it read-only or full:
+    a real EROFS/ENOSPC even for root, who writes through permission bits. ``after`` (shell)
+    runs in the same namespace and its output follows."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        _unavailable("needs root and unshare")
+    folder.mkdir(parents=True, exist_ok=True)
+    script = (f"mount -t tmpfs -o size=256k tmpfs {shlex.quote(str(folder))} && "
+              f"{setup.format(d=shlex.quote(str(folder)))} && {shlex.join(argv)}; {after.format(d=shlex.quote(str(folder)))}")
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kanoa_local.check import CheckReport
-from tests.conftest import run_cli
+from tests.conftest import in_private_mount, run_cli
 
 
 def assert_one_line_error(r, code: int, *words: str) -> None:
@@ -101,18 +101,17 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_save_to_unwritable_place_is_one_line_and_leaves_nothing(tmp_path):
+    """A real read-only file system (root writes through permission bits, so chmod proves nothing)."""
+    import sys
+
     target = tmp_path / "ro"
-    target.mkdir()
-    target.chmod(0o500)
-    try:
-        r = run_cli("check", "--gpu", "h100-lent", "--save", str(target / "x" / "p.json"))
-        if r.returncode == 3:  # root may write anyway; then the file must be whole
-            assert_one_line_error(r, 3, "cannot write")
-        else:
-            json.loads((target / "x" / "p.json").read_text())
-    finally:
-        target.chmod(0o700)
-    assert not [p for p in tmp_path.rglob(".p.json.*")]
+    r = in_private_mount(target, "mount -o remount,ro {d}",
+                         [sys.executable, "-m", "kanoa_local", "check", "--gpu", "h100-lent", "--save",
+                          str(target / "x" / "p.json")], after="ls -A {d} | wc -l")
+    assert r.returncode == 0                       # the `after` step's status
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("Error: ") and "cannot write" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "0"          # nothing half-written left there
 
 
 def test_bandwidth_on_a_recorded_profile_says_why_not():

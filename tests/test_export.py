@@ -167,7 +167,7 @@ def test_export_cli(tmp_path):
     assert stat.S_IMODE(written.stat().st_mode) == 0o600          # it holds the API key
     r = run_cli("export", "slurm", "llama-3.1-405b", "--quant", "bf16", "--nodes", "2",
                 "--gpus-per-node", "8", "--gpu", "h100")
-    assert r.returncode == 0, r.stderr and "#SBATCH --nodes=2" in r.stdout
+    assert r.returncode == 0 and "#SBATCH --nodes=2" in r.stdout, r.stderr
     # one-line errors: nothing fits, a packaged model, a bad cluster file, compose across nodes
     r = run_cli("export", "docker", "llama-3.1-405b", "--quant", "bf16", "--gpu", "t4")
     assert r.returncode == 5 and "Traceback" not in r.stderr

@@ -17,6 +17,7 @@ from kanoa_local.engine.spec import launch_spec
 from kanoa_local.errors import DeploymentNotFound, UsageError
 from kanoa_local.plan import PlanRequest, plan
 from kanoa_local.probe import load_preset
+from tests.conftest import in_private_mount
 
 
 def _dep(name="a"):
@@ -115,31 +116,20 @@ CHECK = ("from kanoa_local import state\n"
          "try:\n    state.check_writable()\n    print('OK')\nexcept state.StateDirError as e:\n    print('ERR', e.message)\n")
 
 
-def _in_own_mount(tmp_path, setup: str) -> str:
-    """Run the writable check with the state dir on a real tmpfs of its own (a private mount
-    namespace, root), after ``setup`` (shell) made it read-only or full."""
-    import shutil
-
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare (CI has both)")
+def _check_on(tmp_path, setup: str) -> str:
     home = tmp_path / "h"
-    d = home / "state"
-    d.mkdir(parents=True)
-    script = (f"mount -t tmpfs -o size=256k tmpfs {d} && {setup.format(d=d)} && "
-              f"{sys.executable} -c \"$CHECK\"; ls -A {d}/deployments 2>/dev/null | wc -l")
-    env = {**os.environ, "KANOA_LOCAL_HOME": str(home), "CHECK": CHECK}
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                       capture_output=True, text=True, env=env)
+    r = in_private_mount(home / "state", setup, [sys.executable, "-c", CHECK], env={"KANOA_LOCAL_HOME": str(home)},
+                         after="ls -A {d}/deployments 2>/dev/null | wc -l")
     return r.stdout + r.stderr
 
 
 def test_read_only_state_dir_is_said_before_anything_starts(tmp_path):
-    out = _in_own_mount(tmp_path, "mount -o remount,ro {d}")
+    out = _check_on(tmp_path, "mount -o remount,ro {d}")
     assert "ERR kanoa-local cannot write its state in" in out and "not writable" in out, out
 
 
 def test_full_disk_is_said_and_leaves_no_half_written_file(tmp_path):
-    out = _in_own_mount(tmp_path, "mkdir {d}/deployments && (dd if=/dev/zero of={d}/fill bs=4k 2>/dev/null; true)")
+    out = _check_on(tmp_path, "mkdir {d}/deployments && (dd if=/dev/zero of={d}/fill bs=4k 2>/dev/null; true)")
     assert "ERR kanoa-local cannot write its state in" in out and "the disk is full" in out, out
     assert out.strip().splitlines()[-1] == "0", out         # no temp file, no 0-byte record
 

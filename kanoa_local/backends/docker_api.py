@@ -383,6 +383,19 @@ def stop_remove(c: Any, cid: str | None, timeout: int = 20) -> bool:
     return True
 
 
+def rename(c: Any, cid: str, name: str) -> str:
+    """Give container ``cid`` the name ``name``; its name before."""
+    import docker
+
+    try:
+        ctr = c.containers.get(cid)
+        was = ctr.name
+        ctr.rename(name)
+        return was
+    except docker.errors.DockerException as exc:
+        raise _silent(exc) from exc
+
+
 def find_servers(c: Any, deployment: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
     """kanoa-local's server containers (all states), found by label — ``owner``'s only when
     given: id, name, status, labels. A daemon that does not answer raises DockerUnavailable."""

@@ -274,7 +274,8 @@ def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context:
             gone.append(f"{kind}/{item.metadata.name}")
     g, v, p = LWS
     try:
-        for item in custom.list_namespaced_custom_object(g, v, namespace, p, label_selector=sel).get("items", []):
+        found: Any = custom.list_namespaced_custom_object(g, v, namespace, p, label_selector=sel)
+        for item in found.get("items", []):
             custom.delete_namespaced_custom_object(g, v, namespace, p, item["metadata"]["name"])
             gone.append(f"LeaderWorkerSet/{item['metadata']['name']}")
     except ApiException:

@@ -25,6 +25,7 @@ from ..settings import hub_offline
 from ..state import Deployment
 from .prepare import hf_token, plan_for_up
 from .reconcile import clear_for_up
+from .replace import Swap, swap_blocker
 from .retry import next_attempt
 from .targets import Target, choose_runtime, node_addresses, remote_profile, resolve_target, smallest_node
 
@@ -213,9 +214,8 @@ def _up_locked(candidate: Candidate, *, name: str, port: int, where: Target, pyt
                model_dir: str | None, image: str | None, caches: dict[str, str], timeout: float, stall: float,
                replace: bool, no_retry: bool, on_stage: Any, on_pull: Any, offline: bool, on_download: Any,
                fallbacks: list[Candidate], defaults: dict[str, Any]) -> UpResult:
-    from ..backends.docker_api import is_remote
-
     notes: list[str] = []
+    swap: Swap | None = None
     with Pool() as pool:
         existing, said = clear_for_up(name, pool, docker_hosts=where.docker_hosts)
         notes += said
@@ -231,9 +231,35 @@ def _up_locked(candidate: Candidate, *, name: str, port: int, where: Target, pyt
             if not replace:
                 raise UsageError(f"deployment {name!r} already runs a different plan",
                                  remedy=f"add --replace, or `kanoa-local down {name}`, or choose another --name")
-            pool[existing.runtime].stop(name, existing.place)
-            state.remove(name)
-            notes.append(f"replaced the running {name}")
+            blocker = swap_blocker(existing, candidate, where)
+            if blocker is None:
+                swap = Swap(existing, pool)
+                swap.set_aside()
+            else:
+                pool[existing.runtime].stop(name, existing.place)
+                state.remove(name)
+                notes.append(f"the running {name} was stopped before the new one started: {blocker}")
+        try:
+            result = _start_new(candidate, name=name, port=port, where=where, python=python, model_dir=model_dir,
+                                image=image, caches=caches, timeout=timeout, stall=stall, no_retry=no_retry,
+                                on_stage=on_stage, on_pull=on_pull, offline=offline, on_download=on_download,
+                                fallbacks=fallbacks, defaults=defaults, notes=notes)
+        except BaseException:
+            if swap is not None:
+                swap.restore()
+            raise
+        if swap is not None:
+            result.notes += swap.finish()
+        return result
+
+
+def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, python: str | None,
+               model_dir: str | None, image: str | None, caches: dict[str, str], timeout: float, stall: float,
+               no_retry: bool, on_stage: Any, on_pull: Any, offline: bool, on_download: Any,
+               fallbacks: list[Candidate], defaults: dict[str, Any], notes: list[str]) -> UpResult:
+    """Port, weights, attempts: the new deployment, once no other of its name is in the way."""
+    from ..backends.docker_api import is_remote
+
     # a remote host's ports cannot be probed from here: Docker says when one is taken
     probe_ports = not is_remote(where.docker_hosts[0]) and where.runtime != "slurm"
     chosen = pick_port(where.listen, port) if probe_ports else port

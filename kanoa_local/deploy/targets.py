@@ -22,7 +22,7 @@ class Target(BaseModel):
     """Where one `up` goes."""
 
     runtime: str = Field(description="auto | process | docker | slurm | k8s (auto is settled after planning)")
-    docker_hosts: list[str | None] = Field(default_factory=lambda: [None],
+    docker_hosts: list[str | None] = Field(default_factory=lambda: list[str | None]([None]),
                                            description="one per node, the head first; None: this machine's daemon")
     listen: str = "127.0.0.1"
     notes: list[str] = []
@@ -113,7 +113,7 @@ def check_docker_hosts(hosts: list[str | None]) -> None:
     """Each node on its own daemon, at most one of them this machine's."""
     seen: set[str] = set()
     for h in hosts:
-        key = h if is_remote(h) else "local"
+        key = str(h) if is_remote(h) else "local"
         if key in seen:
             raise UsageError(f"{'this machine' if key == 'local' else h} is given twice: one node per Docker host",
                              remedy="give each node's Docker host once (tcp://ADDR:2375 or ssh://user@host; "
@@ -140,12 +140,12 @@ def node_addresses(hosts: list[str | None]) -> list[str]:
     def resolve(h: str) -> str:
         name = host_address(h)
         try:
-            return socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)[0][4][0]
+            return str(socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)[0][4][0])
         except OSError as exc:
             raise UsageError(f"cannot resolve {name} (of {h}): {exc.strerror or exc}",
                              remedy="give the Docker host by an address or a name this machine resolves") from None
 
-    remote = {h: resolve(h) for h in hosts if is_remote(h)}   # type: ignore[misc]
+    remote = {h: resolve(h) for h in hosts if h and is_remote(h)}
     out = []
     for h in hosts:
         if h in remote:

@@ -80,13 +80,13 @@ def objects(c: Candidate, layout: Layout, opts: ExportOptions, api_key: str | No
     name = dns_label(f"kanoa-{opts.name}")[:50]      # room for the -secrets / -hf-cache suffixes
     labels = _labels(opts, c)
     multi = layout.pipeline_parallel > 1
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(f"{name}-secrets", opts, c),
+    secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(f"{name}-secrets", opts, c),
               "type": "Opaque", "stringData": {"api-key": api_key or "kl-" + secrets.token_urlsafe(24)}}
     pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteMany" if multi else "ReadWriteOnce"],
                                 "resources": {"requests": {"storage": opts.storage}}}
     if opts.storage_class:
         pvc_spec["storageClassName"] = opts.storage_class
-    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(f"{name}-hf-cache", opts, c),
+    pvc: dict[str, Any] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(f"{name}-hf-cache", opts, c),
            "spec": pvc_spec}
     sec, claim = secret["metadata"]["name"], pvc["metadata"]["name"]
     if not multi:

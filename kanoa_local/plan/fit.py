@@ -208,7 +208,7 @@ def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc
                   + (f" (it needs vLLM {window})" if window else "") + ("; " + why[-1] if why else ""))
 
 
-def _dtype_for(entry: ModelEntry, cc: int) -> tuple[str | None, str]:
+def _dtype_for(entry: ModelEntry, cc: int) -> tuple[str, str]:
     """The activation dtype vLLM uses: bf16 from Ampere (8.0), else fp16 - except models
     vLLM refuses in fp16 (Gemma: numerical instability), which then need float32."""
     if cc >= 80:

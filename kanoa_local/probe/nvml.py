@@ -311,7 +311,7 @@ class Replay:
         return cls(json.loads(Path(path).read_text()))
 
     def _raise(self, name: str) -> None:
-        raise self._pynvml.NVMLError(getattr(self._pynvml, name))
+        raise self.NVMLError(getattr(self._pynvml, name))
 
     def _answer(self, value: Any) -> Any:
         if isinstance(value, dict) and "nvml_error" in value:

@@ -177,16 +177,16 @@ def interruptible() -> Iterator[None]:
     def raise_it(signum: int, _frame: Any) -> None:
         raise Signalled(signum)
 
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        h = signal.getsignal(s)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        h = signal.getsignal(sig)
         if h is not signal.SIG_IGN:
-            old[s] = h
-            signal.signal(s, raise_it)
+            old[sig] = h
+            signal.signal(sig, raise_it)
     try:
         yield
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        for num, h in old.items():
+            signal.signal(num, h)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ MASTER_PORT_OFFSET = 21501
 
 
 def where(host: str | None) -> str:
-    return host if dk.is_remote(host) else "this machine's Docker daemon"
+    return str(host) if dk.is_remote(host) else "this machine's Docker daemon"
 
 
 class Clients:
@@ -129,14 +129,16 @@ class DockerRuntime(Runtime):
 
     def stop(self, name: str, place: Any) -> None:
         """Remove every node's container — the recorded ids and whatever else carries this
-        deployment's label and owner on those hosts — each host tried even when one fails."""
+        deployment's label and owner on those hosts (none with ``name`` empty: exactly the
+        place) — each host tried even when one fails."""
         assert isinstance(place, DockerPlace)
         failed = []
         for host in place.hosts:
             try:
                 c = self.clients.get(host)
                 ids = [n.container_id for n in place.nodes if n.docker_host == host and n.container_id]
-                ids += [x["id"] for x in dk.find_servers(c, name, owner=owner_id()) if x["id"] not in ids]
+                if name:
+                    ids += [x["id"] for x in dk.find_servers(c, name, owner=owner_id()) if x["id"] not in ids]
                 for cid in ids:
                     dk.stop_remove(c, cid)
             except DockerUnavailable as exc:

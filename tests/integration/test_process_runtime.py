@@ -14,6 +14,7 @@ import pytest
 
 from kanoa_local.deploy import PsReport, StatusReport, UpResult
 from kanoa_local.runtimes.process import ProcessRuntime, members
+from kanoa_local.state import load as load_record
 from tests.conftest import ROOT, free_port, http, make_tiny_model, run_cli
 
 pytestmark = pytest.mark.engine
@@ -279,3 +280,26 @@ def test_orphans_are_listed_removable_and_never_block_up(cpu_venv, tiny_model):
     assert not members(b.deployment.place.launch_id)
     r = run_cli("down", "orph")
     assert r.returncode == 8 and "no deployment named 'orph'" in r.stderr
+
+
+def test_replace_is_a_swap_and_a_failed_replacement_keeps_the_old(cpu_venv, tiny_model):
+    """`--replace`: the old one serves until the new one is ready, then goes. A replacement that
+    fails to start leaves the old one running with its record and key."""
+    from openai import OpenAI
+
+    a = UpResult.model_validate_json(up(cpu_venv, tiny_model, "--name", "sw", "--port", str(free_port())).stdout)
+    key_a = open(a.api_key_file).read().strip()
+    bad = make_tiny_model(cpu_venv, "--heads", "8", "--kv-heads", "8", "--head-dim", "16", "--name", "tiny-hd16")
+    r = up(cpu_venv, bad, "--name", "sw", "--port", str(free_port()), "--replace")
+    assert r.returncode == 7, r.stderr[-1500:]
+    assert running(a.deployment) and open(a.api_key_file).read().strip() == key_a
+    assert load_record("sw").place.launch_id == a.deployment.place.launch_id
+    OpenAI(base_url=a.base_url, api_key=key_a).completions.create(model=a.deployment.served_model_name,
+                                                                 prompt="x", max_tokens=1)
+    r = up(cpu_venv, tiny_model, "--name", "sw", "--port", str(free_port()), "--replace", "--max-model-len", "1024")
+    assert r.returncode == 0, r.stderr[-1500:]
+    b = UpResult.model_validate_json(r.stdout)
+    assert any("once the new one was ready" in n for n in b.notes), b.notes
+    assert not members(a.deployment.place.launch_id) and running(b.deployment)
+    assert "Application startup complete" in run_cli("logs", "sw").stdout
+    run_cli("down", "sw")
