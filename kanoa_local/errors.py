@@ -77,6 +77,10 @@ class ImageUnavailable(EngineError):
     pass
 
 
+class NameTaken(EngineError):
+    """A container name kanoa-local needs is held by something that is not this user's deployment."""
+
+
 class EngineStartError(KanoaError):
     exit_code = 7
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, computed_field
 
+from .dockerhosts import host_address, is_remote
 from .engine.spec import LaunchSpec
 from .errors import ConfigError, DeploymentNotFound, KanoaError, UsageError
 from .hardware import Model
@@ -173,10 +174,8 @@ def reach_address(listen: str, docker_host: str | None = None) -> str:
     """Where a server listening on ``listen`` is reached from here: a wildcard means this
     machine's loopback, or the remote Docker host's own address."""
     if listen in ("0.0.0.0", "::", ""):
-        if docker_host and docker_host.startswith(("tcp://", "ssh://")):
-            from urllib.parse import urlsplit
-
-            return urlsplit(docker_host).hostname or docker_host
+        if docker_host and is_remote(docker_host):
+            return host_address(docker_host)
         return "::1" if listen == "::" else "127.0.0.1"
     return listen
 

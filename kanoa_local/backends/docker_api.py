@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import DockerUnavailable, EngineError, GpuRuntimeMissing, ImageUnavailable
+from ..errors import DockerUnavailable, EngineError, GpuRuntimeMissing, ImageUnavailable, NameTaken
+from ..dockerhosts import host_address, is_remote  # noqa: F401 - part of this boundary's surface
 from ..hardware import DockerFacts
 
 #: What the daemon answers when a GPU is requested and no NVIDIA runtime is registered.
@@ -58,19 +59,6 @@ def gpu_requests(uuids: list[str] | None) -> list:
     if uuids is None:
         return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
     return [docker.types.DeviceRequest(device_ids=list(uuids), capabilities=[["gpu"]])]
-
-
-def is_remote(host: str | None) -> bool:
-    """Whether ``host`` (a Docker host URL) names another machine (tcp:// or ssh://)."""
-    return bool(host) and str(host).startswith(("tcp://", "ssh://"))
-
-
-def host_address(host: str) -> str:
-    """The machine name or address in a Docker host URL: tcp://10.0.0.2:2375 -> 10.0.0.2,
-    ssh://me@gpu-box -> gpu-box."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(host).hostname or host
 
 
 def client(timeout: float = 10, host: str | None = None) -> Any:
@@ -283,10 +271,6 @@ def run_server(c: Any, spec: Any, *, name: str, secrets_env: dict[str, str], gpu
             ctr.remove(force=True)
             raise
         return ctr.id
-
-
-class NameTaken(EngineError):
-    pass
 
 
 def _silent(exc: BaseException) -> DockerUnavailable:

@@ -258,7 +258,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
                no_retry: bool, on_stage: Any, on_pull: Any, offline: bool, on_download: Any,
                fallbacks: list[Candidate], defaults: dict[str, Any], notes: list[str]) -> UpResult:
     """Port, weights, attempts: the new deployment, once no other of its name is in the way."""
-    from ..backends.docker_api import is_remote
+    from ..dockerhosts import is_remote
 
     # a remote host's ports cannot be probed from here: Docker says when one is taken
     probe_ports = not is_remote(where.docker_hosts[0]) and where.runtime != "slurm"

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from ..backends.docker_api import host_address, is_remote
+from ..dockerhosts import host_address, is_remote
 from ..errors import DockerUnavailable, KanoaError, UsageError
 
 LOCAL_DOCKER = ("local", "unix://", "npipe://")

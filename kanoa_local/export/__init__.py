@@ -58,7 +58,7 @@ class ExportOptions(Model):
 
 def _address(host: str) -> str:
     """A node's address; a Docker host URL (tcp://, ssh://) names it too."""
-    from ..backends.docker_api import host_address
+    from ..dockerhosts import host_address
 
     if host == "local" or host.startswith("unix://"):
         raise UsageError(f"hosts: {host!r} is this machine's Docker daemon, not an address the other "
