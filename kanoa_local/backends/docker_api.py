@@ -133,10 +133,9 @@ def translate_errors(image: str | None = None) -> Iterator[None]:
                 "capabilities: [[gpu]]')", remedy=GPU_RUNTIME_REMEDY) from exc
         raise EngineError(f"Docker refused: {exc.explanation or text}",
                           remedy="see `docker info` and the daemon's log") from exc
-    except docker.errors.DockerException as exc:
+    except daemon_errors() as exc:
         reason, remedy = _classify_unreachable(exc)
-        raise DockerUnavailable(f"lost the Docker daemon ({reason}): {exc}",
-                                remedy=remedy) from exc
+        raise DockerUnavailable(f"lost the Docker daemon ({reason}): {exc}", remedy=remedy) from exc
 
 
 def daemon_facts(timeout: float = 3, host: str | None = None) -> DockerFacts:
@@ -197,7 +196,7 @@ def pull(c: Any, image: str, on_progress: Any = None, where: str = "this Docker 
                 done[ev["id"]] = (detail.get("current", 0), detail["total"])
             if on_progress and done:
                 on_progress(sum(d for d, _ in done.values()), sum(t for _, t in done.values()))
-    except docker.errors.DockerException as exc:
+    except daemon_errors() as exc:
         why = getattr(exc, "explanation", None) or str(exc)
         raise ImageUnavailable(
             f"the image {image} is not on {where} and could not be pulled ({why.strip()[:160]})",
@@ -223,7 +222,7 @@ def run_server(c: Any, spec: Any, *, name: str, secrets_env: dict[str, str], gpu
         c.images.get(image)
     except docker.errors.ImageNotFound:
         pull(c, image, on_pull, where=where or "this Docker host")
-    except docker.errors.DockerException as exc:
+    except daemon_errors() as exc:
         reason, remedy = _classify_unreachable(exc)
         raise DockerUnavailable(f"lost the Docker daemon{' at ' + where if where else ''} ({reason})",
                                 remedy=remedy) from exc
@@ -277,6 +276,15 @@ def _silent(exc: BaseException) -> DockerUnavailable:
     return DockerUnavailable(f"the Docker daemon did not answer ({type(exc).__name__})", remedy="check that it is up")
 
 
+def daemon_errors() -> tuple[type[BaseException], ...]:
+    """What a daemon that fails or stops answering raises through docker-py (a read timeout is
+    requests', not docker-py's)."""
+    import docker
+    import requests
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
 def container_state(c: Any, cid: str) -> dict[str, Any]:
     """{state: running|exited|gone, status, exit_code, oom_killed}; a daemon that does not
     answer raises DockerUnavailable (unknown is not gone)."""
@@ -286,7 +294,7 @@ def container_state(c: Any, cid: str) -> dict[str, Any]:
         ctr = c.containers.get(cid)
     except docker.errors.NotFound:
         return {"state": "gone", "status": "gone", "exit_code": None, "oom_killed": False}
-    except docker.errors.DockerException as exc:
+    except daemon_errors() as exc:
         raise _silent(exc) from exc
     st = ctr.attrs.get("State", {})
     return {"state": "running" if st.get("Running") else "exited", "status": st.get("Status"),
@@ -300,7 +308,7 @@ def container_logs(c: Any, cid: str, tail: int | None = None) -> str:
         return c.containers.get(cid).logs(tail=tail or "all").decode(errors="replace")
     except docker.errors.NotFound:
         return ""
-    except docker.errors.DockerException as exc:
+    except daemon_errors() as exc:
         raise _silent(exc) from exc
 
 
@@ -313,7 +321,7 @@ def follow_logs(c: Any, cid: str) -> Iterator[str]:
         stream = c.containers.get(cid).logs(stream=True, follow=True, since=int(time.time()))
     except docker.errors.NotFound:
         return
-    except docker.errors.DockerException as exc:
+    except daemon_errors() as exc:
         raise _silent(exc) from exc
     buf = ""
     for chunk in stream:
@@ -329,11 +337,9 @@ class ContainerLogFollower:
         self.c, self.cid, self.seen, self.buf = c, cid, 0, ""
 
     def __call__(self) -> list[str]:
-        import docker
-
         try:
             data = self.c.containers.get(self.cid).logs().decode(errors="replace")
-        except docker.errors.DockerException:
+        except daemon_errors():
             return []
         new, self.seen = data[self.seen:], len(data)
         self.buf += new
@@ -351,7 +357,7 @@ def stop_remove(c: Any, cid: str | None, timeout: int = 20) -> bool:
         ctr = c.containers.get(cid)
     except docker.errors.NotFound:
         return False
-    except docker.errors.DockerException as exc:
+    except daemon_errors() as exc:
         raise _silent(exc) from exc
     with translate_errors():
         try:
@@ -369,21 +375,18 @@ def stop_remove(c: Any, cid: str | None, timeout: int = 20) -> bool:
 
 def rename(c: Any, cid: str, name: str) -> str:
     """Give container ``cid`` the name ``name``; its name before."""
-    import docker
-
     try:
         ctr = c.containers.get(cid)
         was = ctr.name
         ctr.rename(name)
         return was
-    except docker.errors.DockerException as exc:
+    except daemon_errors() as exc:
         raise _silent(exc) from exc
 
 
 def find_servers(c: Any, deployment: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
     """kanoa-local's server containers (all states), found by label — ``owner``'s only when
     given: id, name, status, labels. A daemon that does not answer raises DockerUnavailable."""
-    import docker
 
     filters = [f"{ROLE_LABEL}=server"]
     if deployment:
@@ -392,6 +395,6 @@ def find_servers(c: Any, deployment: str | None = None, owner: str | None = None
         filters.append(f"{OWNER_LABEL}={owner}")
     try:
         ctrs = c.containers.list(all=True, filters={"label": filters})
-    except docker.errors.DockerException as exc:
+    except daemon_errors() as exc:
         raise _silent(exc) from exc
     return [{"id": x.id, "name": x.name, "status": x.status, "labels": dict(x.labels)} for x in ctrs]

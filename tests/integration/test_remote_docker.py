@@ -208,3 +208,48 @@ def test_ctrl_c_during_a_multi_node_start_leaves_nothing_on_either_host(remote_d
     assert not docker_client.containers.list(all=True, filters={"label": "io.kanoa-local.deployment=cc2"})
     assert far.containers.list(all=True) == []
     assert not os.path.exists(state)
+
+
+def test_a_docker_host_that_stops_answering_is_unknown_and_nothing_is_lost(remote_docker_facts, tiny_model,
+                                                                            cpu_image):
+    """The remote dockerd frozen (SIGSTOP: it accepts connections and never answers) while `up`
+    waits for readiness: the start goes on (a blip is not an exit), `ps` says unknown and who
+    did not answer, `down` refuses and keeps the record; once the daemon answers again all is
+    as it was and `down` removes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from kanoa_local import state
+    from tests.conftest import ROOT
+
+    url, pid = remote_docker_facts["KANOA_REMOTE_DOCKER"], int(remote_docker_facts["KANOA_REMOTE_DOCKERD_PID"])
+    p = subprocess.Popen([sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model), "--image",
+                          cpu_image, "--docker-host", url, "--name", "blip", "--port", str(free_port()), "--json"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not state.record_path("blip").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state.record_path("blip").exists(), p.stderr.read() if p.poll() is not None else "no record"
+    os.kill(pid, signal.SIGSTOP)                 # mid-readiness
+    try:
+        ps = PsReport.model_validate_json(run_cli("ps", "--json", timeout=200).stdout)
+        row = next(d for d in ps.deployments if d.name == "blip")
+        assert row.state == "unknown" and url in row.reason, row
+        time.sleep(5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, err = p.communicate(timeout=400)
+    assert p.returncode == 0, err[-1500:]
+    assert UpResult.model_validate_json(out).deployment.docker_host == url
+    os.kill(pid, signal.SIGSTOP)                 # and once it serves
+    try:
+        d = run_cli("down", "blip", timeout=200)
+        assert d.returncode == 6 and "kept" in d.stderr and "Traceback" not in d.stderr, d.stderr
+        assert state.record_path("blip").exists() and state.key_path("blip").exists()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert StatusReport.model_validate_json(run_cli("status", "blip", "--json").stdout).state == "running"
+    assert run_cli("down", "blip").returncode == 0 and not state.record_path("blip").exists()
