@@ -80,7 +80,7 @@ def test_import_directions(module, forbidden):
 
 
 #: modules still over the bar, to be split (they may shrink, never grow)
-TOO_BIG = {"cli.py": 900, "plan/fit.py": 690}
+TOO_BIG = {"plan/fit.py": 690}
 
 
 def test_no_module_is_over_400_lines():

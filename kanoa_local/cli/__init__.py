@@ -1,0 +1,222 @@
+"""The click shell: parse options, call one library function, render it or print --json.
+
+This is the only place that prints or exits, and the one error boundary: a KanoaError becomes
+one line ``Error: ...`` plus ``hint: ...`` on stderr and its exit code (or a JSON error object
+with --json); a traceback shows only with --debug / KANOA_DEBUG=1.
+Heavy modules (pydantic models, docker, rich) are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from .. import __version__
+from ..errors import KanoaError, redact
+
+EXIT_CODE_HELP = """\b
+Exit codes:
+  0   success (check: ready for GPU serving)
+  1   error without a more specific code
+  2   bad usage            3  bad file/config   4  probe failed
+  5   nothing fits         6  where it runs did not answer or refused (kept, not forgotten)
+  7   engine did not start 8  no such deployment
+  10  check: CPU only      11 check: GPU not ready   12 check: cannot serve
+  130 interrupted (Ctrl-C), 143 SIGTERM, 129 SIGHUP: what was started is cleaned up
+"""
+
+
+def _json_requested(argv: list[str]) -> bool:
+    return "--json" in argv
+
+
+def emit_json(model: Any) -> None:
+    """Print a pydantic result model as JSON on stdout (the same model the human view shows)."""
+    click.echo(model.model_dump_json(indent=2))
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--json and -v on every command (-v also works before the command name)."""
+    f = click.option("-v", "--verbose", "sub_verbose", count=True,
+                     help="more detail (repeatable)")(f)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="print the result as JSON (same content as the human view)")(f)
+
+
+def machine_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--hardware/--gpu/--vram/--gpus: plan or check for another machine (what-if)."""
+    f = click.option("--gpus", "gpu_count", type=click.IntRange(1, 16), metavar="N",
+                     help="what-if: N of the machine's (or --gpu's) GPU")(f)
+    f = click.option("--vram", "vram_gb", type=click.FloatRange(1, 4096), metavar="GB",
+                     help="what-if: GPU memory as sold, e.g. 16 or 24")(f)
+    f = click.option("--gpu", "gpu_name", metavar="NAME",
+                     help="a named GPU profile (e.g. rtx5080-egpu, l4, rtx4090, a100-80g, h100, t4)")(f)
+    return click.option("--hardware", "hardware_file", type=click.Path(dir_okay=True),
+                        help="a saved profile (check --save) or an NVML recording instead of this machine")(f)
+
+
+def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--nodes/--gpus-per-node/--cluster: plan for several identical nodes (what-if or a file)."""
+    f = click.option("--cluster", "cluster_file", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="a cluster description (TOML: nodes, gpus_per_node, gpu, vram_gb, hosts)")(f)
+    f = click.option("--gpus-per-node", type=click.IntRange(1, 16), metavar="T",
+                     help="what-if: GPUs in each node (same as --gpus)")(f)
+    return click.option("--nodes", type=click.IntRange(1, 64), metavar="N",
+                        help="what-if: N identical nodes (pipeline parallel across them)")(f)
+
+
+def resolve_machine(hardware_file: str | None, gpu_name: str | None, vram_gb: float | None,
+                    gpu_count: int | None, cluster_file: str | None, nodes: int | None,
+                    gpus_per_node: int | None) -> tuple[Any, Any]:
+    """(one node's profile, the Cluster or None) from the machine and cluster options."""
+    from ..errors import UsageError
+
+    cluster = resolve_cluster(cluster_file, nodes, gpus_per_node, gpu_name, vram_gb, gpu_count)
+    if cluster is None:
+        return resolve_profile(hardware_file, gpu_name, vram_gb, gpu_count, docker=False), None
+    if hardware_file:
+        raise UsageError("--hardware and a cluster both describe the machine", remedy="give one of them")
+    return cluster.profile(), cluster
+
+
+def resolve_cluster(cluster_file: str | None, nodes: int | None, gpus_per_node: int | None,
+                    gpu_name: str | None, vram_gb: float | None, gpu_count: int | None) -> Any:
+    """A Cluster from --cluster or the what-if options; None when neither asks for one."""
+    from ..cluster import Cluster, load_cluster
+    from ..errors import UsageError
+
+    if gpus_per_node and gpu_count and gpus_per_node != gpu_count:
+        raise UsageError("--gpus and --gpus-per-node disagree", remedy="give one of them")
+    if cluster_file:
+        if nodes or gpus_per_node:
+            raise UsageError("--cluster already says the nodes and GPUs",
+                             remedy="drop --nodes/--gpus-per-node, or edit the file")
+        return load_cluster(cluster_file)
+    if nodes is None and gpus_per_node is None:
+        return None
+    return Cluster(nodes=nodes or 1, gpus_per_node=gpus_per_node or gpu_count or 1, gpu=gpu_name,
+                   vram_gb=vram_gb)
+
+
+def catalog_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--no-user-models", is_flag=True,
+                     help="ignore models.toml in the config directory")(f)
+    return click.option("--models", "models_files", multiple=True, type=click.Path(dir_okay=False),
+                        metavar="FILE", help="more models (TOML), merged over the bundled matrix")(f)
+
+
+def resolve_profile(hardware_file: str | None, gpu_name: str | None, vram_gb: float | None = None,
+                    gpu_count: int | None = None, docker: bool = True) -> Any:
+    from ..errors import UsageError
+    from ..hardware import what_if
+    from ..probe import load_preset, load_profile, probe
+
+    if hardware_file is not None and gpu_name is not None:
+        raise UsageError("--hardware and --gpu both name a machine", remedy="give one of them")
+    if hardware_file is not None:
+        if not hardware_file.strip():
+            raise UsageError("--hardware needs a file name",
+                             remedy="give a file written by `kanoa-local check --save FILE`")
+        profile = load_profile(hardware_file)
+    elif gpu_name is not None:
+        profile = load_preset(gpu_name)
+    else:
+        profile = probe(docker=docker)
+    return what_if(profile, vram_gb=vram_gb, gpus=gpu_count)
+
+
+def load_models(models_files: tuple[str, ...], no_user_models: bool) -> tuple[Any, Any]:
+    from ..checkpoint import load_enriched
+
+    return load_enriched(list(models_files), user=not no_user_models)
+
+
+def verbosity(ctx: click.Context, sub_verbose: int) -> int:
+    return (ctx.obj or {}).get("verbose", 0) + sub_verbose
+
+
+def wants_json(ctx: click.Context, as_json: bool) -> bool:
+    """--json given after the command or before it (`kanoa-local --json check`)."""
+    return as_json or bool((ctx.obj or {}).get("json"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODE_HELP)
+@click.version_option(__version__, "--version", prog_name="kanoa-local")
+@click.option("--debug", is_flag=True, help="show tracebacks for errors")
+@click.option("-v", "--verbose", count=True, help="more detail (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="JSON output for the command")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int, as_json: bool) -> None:
+    """Run a local LLM for the kanoa analytics interpreter.
+
+    Probe this machine, pick a model that fits, serve it with vLLM and hand over a
+    configured client.
+    """
+    if debug:
+        os.environ["KANOA_DEBUG"] = "1"
+    ctx.obj = {"verbose": verbose, "json": as_json}
+
+
+
+
+def main(argv: list[str] | None = None, prog_name: str = "kanoa-local") -> None:
+    """Entry point: the single error boundary."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = _json_requested(argv)
+    debug = "--debug" in argv or os.environ.get("KANOA_DEBUG", "") not in ("", "0")
+    if not argv:  # bare `kanoa-local`: the help, not an error
+        click.echo(cli.get_help(click.Context(cli, info_name=prog_name)))
+        sys.exit(0)
+    try:
+        rc = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        sys.exit(rc or 0)
+    except KanoaError as exc:
+        _error(exc.message, exc.remedy, type(exc).__name__, exc.details, exc.exit_code,
+               as_json, debug)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        hint = None
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f"see `{exc.ctx.command_path} --help`"
+        _error(exc.format_message(), hint, "UsageError", {}, 2, as_json, debug)
+    except click.exceptions.Abort:
+        _error("interrupted", None, "Interrupted", {}, 130, as_json, debug)
+    except KeyboardInterrupt:
+        _error("interrupted", None, "Interrupted", {}, 130, as_json, debug)
+    except BrokenPipeError:
+        sys.exit(141)
+    except Exception as exc:  # noqa: BLE001 - the boundary: never a raw traceback
+        _error(f"internal error: {type(exc).__name__}: {exc}",
+               "rerun with --debug and report it", "InternalError", {}, 1, as_json, debug)
+
+
+def _error(message: str, remedy: str | None, kind: str, details: dict[str, Any], code: int,
+           as_json: bool, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    message = redact(" ".join(message.split()))
+    remedy = redact(remedy) if remedy else None
+    if as_json:
+        click.echo(json.dumps({"error": {"type": kind, "message": message, "remedy": remedy,
+                                         "details": json.loads(redact(json.dumps(details, default=str))),
+                                         "exit_code": code}}, indent=2))
+    else:
+        click.echo(f"Error: {message}", err=True)
+        if remedy:
+            click.echo(f"  hint: {remedy}", err=True)
+    sys.exit(code)
+
+
+# the commands register themselves on the group
+from . import inspect, serve, session_cmds  # noqa: E402, F401
+
+if __name__ == "__main__":
+    main()
