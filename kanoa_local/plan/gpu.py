@@ -1,0 +1,294 @@
+"""GPU candidates: precision by compute capability, the image, TP/PP, and vLLM's memory budget."""
+
+from __future__ import annotations
+
+import math
+
+
+from ..catalog import ModelEntry, Variant, version_tuple
+from ..hardware import GIB, Gpu, HardwareProfile
+from ..images import GPU_IMAGES, ImageLine
+from . import memory as mem
+from .memory import KvCapacity, Term, Weights
+from .models import (CPU_CONTEXT, DEFAULT_GMU, GOOD_CONTEXT, MIN_CONTEXT, MIN_GMU, Candidate, Device, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
+
+
+def gpu_groups(profile: HardwareProfile) -> list[list[Gpu]]:
+    """Identical GPUs (name and memory) that tensor parallelism can span, largest group first.
+    MIG slices never pair up: vLLM runs on one slice."""
+    groups: dict[tuple[str, int], list[Gpu]] = {}
+    for g in profile.gpus:
+        key = (g.name + (f"#{g.uuid}" if g.is_mig_slice else ""), g.memory_total)
+        groups.setdefault(key, []).append(g)
+    return sorted(groups.values(), key=lambda gs: (-gs[0].memory_total * len(gs), gs[0].index))
+
+
+def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc: int) -> tuple[ImageLine | None, str]:
+    """The newest GPU image the driver starts, with kernels for this GPU, that still serves
+    this model and precision; or None and why."""
+    if profile.cuda_driver_version is None:
+        return None, "no NVIDIA driver answered, so no GPU image can run"
+    why = []
+    for line in GPU_IMAGES:
+        if profile.cuda_driver_version < line.cuda:
+            why.append(f"{line.tag} needs CUDA {line.cuda_text}")
+            continue
+        if cc < line.min_cc or (cc >= 100 and line.cuda < 12080):
+            continue
+        if not entry.supports_vllm(line.vllm, variant):
+            why.append(f"vLLM {line.vllm} does not serve it")
+            continue
+        if not variant.in_tree(line.vllm):
+            why.append(f"{variant.label} needs {variant.plugin} in vLLM {line.vllm}")
+            continue
+        if cc < variant.min_cc_on(line.vllm):
+            why.append(f"{variant.label} needs compute capability {variant.min_cc_on(line.vllm) / 10:.1f} in vLLM {line.vllm}")
+            continue
+        return line, ""
+    supported = [ln for ln in GPU_IMAGES if entry.supports_vllm(ln.vllm, variant)
+                 and variant.in_tree(ln.vllm) and cc >= max(ln.min_cc, variant.min_cc_on(ln.vllm))]
+    if supported and all(profile.cuda_driver_version < ln.cuda for ln in supported):
+        newest = supported[-1]
+        return None, (f"the driver supports CUDA {profile.cuda_driver_text}; the oldest vLLM image "
+                      f"that serves it ({newest.tag}) needs CUDA {newest.cuda_text} "
+                      f"(driver {newest.min_driver} or newer)")
+    window = " to ".join(x for x in (entry.vllm_min, entry.vllm_max) if x)
+    return None, ("no vLLM image kanoa-local knows serves it on this GPU"
+                  + (f" (it needs vLLM {window})" if window else "") + ("; " + why[-1] if why else ""))
+
+
+def _dtype_for(entry: ModelEntry, cc: int) -> tuple[str, str]:
+    """The activation dtype vLLM uses: bf16 from Ampere (8.0), else fp16 - except models
+    vLLM refuses in fp16 (Gemma: numerical instability), which then need float32."""
+    if cc >= 80:
+        return "bfloat16", ""
+    if entry.family in FP16_UNSTABLE:
+        return "float32", (f"{entry.name} is refused in float16 by vLLM (numerical instability) "
+                           "and this GPU has no bfloat16, so it runs in float32")
+    return "float16", "no bfloat16 before compute capability 8.0: float16"
+
+
+FP16_UNSTABLE = {"gemma2", "gemma3"}
+
+
+def _tp_options(entry: ModelEntry, n: int, limit: int | None) -> list[int]:
+    arch = entry.arch
+    assert arch is not None
+    out = []
+    for tp in (1, 2, 4, 8):
+        if tp > n or (limit and tp > limit):
+            break
+        if arch.heads % tp == 0 and (arch.kv_heads % tp == 0 or tp % arch.kv_heads == 0):
+            out.append(tp)
+    return out
+
+
+def _parallel_options(entry: ModelEntry, n: int, req: PlanRequest) -> list[tuple[int, int]]:
+    """(tensor parallel, pipeline parallel) to try on ``req.nodes`` nodes of ``n`` GPUs: within
+    one node any TP the heads allow; across nodes vLLM's rule, TP = every GPU of a node and
+    PP = the nodes used (only whole nodes)."""
+    if req.nodes > 1 and req.all_nodes:
+        return [(n, req.nodes)] if n in _tp_options(entry, n, None) else []
+    out = [(tp, 1) for tp in _tp_options(entry, n, req.max_gpus)]
+    if req.nodes > 1 and n in _tp_options(entry, n, None):
+        out += [(n, pp) for pp in range(2, req.nodes + 1)
+                if not req.max_gpus or n * pp <= req.max_gpus]
+    return out
+
+
+def _useful_context(entry: ModelEntry, req: PlanRequest, device: Device) -> tuple[int, int]:
+    """(minimum, goal) context for this model and request."""
+    arch = entry.arch
+    assert arch is not None
+    cap = min(arch.max_context, req.max_context or arch.max_context)
+    goal = CPU_CONTEXT if device == "cpu" else GOOD_CONTEXT
+    lo = req.min_context or min(MIN_CONTEXT, cap)
+    return min(lo, cap) if not req.min_context else lo, max(min(goal, cap), min(lo, cap))
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def _stage_arch(arch, pp: int):
+    """The layers one pipeline stage holds (vLLM splits layers evenly; the largest stage counts)."""
+    if pp == 1:
+        return arch
+    layers = math.ceil(arch.layers / pp)
+    sliding = min(layers, math.ceil(arch.sliding_layers * layers / arch.layers)) if arch.sliding_layers else 0
+    return arch.model_copy(update={"layers": layers, "sliding_layers": sliding})
+
+
+def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: int, kv_fp8: bool,
+                   profile: HardwareProfile, req: PlanRequest, checkpoint: Weights | None,
+                   pp: int = 1) -> Candidate:
+    full_arch = entry.arch
+    assert full_arch is not None
+    arch = _stage_arch(full_arch, pp)      # per GPU: its stage's layers, its share of the heads
+    gpus = sorted(group, key=lambda g: -g.memory_free)[:tp]
+    g0 = gpus[0]
+    cc = min(g.cc_value or 0 for g in gpus)
+    total = g0.memory_total
+    free = min(g.memory_free for g in gpus)
+    name = f"{tp} × {g0.name}" if tp > 1 else g0.name
+    if pp > 1:
+        name = f"{pp} nodes × {name}"
+    cand = Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision, variant=variant, device="gpu",
+                     gpu_name=name, fits="no")
+    reasons, warnings = cand.reasons, cand.warnings
+
+    if cc < variant.required_cc:
+        reasons.append(f"{variant.label} needs compute capability {variant.required_cc / 10:.1f}; "
+                       f"{g0.name} has {g0.cc_text}")
+        return cand
+    dtype, dtype_note = _dtype_for(entry, cc)
+    if dtype == "float32" and variant.is_quantised:
+        reasons.append(f"{variant.label} kernels need 16-bit activations; {dtype_note}")
+        return cand
+    if variant.precision == "fp8" and cc < 89:
+        warnings.append("FP8 runs weight-only (Marlin) below compute capability 8.9: slower than on Ada/Hopper")
+    image, why = _image_for(entry, variant, profile, cc)
+    if image is None:
+        reasons.append(why)
+        return cand
+    new_engine = version_tuple(image.vllm) >= (0, 20)
+    if kv_fp8 and not (cc >= 89 or (cc >= 80 and new_engine and not entry.vision)):
+        reasons.append("an FP8 KV cache needs compute capability 8.9 (8.0 for text models on "
+                       "vLLM >= 0.20, through FlashInfer)")
+        return cand
+
+    dtype_bytes = mem.DTYPE_BYTES[dtype]
+    kv_dtype_bytes = 1 if kv_fp8 else dtype_bytes
+    batched, seqs = mem.scheduler_defaults("gpu", total, g0.name)
+    if entry.max_num_seqs:
+        seqs = min(seqs, entry.max_num_seqs)
+    images = entry.max_images if entry.vision else 0
+    # pipeline stages split the layers: per GPU, the weights are about 1/(TP × PP)
+    w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint)
+    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images)
+    non_torch = mem.non_torch_bytes(tp)
+    graphs = mem.cuda_graph_bytes(arch, seqs, tp)
+    ctx = Term(name="CUDA context", bytes=mem.CUDA_CONTEXT_BYTES, note="driver + torch, per GPU")
+    # vLLM >= 0.20 estimates CUDA-graph memory and takes it from the budget; older releases
+    # capture the graphs after sizing the KV cache, in the slack above the budget.
+    graphs_inside = new_engine
+    if graphs_inside:
+        graphs = graphs.model_copy(update={"note": "estimated by vLLM and kept out of the KV cache"})
+
+    # gmu: vLLM's default unless what is free (after our own context) is less.
+    margin = int(0.25 * GIB)
+    room = free - ctx.bytes - margin - (0 if graphs_inside else graphs.bytes)
+    gmu = min(DEFAULT_GMU, math.floor(room / total * 100) / 100)
+    if gmu < MIN_GMU:
+        reasons.append(f"only {_gib(free)} of {_gib(total)} is free on {g0.name}"
+                       + (" (other processes hold the rest)" if total - free > 2 * GIB else ""))
+        cand.needs = f"free GPU memory: stop the processes using {g0.name}"
+        return cand
+    if gmu < DEFAULT_GMU - 0.02:
+        warnings.append(f"other processes hold {_gib(total - free)} on {g0.name}: "
+                        f"--gpu-memory-utilization lowered to {gmu:.2f}")
+    budget = int(gmu * total)
+    fixed = w.total + act.bytes + non_torch.bytes + (graphs.bytes if graphs_inside else 0)
+    kv_bytes = budget - fixed
+    lo, goal = _useful_context(entry, req, "gpu")
+    block = mem.GPU_BLOCK_SIZE
+    in_flight = (2 if new_engine else 1) * batched     # async scheduling keeps two batches in flight
+    terms = [Term(name="weights", bytes=w.total, note=_weights_note(w, variant, dtype, tp * pp)), act, non_torch]
+    if graphs_inside:
+        terms.append(graphs)
+    breakdown = MemoryBreakdown(device="gpu", per_device_total=total, per_device_free=free,
+                                budget=budget, terms=terms, weights=w,
+                                outside_budget=[ctx] if graphs_inside else [ctx, graphs])
+    cand.memory = breakdown
+    if kv_bytes <= 0:
+        reasons.append(f"weights + overheads need {_gib(fixed)} per GPU; the budget is {_gib(budget)} "
+                       f"({gmu:.2f} × {_gib(total)})")
+        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
+        return cand
+
+    ceiling = min(arch.max_context, req.max_context or arch.max_context)
+    def best_len(conc: float) -> int:
+        return mem.max_len_for(arch, kv_bytes, conc, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
+                               block_size=block, in_flight_tokens=in_flight, ceiling=ceiling)
+    good_len = best_len(req.concurrency)
+    one_len = best_len(1.0)
+    if one_len < lo:
+        reasons.append(f"after {_gib(fixed)} of weights and overheads, {_gib(kv_bytes)} of KV cache "
+                       f"holds {_tokens(one_len)} tokens; at least {_tokens(lo)} are needed")
+        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
+        return cand
+    if good_len >= goal:
+        fit: FitClass = "good"
+        max_len = good_len
+    elif good_len >= lo:
+        fit, max_len = "tight", good_len
+        warnings.append(f"context limited to {_tokens(max_len)} tokens for {req.concurrency} "
+                        f"requests at once (goal {_tokens(goal)})")
+    else:
+        fit, max_len = "tight", one_len
+        warnings.append(f"room for one request of {_tokens(one_len)} tokens at a time")
+    # Settle on a round length, then report what vLLM will say about it.
+    cap = mem.kv_capacity(arch, kv_bytes, max_len, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
+                          block_size=block, in_flight_tokens=in_flight)
+    breakdown.kv_bytes = kv_bytes
+    breakdown.kv = cap
+    breakdown.kv_bytes_per_token = mem.kv_bytes_per_token(arch, kv_dtype_bytes, tp, max_len)
+    terms.append(Term(name="KV cache", bytes=kv_bytes,
+                      note=f"{cap.tokens:,} tokens; {cap.concurrency:.1f} × {_tokens(max_len)}"))
+    cand.fits = fit
+    cand.settings = Settings(
+        image=image.image, vllm_version=image.vllm, dtype=dtype,
+        quantization=variant.quantization, kv_cache_dtype="fp8" if kv_fp8 else "auto",
+        max_model_len=max_len, gpu_memory_utilization=gmu, tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        gpu_indices=sorted(g.index for g in gpus), gpu_uuids=[g.uuid for g in sorted(gpus, key=lambda g: g.index)],
+        limit_images=images if entry.vision else None,
+        max_num_seqs=entry.max_num_seqs, trust_remote_code=entry.trust_remote_code, sampling=dict(entry.sampling))
+    if dtype_note:
+        warnings.append(dtype_note)
+    if variant.plugin and image.vllm != GPU_IMAGES[0].vllm:
+        warnings.append(f"{variant.label} needs {variant.plugin} in current vLLM: planned on the "
+                        f"{image.tag} image, which has it built in")
+    elif image is not GPU_IMAGES[0]:
+        warnings.append(f"runs on the older {image.tag} image ({image.note})")
+    reasons.append(_fit_sentence(cand, w, kv_bytes, cap, max_len, tp * pp))
+    if pp > 1:
+        warnings.append(f"spans {pp} nodes (pipeline parallel {pp}, tensor parallel {tp} each): "
+                        "the nodes need a fast network and the same weights cache")
+    return cand
+
+
+def _weights_note(w: Weights, variant: Variant, dtype: str, tp: int) -> str:
+    src = "read from the checkpoint" if w.source == "checkpoint" else "from parameter counts"
+    form = variant.label if variant.is_quantised else dtype
+    return f"{form}, {src}" + (f", split over {tp} GPUs" if tp > 1 else "")
+
+
+def _fit_sentence(c: Candidate, w: Weights, kv_bytes: int, cap: KvCapacity, max_len: int, tp: int) -> str:
+    per = " per GPU" if tp > 1 else ""
+    return (f"weights {_gib(w.total)}{per}, KV cache {_gib(kv_bytes)}{per} = {cap.tokens:,} tokens: "
+            f"{cap.concurrency:.1f} requests of {_tokens(max_len)} at once")
+
+
+def _needs(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_default: float,
+           pp: int = 1) -> tuple[str, int]:
+    """The GPU memory this would need for ``context`` tokens, in cards people can buy; beyond
+    one node of 8 GPUs, in nodes."""
+    kv = int(mem.kv_bytes_per_token(arch, kv_dtype_bytes, tp, context) * context) + int(0.2 * GIB)
+    per_gpu = (fixed + kv) / gmu_default + mem.CUDA_CONTEXT_BYTES + 0.5 * GIB
+    gpus = tp * pp
+    total = per_gpu * gpus
+    for size in (12, 16, 24, 32, 48, 80, 141):
+        if per_gpu * 1.0 <= size * GIB * 0.995:
+            card = f"a {size} GB GPU" if gpus == 1 else (
+                f"{pp} nodes × {tp} × {size} GB GPUs" if pp > 1 else f"{tp} × {size} GB GPUs")
+            return f"{card} for {_tokens(context)} tokens ({total / GIB:.0f} GiB in all)", int(total)
+    n = 1
+    while n < 256 and total / n > 80 * GIB * 0.9:
+        n *= 2
+    example = f"{n} × 80 GB GPUs" if n <= 8 else f"{n // 8} nodes × 8 × 80 GB GPUs"
+    return (f"about {total / GIB:.0f} GiB of GPU memory for {_tokens(context)} tokens "
+            f"(e.g. {example})", int(total))
+
+
+# ----------------------------------------------------------------------------- CPU
+
