@@ -21,7 +21,8 @@ class Model(BaseModel):
     """Strict about unknown keys; its own computed fields (written to JSON for readers) are
     accepted back and recomputed, so a dumped model always validates again."""
 
-    model_config = ConfigDict(extra="forbid")
+    # protected_namespaces: pydantic < 2.10 warns (on stderr, at import) about fields named model_*
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     @model_validator(mode="before")
     @classmethod

@@ -30,6 +30,21 @@ log "lint (ruff) and types (mypy, pydantic plugin)"
 .venv/bin/python -m ruff check kanoa_local tests benchmarks scripts
 .venv/bin/python -m mypy kanoa_local
 
+# The unit tests once more against the declared minimum versions (a venv cached by that list).
+if [[ " $* " != *" not docker and not engine"* ]]; then
+  MIN=".venv-min"
+  stamp="$(sha256sum scripts/min-versions.txt pyproject.toml | sha256sum | cut -c1-16)"
+  if [ "$(cat "$MIN/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    log "venv with the minimum versions (scripts/min-versions.txt)"
+    rm -rf "$MIN"; "$PY" -m venv "$MIN"
+    "$MIN/bin/python" -m pip install -q -c scripts/min-versions.txt -e ".[test]" 2> >(grep -v "is ignored: it is neither" >&2)
+    echo "$stamp" > "$MIN/.stamp"
+  fi
+  log "unit tests on the minimum versions"
+  "$MIN/bin/python" -m pytest -q -p no:cacheprovider -m "not docker and not engine and not scaleout and not gpu" \
+    -W error::UserWarning:pydantic -o addopts="" --timeout 600
+fi
+
 log "pytest"
 set +e
 .venv/bin/python -m pytest "$@"

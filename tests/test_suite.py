@@ -22,3 +22,27 @@ def test_plain_pytest_collects_from_anywhere(tmp_path):
                        cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and "errors during collection" not in r.stdout, r.stdout[-1500:]
     assert " tests collected" in r.stdout.strip().splitlines()[-1]
+
+
+def test_the_declared_floors_are_the_tested_minimums():
+    """pyproject.toml's `>=` floors are exactly what scripts/min-versions.txt pins (and the test
+    command runs the unit tests on)."""
+    import re
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for d in deps:
+        m = None if ";" in d else re.match(r"^([A-Za-z0-9_.-]+)>=([0-9.]+)", d)
+        if m:
+            floors[m.group(1).lower().replace("_", "-")] = m.group(2)
+    pins = {}
+    for line in (ROOT / "scripts" / "min-versions.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    assert pins == floors

