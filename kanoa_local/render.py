@@ -305,3 +305,43 @@ def status_report(r: Any) -> None:
         t.add_row("GPU", f"{g.name}: {gib(g.memory_used)} of {gib(g.memory_total)} in use"
                   + (f" ({', '.join(g.processes)})" if g.processes else ""))
     out.print(t)
+
+
+class ByteProgress:
+    """A (done, total) bytes callback for pulls and downloads: a rich progress bar on a terminal
+    (stderr), else a line every 5 % (logs, CI). ``close()`` ends the bar."""
+
+    def __init__(self, what: str, say: Any, enabled: bool = True) -> None:
+        import sys
+
+        self.what, self.say, self.enabled, self.last = what, say, enabled, -5
+        self.bar: Any = None
+        self.task: Any = None
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            if self.bar is None:
+                from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                           TransferSpeedColumn)
+
+                self.bar = Progress(TextColumn("  {task.description}"), BarColumn(), DownloadColumn(),
+                                    TransferSpeedColumn(), TimeRemainingColumn(), console=console(stderr=True),
+                                    transient=False)
+                self.bar.start()
+                self.task = self.bar.add_task(self.what, total=total or None)
+            self.bar.update(self.task, completed=done, total=total or None)
+            if total and done >= total:
+                self.close()
+            return
+        pct = int(done * 100 / total) if total else 100
+        if (pct >= self.last + 5 or done == total) and pct != self.last:
+            self.last = pct
+            self.say(f"  {self.what}: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -230,3 +230,17 @@ def test_plan_a_local_checkpoint_directory(tmp_path):
     r = run_cli("plan", str(d), "--gpu", "l4", "--json")
     assert r.returncode == 0, r.stderr
     assert '"model_id": "my-ckpt"' in r.stdout
+
+
+def test_byte_progress_off_a_terminal_is_a_line_every_5_percent():
+    from kanoa_local.render import ByteProgress
+
+    said: list[str] = []
+    p = ByteProgress("weights", said.append)
+    for done in range(0, 1001, 10):
+        p(done * 10**6, 10**9)
+    p.close()
+    assert said[0] == "  weights: 0.00 / 1.00 GB (0 %)" and said[-1].endswith("(100 %)") and len(said) == 21
+    quiet: list[str] = []
+    ByteProgress("weights", quiet.append, enabled=False)(1, 2)
+    assert quiet == []

@@ -149,18 +149,6 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return cluster_options(catalog_options(f))
 
 
-def progress_printer(say: Callable[[str], None], what: str) -> Callable[[int, int], None]:
-    """A (done, total) bytes callback that says ``what: x / y GB (p %)`` every 5 %."""
-    shown = {"pct": -5}
-
-    def on(done: int, total: int) -> None:
-        pct = int(done * 100 / total) if total else 100
-        if (pct >= shown["pct"] + 5 or done == total) and pct != shown["pct"]:
-            shown["pct"] = pct
-            say(f"{what}: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)")
-    return on
-
-
 def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | None,
            opts: dict[str, Any]) -> Any:
     """`up` with progress on stderr (none with --json); the UpResult."""
@@ -202,11 +190,15 @@ def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | Non
     def on_stage(ev: Any) -> None:
         say(f"  [{ev.at_s:6.1f}s] {ev.stage}")
 
-    def progress(what: str) -> Callable[[int, int], None]:
-        return progress_printer(say, "  " + what)
+    from ..render import ByteProgress
 
-    return deploy.start(model, name=name, profile=profile, models_files=models_files,
-                        user_models=user_models, on_plan=on_plan, on_status=lambda m: say("  " + m),
-                        on_stage=on_stage, on_pull=progress("pulling the image"),
-                        on_download=progress("weights"), **opts)
+    pull = ByteProgress("pulling the image", say, enabled=not as_json)
+    weights = ByteProgress("weights", say, enabled=not as_json)
+    try:
+        return deploy.start(model, name=name, profile=profile, models_files=models_files,
+                            user_models=user_models, on_plan=on_plan, on_status=lambda m: say("  " + m),
+                            on_stage=on_stage, on_pull=pull, on_download=weights, **opts)
+    finally:
+        pull.close()
+        weights.close()
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from . import EXIT_CODE_HELP, cli, emit_json, json_option, wants_json
-from .options import (catalog_options, progress_printer,
+from .options import (catalog_options,
                       resolve_profile, run_up, up_options)
 
 
@@ -36,13 +36,17 @@ def pull(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tupl
     from .. import deploy
 
     as_json = wants_json(ctx, as_json)
-    say = (lambda _m: None) if as_json else (lambda m: click.echo("  " + m, err=True))
-    on_download = progress_printer(say, "weights")
+    from ..render import ByteProgress
 
-    result = deploy.pull(model, python=python, precision=precision, cpu=cpu, offline=offline,
-                         profile=resolve_profile(hardware_file, gpu_name, docker=False),
-                         models_files=list(models_files), user_models=not no_user_models,
-                         on_status=say, on_download=on_download)
+    say = (lambda _m: None) if as_json else (lambda m: click.echo("  " + m, err=True))
+    on_download = ByteProgress("weights", lambda m: click.echo(m, err=True), enabled=not as_json)
+    try:
+        result = deploy.pull(model, python=python, precision=precision, cpu=cpu, offline=offline,
+                             profile=resolve_profile(hardware_file, gpu_name, docker=False),
+                             models_files=list(models_files), user_models=not no_user_models,
+                             on_status=say, on_download=on_download)
+    finally:
+        on_download.close()
     if as_json:
         emit_json(result)
     else:
