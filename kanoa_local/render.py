@@ -278,7 +278,8 @@ def status_report(r: Any) -> None:
     t.add_column(style="bold")
     t.add_column()
     t.add_row("deployment", f"{r.name}  [{style}]{r.state}[/]"
-              + ("" if r.healthy or r.state in ("dead", "unknown") else "  (not healthy)")
+              + ("" if r.healthy or r.state in ("dead", "unknown")
+                 else f"  ({r.stage or 'engine starting'}, {_dur(r.uptime_s)} since `up`)")
               + (f"  ({escape(r.reason)})" if r.reason else ""))
     t.add_row("model", r.model)
     t.add_row("endpoint", r.base_url)

@@ -79,3 +79,13 @@ def test_next_attempt_shrinks_context_once_then_falls_back_a_plan():
     assert next_attempt(oom, first, [], shrunk=False) == (None, "")
     other = Diagnosis(kind="gated-no-token", cause="", remedy="")
     assert next_attempt(other, first, smaller, shrunk=False)[0] is None
+
+
+def test_last_stage_is_the_furthest_the_log_reached():
+    from kanoa_local.engine.ready import last_stage
+
+    assert last_stage([]) is None
+    log = ["INFO non-default args: {...}", "INFO Starting to load model /model...",
+           "INFO Loading weights took 0.52 seconds", "INFO GPU KV cache size: 43,520 tokens"]
+    assert last_stage(log) == "KV cache sized"
+    assert last_stage(log[:2]) == "loading weights"

@@ -36,6 +36,7 @@ class StatusReport(BaseModel):
     name: str
     state: Literal["running", "starting", "dead", "unknown"]
     reason: str = Field("", description="dead: what is gone; unknown: who did not answer")
+    stage: str | None = Field(None, description="starting: the engine's stage, read from its log")
     healthy: bool
     model: str
     base_url: str
@@ -120,8 +121,19 @@ def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
     served = None if metrics is None or metrics.prompt_tokens is None else (
         metrics.prompt_tokens + (metrics.generation_tokens or 0))
     word = lv.state if not lv.alive else ("running" if code == 200 else "starting")
+    stage = None
+    if word == "starting":
+        from ..engine.ready import last_stage
+
+        rt = for_kind(dep.runtime)
+        try:
+            stage = last_stage(rt.logs(dep, tail=2000))
+        except Exception:  # noqa: BLE001 - the stage is a courtesy; the state is the answer
+            stage = None
+        finally:
+            rt.close()
     return StatusReport(cost_usd=served_cost(served, dep.cost_per_mtok), name=dep.name, state=word,  # type: ignore[arg-type]
-                        reason=lv.reason, healthy=code == 200, model=dep.model_id, base_url=dep.base_url,
+                        reason=lv.reason, stage=stage, healthy=code == 200, model=dep.model_id, base_url=dep.base_url,
                         runtime=dep.runtime, api_key_hint=(key[:6] + "…") if key else "(missing)",
                         uptime_s=round(time.time() - dep.created_at, 1) if lv.alive else None,
                         metrics=metrics, deployment=dep,

@@ -35,6 +35,16 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
+def last_stage(lines: list[str]) -> str | None:
+    """The latest of :data:`STAGES` a log has reached (None before the first)."""
+    reached = None
+    for line in lines:
+        for i, (_name, pat) in enumerate(STAGES):
+            if (reached is None or i > reached) and pat.search(line):
+                reached = i
+    return STAGES[reached][0] if reached is not None else None
+
+
 class StageEvent(BaseModel):
     stage: str
     at_s: float = Field(description="seconds since the start")
