@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 
 from kanoa_local import state
 from kanoa_local.catalog import load_catalog
@@ -64,3 +65,80 @@ def test_down_of_an_unknown_name_lists_the_names_there_are():
     _record("one", _silent_url())
     r = run_cli("down", "nope")
     assert r.returncode == 8 and "no deployment named 'nope'; there are: one" in r.stderr
+
+
+def test_docker_host_in_the_environment_is_the_target_as_in_the_library():
+    """`DOCKER_HOST=tcp://… kanoa-local up` plans for that host (from its daemon), as
+    `kanoa_local.up(docker_host=…)` does — never for this machine with its ports and paths."""
+    url = _silent_url()
+    r = run_cli("up", "--cpu", env={"DOCKER_HOST": url})
+    assert r.returncode == 6 and f"cannot reach the Docker daemon at {url}" in r.stderr, r.stderr
+    from kanoa_local.deploy import resolve_target
+
+    import os
+
+    os.environ["DOCKER_HOST"] = url
+    try:
+        t = resolve_target()
+    finally:
+        del os.environ["DOCKER_HOST"]
+    assert t.docker_hosts == [url] and t.runtime == "docker" and t.listen == "0.0.0.0" and t.notes
+
+
+def test_a_damaged_record_is_cleaned_up_by_down_as_the_hint_says():
+    state.deployments_dir().mkdir(parents=True, exist_ok=True)
+    state.record_path("cut").write_text('{"schema_version": 2, "name": "cut", "pla')
+    ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
+    assert ps.unreadable == ["cut"] and "damaged" in ps.problems[0]
+    r = run_cli("down", "cut")
+    assert r.returncode == 0, r.stderr
+    assert not state.record_path("cut").exists()
+
+
+def test_ipv6_ports_are_probed_on_ipv6():
+    from kanoa_local.deploy import pick_port, port_free
+
+    with socket.socket(socket.AF_INET6) as s:
+        try:
+            s.bind(("::1", 0))
+        except OSError:
+            import pytest
+
+            pytest.skip("no IPv6 loopback here")
+        s.listen()
+        busy = s.getsockname()[1]
+        assert not port_free("::1", busy)
+        assert pick_port("::1", busy) != busy
+
+
+def test_a_gpu_plan_without_docker_is_the_docker_error_not_a_silent_process():
+    import pytest
+
+    from kanoa_local.deploy import choose_runtime
+    from kanoa_local.errors import DockerUnavailable
+    from kanoa_local.hardware import DockerFacts
+
+    c = plan(load_preset("l4"), load_catalog(user=False), PlanRequest(model="llama-3.1-8b")).chosen
+    down = lambda: DockerFacts(reachable=False, reason="not-running", detail="start Docker")  # noqa: E731
+    with pytest.raises(DockerUnavailable, match="Docker daemon does not answer"):
+        choose_runtime("auto", c, "some/image:1", docker_facts=down)
+    with pytest.raises(DockerUnavailable):                 # this interpreter has no vLLM
+        choose_runtime("auto", c, None, docker_facts=down, python=sys.executable)
+    assert choose_runtime("process", c, None, docker_facts=down) == "process"
+
+
+def test_signals_during_a_cleanup_wait_until_it_is_done():
+    """A second Ctrl-C (or SIGTERM) while a start is cleaning up does not cut the cleanup short."""
+    import os
+    import signal
+
+    from kanoa_local.runtimes import Cleanup
+
+    done: list[str] = []
+    c = Cleanup()
+    c.add("first", lambda: done.append("first"))
+    c.add("signalled", lambda: (os.kill(os.getpid(), signal.SIGINT), os.kill(os.getpid(), signal.SIGTERM),
+                                done.append("after the signals")))
+    c.add("failing", lambda: 1 / 0)
+    assert c.run() == ["failing: division by zero"]
+    assert done == ["after the signals", "first"]          # newest first, every step tried
