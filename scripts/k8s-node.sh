@@ -94,7 +94,8 @@ node_ready() {
 import json, sys
 try: n = json.load(sys.stdin)
 except ValueError: sys.exit(1)
-c = [x for x in n.get("status", {}).get("conditions", []) if x["type"] == "Ready"]
+st = n.get("status") if n.get("kind") == "Node" else None  # a 404 is a Status object
+c = [x for x in (st or {}).get("conditions", []) if x["type"] == "Ready"]
 sys.exit(0 if c and c[0]["status"] == "True" else 1)'
 }
 
@@ -197,6 +198,12 @@ CONF
     #  --image-gc-high-threshold=100, --eviction-hard: never delete the preloaded images (they
     #    cannot be pulled back), evict only on memory
     #  every path (root dir, dockershim socket and root, CNI cache, volume plugins) under $W
+    # Environment: the kubelet's built-in AWS ECR credential provider probes the EC2 metadata
+    # address 169.254.169.254 at startup (and at each image pull) unless told not to; and, as a
+    # second guard, any other outbound HTTP of the kubelet goes to a dead proxy (the API server,
+    # kl-node and the pods stay direct: probes must reach pod IPs).
+    env AWS_EC2_METADATA_DISABLED=true HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
+      NO_PROXY="127.0.0.1,localhost,$NODE,$POD_CIDR" no_proxy="127.0.0.1,localhost,$NODE,$POD_CIDR" \
     setsid "$bin/kubelet" --kubeconfig="$CP/kubeconfig" \
       --hostname-override="$NODE" --node-ip="$GW" --address=127.0.0.1 --port="$KUBELET_PORT" \
       --healthz-bind-address=127.0.0.1 --healthz-port="$HEALTHZ_PORT" --read-only-port=0 \

@@ -22,7 +22,7 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
            namespace: str | None = None, timeout: float = 1200, wait: bool = True, replace: bool = False,
            defaults: dict[str, Any] | None = None,
            on_stage: Callable[[StageEvent], None] | None = None,
-           on_status: Callable[[str], None] | None = None) -> UpResult:
+           on_status: Callable[[str], None] | None = None, model_dir: str | None = None) -> UpResult:
     """Apply the plan's manifests to the cluster of $KUBECONFIG (server-side dry run first),
     wait until the scheduler has placed every pod (its own reason when it cannot), then, unless
     ``wait`` is off, until the pods are ready (vLLM's /health through their readiness probe).
@@ -35,7 +35,8 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
 
     if c.settings is None:
         raise UsageError("this plan does not fit, so it cannot be started", remedy="`kanoa-local plan` shows what fits")
-    require_hub_weights(c)
+    if model_dir is None:
+        require_hub_weights(c)          # else the directory is on the nodes (shared storage)
     name = state.check_name(name or c.model_id)
     state.check_writable()
     with interruptible(), state.lock(name, wait=timeout, on_wait=lambda: on_status and on_status(
@@ -49,7 +50,7 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
             raise UsageError(f"deployment {name!r} already exists", remedy=f"add --replace, or `kanoa-local down {name}`")
         key, key_file = state.new_api_key(name)
         image = image or c.settings.image
-        opts = ExportOptions(name=name, port=port, image=image, namespace=ns, api_key=key)
+        opts = ExportOptions(name=name, port=port, image=image, namespace=ns, api_key=key, model_dir=model_dir)
         layout = layout_for(c)
         check_layout(layout, image)
         objs = render_k8s.objects(c, layout, opts, api_key=key)

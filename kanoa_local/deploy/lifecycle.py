@@ -99,7 +99,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
 
         return up_k8s(cand, name=name, port=port, image=image, namespace=namespace, timeout=timeout,
                       wait=wait, replace=replace, defaults=defaults, on_stage=hooks.get("on_stage"),
-                      on_status=on_status)
+                      on_status=on_status, model_dir=model_dir if model_path else None)
     from ..backends.docker_api import daemon_facts
 
     kind = where.runtime if where.runtime == "slurm" else choose_runtime(

@@ -54,6 +54,8 @@ class ExportOptions(Model):
     startup_minutes: int = Field(30, ge=1, description="how long a start may take before probes give up")
     api_key: str | None = Field(None, exclude=True, repr=False,
                                 description="the key for the Kubernetes Secret (default: generated)")
+    model_dir: str | None = Field(None, description="a checkpoint directory at the same path on every node "
+                                                    "(shared storage), mounted read-only instead of a hub download")
 
 
 def _address(host: str) -> str:
@@ -127,14 +129,14 @@ def render(target: str, c: Candidate, opts: ExportOptions, nodes: int = 1,
     return fn[target](c, layout, opts.model_copy(update={"image": image}))
 
 
-def server_args(c: Candidate, port: int = PORT) -> list[str]:
+def server_args(c: Candidate, port: int = PORT, model_dir: str | None = None) -> list[str]:
     """vLLM's arguments for the plan (the same as `up` passes), listening on all addresses
     inside a container/pod and node; access control is the API key plus where the port is
-    published (loopback, ClusterIP)."""
-    from ..engine.spec import vllm_args
+    published (loopback, ClusterIP). ``model_dir``: the weights are mounted at /model."""
+    from ..engine.spec import CONTAINER_MODEL_DIR, vllm_args
 
-    return vllm_args(c, model_ref=c.variant.repo or c.variant.path or c.model_id,
-                     served_name=c.model_id, host="0.0.0.0", port=port)
+    ref = CONTAINER_MODEL_DIR if model_dir else (c.variant.repo or c.variant.path or c.model_id)
+    return vllm_args(c, model_ref=ref, served_name=c.model_id, host="0.0.0.0", port=port)
 
 
 def node_args(layout: Layout, rank: int | str, head: str) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ..engine.spec import WORKER_ENTRYPOINT, dns_label
+from ..engine.spec import CONTAINER_MODEL_DIR, WORKER_ENTRYPOINT, dns_label
 from . import CONTAINER_HF, Artefact, ExportOptions, Layout, node_args, server_args
 from ..errors import UsageError
 from ..plan.fit import Candidate
@@ -37,7 +37,7 @@ def _meta(name: str, opts: ExportOptions, c: Candidate) -> dict[str, Any]:
 def _container(c: Candidate, layout: Layout, opts: ExportOptions, role: str, secret: str) -> dict[str, Any]:
     s = c.settings
     assert s is not None
-    args = server_args(c, opts.port)
+    args = server_args(c, opts.port, opts.model_dir)
     if layout.pipeline_parallel > 1:
         args += node_args(layout, 0 if role == "leader" else "$(LWS_WORKER_INDEX)", "$(LWS_LEADER_ADDRESS)")
         if role == "worker":
@@ -49,6 +49,9 @@ def _container(c: Candidate, layout: Layout, opts: ExportOptions, role: str, sec
                                                                     "optional": True}}}],
         "volumeMounts": [{"name": "hf-cache", "mountPath": CONTAINER_HF}, {"name": "shm", "mountPath": "/dev/shm"}],
     }
+    if opts.model_dir:
+        ctr["volumeMounts"].append({"name": "model", "mountPath": CONTAINER_MODEL_DIR, "readOnly": True})
+        ctr["env"].append({"name": "HF_HUB_OFFLINE", "value": "1"})
     if role == "worker":
         ctr["command"] = list(WORKER_ENTRYPOINT)     # the image's may be the API server's
     if layout.pipeline_parallel > 1:
@@ -70,10 +73,12 @@ def _container(c: Candidate, layout: Layout, opts: ExportOptions, role: str, sec
 
 def _pod(c: Candidate, layout: Layout, opts: ExportOptions, role: str, secret: str, pvc: str,
          labels: dict[str, str]) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [{"name": "hf-cache", "persistentVolumeClaim": {"claimName": pvc}},
+                                     {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
+    if opts.model_dir:          # the same path on every node: shared storage (NFS, a cluster FS)
+        volumes.append({"name": "model", "hostPath": {"path": opts.model_dir, "type": "Directory"}})
     return {"metadata": {"labels": labels},
-            "spec": {"containers": [_container(c, layout, opts, role, secret)],
-                     "volumes": [{"name": "hf-cache", "persistentVolumeClaim": {"claimName": pvc}},
-                                 {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]}}
+            "spec": {"containers": [_container(c, layout, opts, role, secret)], "volumes": volumes}}
 
 
 def objects(c: Candidate, layout: Layout, opts: ExportOptions, api_key: str | None = None) -> list[dict[str, Any]]:
