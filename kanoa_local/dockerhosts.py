@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+#: this machine's daemon when a record names none (the Engine's default socket)
+LOCAL_SOCKET = "unix:///var/run/docker.sock"
+
 
 def is_remote(host: str | None) -> bool:
     """Whether ``host`` (a Docker host URL) names another machine (tcp:// or ssh://)."""

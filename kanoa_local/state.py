@@ -51,6 +51,7 @@ class ProcessPlace(Model):
     started_at: float = Field(description="the process's start time (psutil), its identity with the pid")
     launch_id: str = Field(description="KANOA_LOCAL_LAUNCH in the environment of every process of it")
     log_file: str
+    machine: str = Field("", description="the host it runs on (a state dir can be shared between machines)")
 
 
 class DockerNode(Model):
@@ -58,6 +59,7 @@ class DockerNode(Model):
     docker_host: str | None = Field(None, description="its Docker host URL (None: this machine's daemon)")
     address: str | None = Field(None, description="the address the other nodes reach it by (multi-node)")
     container_id: str
+    machine: str = Field("", description="for a local daemon (unix://): the host it is local to")
 
 
 class DockerPlace(Model):
@@ -202,6 +204,17 @@ def key_path(name: str) -> Path:
 
 def log_path(name: str) -> Path:
     return state_dir() / "logs" / f"{name}.log"
+
+
+def this_machine() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def elsewhere(machine: str) -> bool:
+    """Whether a place recorded on ``machine`` is on another machine than this one."""
+    return bool(machine) and machine != this_machine()
 
 
 def owner_id() -> str:

@@ -85,9 +85,10 @@ build() {
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-api() {  # api METHOD PATH: the control plane's API with the admin token of its kubeconfig
+api() {  # api METHOD PATH [CURL ARGS]: the control plane's API with the admin token of its kubeconfig
   local token; token="$(sed -n 's/.*token: "\(.*\)".*/\1/p' "$CP/kubeconfig")"
-  curl -sk -X "$1" -H "Authorization: Bearer $token" "https://127.0.0.1:16443$2"
+  local method="$1" path="$2"; shift 2
+  curl -sk -X "$method" -H "Authorization: Bearer $token" "https://127.0.0.1:16443$path" "$@"
 }
 node_ready() {
   api GET "/api/v1/nodes/$NODE" 2>/dev/null | python3 -c '
@@ -220,6 +221,18 @@ CONF
   fi
   for _ in $(seq 1 90); do node_ready && break; alive "$W/kubelet.pid" || break; sleep 1; done
   node_ready || { log "node $NODE did not get Ready"; tail -n 30 "$W/log/kubelet.log" >&2; exit 1; }
+  # The kubelet registers its node with the taint node.kubernetes.io/not-ready:NoSchedule, which
+  # only the node-lifecycle controller removes, and the test control plane does not run that
+  # controller: drop that one taint (others, e.g. a test's own, stay) once the node is Ready.
+  local patch
+  patch="$(api GET "/api/v1/nodes/$NODE" | python3 -c '
+import json, sys
+taints = json.load(sys.stdin).get("spec", {}).get("taints") or []
+keep = [t for t in taints if t.get("key") != "node.kubernetes.io/not-ready"]
+if keep != taints: print(json.dumps({"spec": {"taints": keep or None}}))')"
+  if [ -n "$patch" ]; then
+    api PATCH "/api/v1/nodes/$NODE" -H 'Content-Type: application/merge-patch+json' -d "$patch" >/dev/null
+  fi
   echo "KUBECONFIG=$CP/kubeconfig"
   echo "KUBE_NODE=$NODE"
   echo "KUBE_NODE_DOCKER=$SOCK"
@@ -245,8 +258,10 @@ stop() {
     stop_pid "$W/dockerd.pid" 30
   fi
   rm -f "$W/dockerd.pid"
-  # the kubelet's volume mounts (service-account token tmpfs, ...), innermost first
-  awk -v w="$W/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  # the kubelet's volume mounts (service-account token tmpfs, ...) and its bind mount of its root
+  # dir, dockerd's of its data root (if it left them), innermost first
+  awk -v w="$W/" -v d="$DATA" 'index($2, w) == 1 || $2 == d || index($2, d "/") == 1 {print $2}' /proc/mounts \
+    | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
   iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null || true
   if grep -q " $HOSTS_TAG\$" /etc/hosts; then
@@ -256,6 +271,11 @@ stop() {
   # the kubelet's pod log links (fixed paths in 1.20) that now point at removed containers
   find /var/log/pods /var/log/containers -xtype l -delete 2>/dev/null || true
   find /var/log/pods -mindepth 1 -type d -empty -delete 2>/dev/null || true
+  # paths the 1.20 kubelet hard-codes (no flag moves them): its device-plugin socket dir, the log
+  # dirs; removed only when nothing else is left in them
+  rm -f /var/lib/kubelet/device-plugins/kubelet.sock /var/lib/kubelet/device-plugins/DEPRECATION \
+    /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint
+  rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet /var/log/pods /var/log/containers 2>/dev/null || true
   # everything but the logs
   [ -d "$W" ] && find "$W" -mindepth 1 -maxdepth 1 ! -name log -exec rm -rf --one-file-system {} +
   log "stopped"

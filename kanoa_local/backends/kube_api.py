@@ -28,12 +28,20 @@ def is_final(message: str) -> bool:
     return bool(reasons) and all(FINAL_REASONS.search(r) for r in reasons)
 
 
-def _client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+def _kube() -> Any:
+    """The kubernetes package, or one line saying how to get it (kanoa-local[k8s])."""
     try:
         import kubernetes
+        import kubernetes.client.rest
+        import kubernetes.watch
     except ImportError as exc:
         raise ConfigError("the Kubernetes target needs the kubernetes client",
                           remedy="pip install 'kanoa-local[k8s]'") from exc
+    return kubernetes
+
+
+def _client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    kubernetes = _kube()
     try:
         api = kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
         if not api.configuration.verify_ssl:   # the kubeconfig says so (as kubectl, no warning per call)
@@ -48,7 +56,7 @@ def _client(kubeconfig: str | None = None, context: str | None = None) -> Any:
 
 def current_context(kubeconfig: str | None = None) -> tuple[str | None, str]:
     """(context name, its namespace or 'default')."""
-    import kubernetes
+    kubernetes = _kube()
 
     try:
         _, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
@@ -82,7 +90,7 @@ def _call(fn: Callable[..., Any], what: str, *args: Any, _raw: tuple[int, ...] =
     """``fn(*args, **kwargs)`` with the client's errors made one-line kanoa-local errors (a 409
     status in ``_raw`` is re-raised as is, for the caller to decide)."""
     import urllib3
-    from kubernetes.client.rest import ApiException
+    ApiException = _kube().client.rest.ApiException
 
     try:
         return fn(*args, **kwargs)
@@ -101,7 +109,7 @@ APPLY = "application/apply-patch+yaml"
 
 def _ops(api: Any, obj: dict[str, Any], ns: str) -> tuple[Callable, Callable, Callable]:
     """(server-side apply, delete, read) for ``obj``'s kind."""
-    from kubernetes import client
+    client = _kube().client
 
     kind = obj["kind"]
     core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
@@ -128,7 +136,7 @@ def _metadata(obj: Any) -> dict[str, Any]:
 
 
 def _wait_gone(read: Callable, where: str, name: str, namespace: str, timeout: float) -> None:
-    from kubernetes.client.rest import ApiException
+    ApiException = _kube().client.rest.ApiException
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -146,7 +154,7 @@ def _wait_gone(read: Callable, where: str, name: str, namespace: str, timeout: f
 
 def _current(read: Callable, where: str, name: str, namespace: str) -> dict[str, Any] | None:
     """The object's metadata as it is in the cluster, None when there is none."""
-    from kubernetes.client.rest import ApiException
+    ApiException = _kube().client.rest.ApiException
 
     try:
         return _metadata(_call(read, where, name, namespace, _raw=(404,)))
@@ -204,7 +212,7 @@ def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None 
 
 def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> list[dict[str, Any]]:
     """The deployment's pods: name, node, phase, and the scheduler's verdict."""
-    from kubernetes import client
+    client = _kube().client
 
     api = _client(kubeconfig, context)
     found = _call(client.CoreV1Api(api).list_namespaced_pod, "listing pods", namespace,
@@ -226,7 +234,7 @@ def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: s
 def _pod_events(name: str, *, namespace: str, kubeconfig: str | None, context: str | None) -> Callable[[float], None]:
     """A wait that returns as soon as one of the deployment's pods changes (the API server's
     watch), or after ``seconds``."""
-    from kubernetes import client, watch
+    client, watch = _kube().client, _kube().watch
 
     core = client.CoreV1Api(_client(kubeconfig, context))
 
@@ -278,8 +286,8 @@ def wait_scheduled(name: str, *, namespace: str, timeout: float, kubeconfig: str
 
 def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> list[str]:
     """Delete everything labelled for deployment ``name``; what was deleted."""
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
+    client = _kube().client
+    ApiException = _kube().client.rest.ApiException
 
     api = _client(kubeconfig, context)
     core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
@@ -315,7 +323,7 @@ def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context:
 def state(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> str:
     """'alive' while a Deployment (or pod) of ``name`` is there and not on its way out, else
     'dead'. An API server that does not answer raises :class:`ApiUnreachable`."""
-    from kubernetes import client
+    client = _kube().client
 
     api = _client(kubeconfig, context)
     sel = f"{LABEL}={name}"
@@ -335,7 +343,7 @@ def pod_logs(name: str, *, namespace: str, tail: int | None = None, follow: bool
              kubeconfig: str | None = None, context: str | None = None) -> Any:
     """The engine's output of the deployment's first pod: its text, or with ``follow`` an
     iterator of new lines (the kubelet's log stream)."""
-    from kubernetes import client
+    client = _kube().client
 
     api = _client(kubeconfig, context)
     ps = sorted(pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context),
@@ -362,7 +370,7 @@ def pod_logs(name: str, *, namespace: str, tail: int | None = None, follow: bool
 
 def deployment_names(namespace: str, *, kubeconfig: str | None = None, context: str | None = None) -> list[str]:
     """The kanoa-local deployments (by label) in ``namespace``."""
-    from kubernetes import client
+    client = _kube().client
 
     api = _client(kubeconfig, context)
     deps = _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=LABEL).items

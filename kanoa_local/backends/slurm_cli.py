@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ..errors import EngineError, UsageError
 
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+#: job states in which it holds (or will hold) nodes: not to be read as gone
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STOPPED",
+          "SIGNALING", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "STAGE_OUT", "SPECIAL_EXIT"}
 NO_SLURM = "no Slurm client here (sbatch is not on PATH)"
 
 
@@ -18,9 +20,10 @@ def _run(argv: list[str], timeout: float = 30, env: dict[str, str] | None = None
     if shutil.which(argv[0]) is None:
         raise EngineError(NO_SLURM, remedy="run kanoa-local on a login node of the cluster, or install "
                                            "slurm-client and point SLURM_CONF at the cluster's slurm.conf")
+    # the user's SQUEUE_* defaults (a partition, states, a format) must not hide a job from us
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **env} if env else None)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**base, **(env or {})})
     except subprocess.TimeoutExpired as exc:
         raise EngineError(f"{argv[0]} did not answer in {timeout:.0f} s", remedy="is slurmctld up? (`sinfo`)") from exc
 
@@ -64,27 +67,27 @@ def job(job_id: str) -> dict[str, str]:
     """{state, nodes, reason}; state 'GONE' when Slurm says it no longer has it. A controller
     that does not answer raises :class:`SchedulerUnavailable` (the job may well still run)."""
     try:
-        r = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%N|%r"])
+        r = _run(["squeue", "-h", "-a", "--states=all", "-j", job_id, "-o", "%T|%N|%r|%j"])
     except EngineError as exc:
         if exc.message == NO_SLURM:
             raise
         raise SchedulerUnavailable(exc.message, remedy=exc.remedy) from exc
     if r.returncode != 0:
         if any(m in (r.stderr or "") + (r.stdout or "") for m in GONE_MARKS):
-            return {"state": "GONE", "nodes": "", "reason": ""}
+            return {"state": "GONE", "nodes": "", "reason": "", "name": ""}
         raise _unavailable(r, f"about job {job_id}")
     line = r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
     if not line:
-        return {"state": "GONE", "nodes": "", "reason": ""}
-    state, nodes, reason = (line.split("|") + ["", ""])[:3]
-    return {"state": state, "nodes": nodes, "reason": reason}
+        return {"state": "GONE", "nodes": "", "reason": "", "name": ""}
+    state, nodes, reason, name = (line.split("|") + ["", "", ""])[:4]
+    return {"state": state, "nodes": nodes, "reason": reason, "name": name}
 
 
 def my_jobs(comment_prefix: str) -> list[dict[str, str]]:
     """This user's jobs whose comment starts with ``comment_prefix``: {id, name, state, comment}."""
     import getpass
 
-    r = _run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%T|%k"])
+    r = _run(["squeue", "-h", "-a", "-u", getpass.getuser(), "-o", "%i|%j|%T|%k"])
     if r.returncode != 0:
         raise _unavailable(r, "for the job list")
     out = []
@@ -108,16 +111,21 @@ def head_address(nodelist: str) -> str:
     return names[0]
 
 
-def cancel(job_id: str, wait: float = 30) -> bool:
-    """scancel, then wait until the job is gone; False when it was not there."""
+def cancel(job_id: str, wait: float = 30, job_name: str | None = None) -> bool:
+    """scancel, then wait until the job has ended; False when it was not running. With
+    ``job_name``, a job of that id with another name (ids restart after a controller reset) is
+    refused, never cancelled."""
     import time
 
-    if job(job_id)["state"] == "GONE":
+    j = job(job_id)
+    if j["state"] not in ACTIVE:
         return False
+    if job_name and j.get("name") and j["name"] != job_name:
+        return False                       # that id is someone else's job now: ours has ended
     r = _run(["scancel", job_id])
     if r.returncode != 0:
         raise _unavailable(r, f"to scancel {job_id}")
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and job(job_id)["state"] != "GONE":
+    while time.monotonic() < deadline and job(job_id)["state"] in ACTIVE:
         time.sleep(1)
     return True

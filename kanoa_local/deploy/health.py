@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from .. import state
 from ..errors import DeploymentNotFound, UsageError
 from ..runtimes import Pool, for_kind
+from ..dockerhosts import is_remote
 from ..state import Deployment
 
 class Metrics(BaseModel):
@@ -138,7 +139,8 @@ def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
                         uptime_s=round(time.time() - dep.created_at, 1) if lv.alive else None,
                         metrics=metrics, deployment=dep,
                         # NVML sees this machine's GPUs only
-                        gpus=[] if dep.docker_host or dep.runtime in ("slurm", "k8s") else gpu_use(dep.gpu_uuids, nvml))
+                        gpus=[] if is_remote(dep.docker_host) or dep.runtime in ("slurm", "k8s")
+                        else gpu_use(dep.gpu_uuids, nvml))
 
 
 def served_cost(tokens: float | None, usd_per_mtok: float) -> float | None:

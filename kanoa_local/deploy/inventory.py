@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .. import state
-from ..errors import DeploymentNotFound, EngineError, UsageError
+from ..errors import DeploymentNotFound, EngineError, KanoaError, UsageError
 from ..runtimes import Pool, Unreachable
 from ..state import Deployment, DockerPlace, ProcessPlace, RecordUnreadable, reach_address, url_host
 from .reconcile import discover, orphans, same_place
@@ -101,7 +101,7 @@ def _down_one(name: str, pool: Pool) -> bool:
     for kind, place in targets:
         try:
             pool[kind].stop(name, place)
-        except Unreachable as exc:
+        except KanoaError as exc:          # every place is tried; the record stays while any failed
             failed.append(exc.message)
     if failed:
         raise Unreachable("; ".join(failed), remedy=f"the record of {name} is kept: run `kanoa-local down {name}` "
@@ -133,8 +133,10 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
                         raise DeploymentNotFound(f"no deployment named {n!r}" + (
                             f"; there are: {', '.join(others)}" if others else ""),
                             remedy="`kanoa-local ps` lists them")
-            except Unreachable as exc:
-                failed.append(exc.message)
+            except DeploymentNotFound:
+                raise
+            except KanoaError as exc:      # the other names are still tried
+                failed.append(f"{n}: {exc.message}")
     if failed:
         raise Unreachable("; ".join(failed) + (f" (removed: {', '.join(removed)})" if removed else ""),
                           remedy="what did not answer is kept: run `kanoa-local down` again once it does")

@@ -16,13 +16,14 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from .. import state
-from ..engine.ready import ReadyReport, StageEvent, first_token, wait_until_ready
+from ..engine.ready import ReadyReport, StageEvent
 from ..engine.spec import LaunchSpec, launch_spec
 from ..errors import EngineError, EngineStartError, UsageError
 from ..plan.fit import Candidate
-from ..runtimes import Cleanup, LaunchRequest, Pool, Runtime, for_kind, interruptible, interrupted_error
+from ..runtimes import Pool, Runtime, for_kind, interruptible
 from ..settings import hub_offline
 from ..state import Deployment
+from .attempt import attempt as run_attempt
 from .prepare import hf_token, plan_for_up
 from .reconcile import clear_for_up
 from .replace import Swap, swap_blocker
@@ -288,7 +289,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
                           caches=caches)
         rt = _runtime_for(where, on_pull=on_pull, on_stage=on_stage)
         try:
-            dep, report = _attempt(rt, attempt, spec, name=name, where=where, port=chosen, python=python,
+            dep, report = run_attempt(rt, attempt, spec, name=name, where=where, port=chosen, python=python,
                                    timeout=timeout, stall=stall, on_stage=on_stage, defaults=defaults)
         except EngineError as exc:
             if exc.details.get("kind") != "port-in-use" or not probe_ports or port_moves >= PORT_RETRIES:
@@ -335,59 +336,3 @@ def _runtime_for(where: Target, *, on_pull: Any, on_stage: Any) -> Runtime:
     if where.runtime == "slurm":
         return for_kind("slurm", on_stage=on_stage)
     return for_kind(where.runtime)
-
-
-def _attempt(rt: Runtime, cand: Candidate, spec: LaunchSpec, *, name: str, where: Target, port: int,
-             python: str | None, timeout: float, stall: float, on_stage: Any,
-             defaults: dict[str, Any]) -> tuple[Deployment | None, ReadyReport]:
-    """Start once and wait; on anything but ready, what was started is removed again (every
-    step tried, signals held off meanwhile) and the record with it."""
-    s = cand.settings
-    assert s is not None
-    key, key_file = state.new_api_key(name)
-    cleanup = Cleanup()
-    cleanup.add("the record and key", lambda: state.remove(name))
-    req = LaunchRequest(name=name, spec=spec, key=key, python=python, timeout=timeout,
-                        labels={"io.kanoa-local.plan-hash": state.plan_hash(spec), "io.kanoa-local.port": str(port),
-                                "io.kanoa-local.listen": where.listen},
-                        gpu_uuids=s.gpu_uuids or None, title=f"{cand.model_name} (kanoa-local up)",
-                        nodes=s.pipeline_parallel_size, gpus_per_node=len(s.gpu_indices) if cand.device == "gpu" else 0)
-    dep: Deployment | None = None
-    try:
-        launched = rt.launch(req, cleanup)
-        dep = Deployment(name=name, place=launched.place, model_id=cand.model_id,
-                         served_model_name=spec.served_model_name, host=launched.listen or where.listen, port=port,
-                         device=cand.device, plan_hash=state.plan_hash(spec), api_key_file=str(key_file), spec=spec,
-                         gpu_uuids=s.gpu_uuids, vision=cand.vision, max_model_len=s.max_model_len, **defaults)
-        state.save(dep)
-        base_url = dep.base_url
-        report = wait_until_ready(read_lines=launched.read_lines, alive=launched.alive,
-                                  probe=lambda: first_token(base_url, key, spec.served_model_name)[0],
-                                  timeout=timeout, stall=stall if launched.log_readable else timeout + 1,
-                                  on_stage=on_stage, exit_info=launched.exit_info)
-    except KeyboardInterrupt as exc:
-        failed = cleanup.run()
-        err = interrupted_error(exc, "the engine that was starting is stopped and removed"
-                                if not failed else "could not remove: " + "; ".join(failed))
-        raise err from None
-    except BaseException:
-        cleanup.run()
-        raise
-    if report.outcome != "ready":
-        _keep_log(rt, dep, name)
-        cleanup.run()
-    else:
-        cleanup.dismiss()
-    return dep, report
-
-
-def _keep_log(rt: Runtime, dep: Deployment | None, name: str) -> None:
-    """`logs NAME` still shows why a start failed once its containers are gone."""
-    if dep is None or rt.kind != "docker":
-        return
-    try:
-        lines = rt.logs(dep)
-        if lines:
-            state.write_atomic(state.log_path(name), "\n".join(lines) + "\n")
-    except Exception:  # noqa: BLE001 - the error itself matters more than its log copy
-        pass

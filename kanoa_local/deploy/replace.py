@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import state
+from ..dockerhosts import is_remote
 from ..runtimes import Pool
 from ..state import Deployment, DockerPlace, ProcessPlace
 
@@ -23,7 +24,7 @@ def swap_blocker(old: Deployment, candidate: Any, where: Any) -> str | None:
         return "both do not fit on the same GPU at once"
     if where.runtime not in ("process", "docker") or where.remote or where.multi:
         return "its port is fixed on that target"
-    if old.runtime not in ("process", "docker") or old.docker_host:
+    if old.runtime not in ("process", "docker") or is_remote(old.docker_host):
         return "the old one runs elsewhere"
     return None
 

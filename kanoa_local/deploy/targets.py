@@ -55,7 +55,8 @@ def resolve_target(*, runtime: str = "auto", target: str = "local", host: str = 
         return Target(runtime=target, listen="0.0.0.0" if target == "slurm" else host)
     if not hosts and cluster_hosts and len(cluster_hosts) > 1 and all("://" in h or h == "local" for h in cluster_hosts):
         hosts = list(cluster_hosts)
-    if not hosts and is_remote(os.environ.get("DOCKER_HOST")):
+    if not hosts and os.environ.get("DOCKER_HOST"):
+        # the daemon of $DOCKER_HOST now, recorded by its URL (another shell may say otherwise)
         hosts = [os.environ["DOCKER_HOST"]]
     hosts = [None if h in ("local", None) else h for h in hosts] or [None]
     if len(hosts) > 1:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..backends import docker_api as dk
-from ..errors import DockerUnavailable
-from ..state import Deployment, DockerNode, DockerPlace, owner_id
+from ..errors import DockerUnavailable, EngineError
+from ..state import Deployment, DockerNode, DockerPlace, elsewhere, owner_id, this_machine
 from .base import ALIVE, Cleanup, Found, Launched, LaunchRequest, Liveness, Runtime, Unreachable, combine
 
 #: vLLM's default --master-port is 29501: port 8000 keeps it, the next deployment moves along.
@@ -31,10 +31,11 @@ class Clients:
         self._c: dict[str | None, Any] = {}
 
     def get(self, host: str | None) -> Any:
-        key = host if dk.is_remote(host) else None
-        if key not in self._c:
-            self._c[key] = dk.client(host=key)
-        return self._c[key]
+        """The client of ``host`` as recorded: None is this machine's default socket, never
+        whatever $DOCKER_HOST says in the shell of the moment."""
+        if host not in self._c:
+            self._c[host] = dk.client(host=host or dk.LOCAL_SOCKET)
+        return self._c[host]
 
     def close(self) -> None:
         for c in self._c.values():
@@ -86,7 +87,7 @@ class DockerRuntime(Runtime):
                           gpu_uuids=None if multi else req.gpu_uuids, remote=dk.is_remote(host),
                           where=where(host), node=node, on_created=created)
             started.append(DockerNode(rank=rank, docker_host=host, address=address if multi else None,
-                                      container_id=box["id"]))
+                                      container_id=box["id"], machine="" if dk.is_remote(host) else this_machine()))
         place = DockerPlace(nodes=started)
         followers = [(n.rank, dk.ContainerLogFollower(self.clients.get(n.docker_host), n.container_id))
                      for n in started]
@@ -112,6 +113,8 @@ class DockerRuntime(Runtime):
     # -------------------------------------------------------------------------------- the contract
 
     def _node_state(self, n: DockerNode) -> Liveness:
+        if elsewhere(n.machine):
+            return Liveness(state="unknown", reason=f"its container is on {n.machine}'s Docker daemon: ask there")
         try:
             st = dk.container_state(self.clients.get(n.docker_host), n.container_id)
         except DockerUnavailable as exc:
@@ -132,8 +135,9 @@ class DockerRuntime(Runtime):
         deployment's label and owner on those hosts (none with ``name`` empty: exactly the
         place) — each host tried even when one fails."""
         assert isinstance(place, DockerPlace)
-        failed = []
-        for host in place.hosts:
+        failed = [f"{n.machine} (its container is on that machine's daemon: run `down` there)"
+                  for n in place.nodes if elsewhere(n.machine)]
+        for host in dict.fromkeys(n.docker_host for n in place.nodes if not elsewhere(n.machine)):
             try:
                 c = self.clients.get(host)
                 ids = [n.container_id for n in place.nodes if n.docker_host == host and n.container_id]
@@ -141,7 +145,7 @@ class DockerRuntime(Runtime):
                     ids += [x["id"] for x in dk.find_servers(c, name, owner=owner_id()) if x["id"] not in ids]
                 for cid in ids:
                     dk.stop_remove(c, cid)
-            except DockerUnavailable as exc:
+            except EngineError as exc:       # unreachable, or the daemon refused: try the other hosts
                 failed.append(f"{where(host)} ({exc.message})")
         if failed:
             raise Unreachable("could not remove the containers on " + "; ".join(failed),

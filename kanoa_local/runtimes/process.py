@@ -25,8 +25,8 @@ from typing import Any, Iterator
 import psutil
 
 from ..errors import EngineError
-from ..state import Deployment, ProcessPlace, log_path, owner_id
-from .base import ALIVE, Cleanup, Found, Launched, LaunchRequest, Liveness, Runtime
+from ..state import Deployment, ProcessPlace, elsewhere, log_path, owner_id, this_machine
+from .base import ALIVE, Cleanup, Found, Launched, LaunchRequest, Liveness, Runtime, Unreachable
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 LAUNCH_ENV, OWNER_ENV, NAME_ENV = "KANOA_LOCAL_LAUNCH", "KANOA_LOCAL_OWNER", "KANOA_LOCAL_DEPLOYMENT"
@@ -42,11 +42,14 @@ def default_python() -> str:
 
 def check_python(python: str) -> None:
     """Fail early, in one line, when ``python`` is missing or has no vLLM."""
-    if not Path(python).exists():
+    if not Path(python).is_file():
         raise EngineError(f"no Python interpreter at {python}", remedy=INSTALL_HINT)
-    r = subprocess.run([python, "-c", "import importlib.util, sys; "
-                        "sys.exit(0 if importlib.util.find_spec('vllm') else 3)"],
-                       capture_output=True, text=True, timeout=60)
+    try:
+        r = subprocess.run([python, "-c", "import importlib.util, sys; "
+                            "sys.exit(0 if importlib.util.find_spec('vllm') else 3)"],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EngineError(f"cannot run {python}: {getattr(exc, 'strerror', None) or exc}", remedy=INSTALL_HINT) from None
     if r.returncode != 0:
         raise EngineError(f"{python} has no vLLM", remedy=INSTALL_HINT)
 
@@ -61,20 +64,34 @@ def _environ(p: psutil.Process) -> dict[str, str]:
         return {}
 
 
+#: psutil derives start times from the boot time, which moves a little when the clock is stepped
+START_SLACK_S = 2.0
+
+
 def leader(place: ProcessPlace) -> psutil.Process | None:
-    """The recorded server process, when the pid still is it (same start time, same launch)."""
+    """The recorded server process, when the pid still is it: its environment carries the
+    launch id (when readable, that settles it), else its start time is the recorded one."""
     if not place.pid or not place.launch_id:
         return None
     try:
         p = psutil.Process(place.pid)
-        if abs(p.create_time() - place.started_at) > 0.05:
-            return None                      # the pid belongs to another process now
         env = _environ(p)
-        if env and env.get(LAUNCH_ENV) != place.launch_id:
-            return None
+        if LAUNCH_ENV in env:
+            return p if env[LAUNCH_ENV] == place.launch_id else None
+        if abs(p.create_time() - place.started_at) > START_SLACK_S:
+            return None                      # the pid belongs to another process now
         return p
     except psutil.Error:
         return None
+
+
+def _pid_reused(place: ProcessPlace) -> bool:
+    """Whether the recorded pid now names a process that is not the server."""
+    try:
+        p = psutil.Process(place.pid)
+    except psutil.Error:
+        return False
+    return leader(place) is None and p.is_running()
 
 
 def _session_of(p: psutil.Process) -> int | None:
@@ -98,6 +115,8 @@ def members(place: ProcessPlace) -> list[psutil.Process]:
     (the engine core and workers, also once the server itself has died)."""
     if not place.launch_id:
         return []
+    # the session rule holds only while the session id is not someone else's now
+    by_session = bool(place.pid) and not _pid_reused(place)
     uid = os.getuid()
     out = []
     for p in psutil.process_iter(["uids", "create_time"]):
@@ -109,8 +128,8 @@ def members(place: ProcessPlace) -> list[psutil.Process]:
             env = _environ(p)
             if env.get(LAUNCH_ENV) == place.launch_id:
                 out.append(p)
-            elif (LAUNCH_ENV not in env and place.pid and _session_of(p) == place.pid
-                  and (p.info.get("create_time") or 0) >= place.started_at - 0.05 and _is_engine(p)):
+            elif (by_session and LAUNCH_ENV not in env and _session_of(p) == place.pid
+                  and (p.info.get("create_time") or 0) >= place.started_at - START_SLACK_S and _is_engine(p)):
                 out.append(p)
         except psutil.Error:
             continue
@@ -191,16 +210,20 @@ class ProcessRuntime(Runtime):
         python = req.python or default_python()
         check_python(python)
         log = log_path(req.name)
-        log.parent.mkdir(parents=True, exist_ok=True)
         launch_id = uuid.uuid4().hex
         env = {**os.environ, **req.spec.env, "VLLM_API_KEY": req.key, LAUNCH_ENV: launch_id,
                OWNER_ENV: owner_id(), NAME_ENV: req.name}
-        with log.open("wb") as out:       # a new start: a new log
-            proc = subprocess.Popen([python, "-m", SERVER_MODULE, *req.spec.argv], stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("wb") as out:       # a new start: a new log
+                proc = subprocess.Popen([python, "-m", SERVER_MODULE, *req.spec.argv], stdout=out,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                        start_new_session=True)
+        except OSError as exc:
+            raise EngineError(f"cannot start {python} (log {log}): {exc.strerror or exc}",
+                              remedy="check the interpreter and that the state dir is writable") from None
         place = ProcessPlace(pid=proc.pid, started_at=_create_time(proc.pid), launch_id=launch_id,
-                             log_file=str(log))
+                             log_file=str(log), machine=this_machine())
 
         def undo() -> None:
             self.stop(req.name, place, timeout=10)
@@ -216,6 +239,13 @@ class ProcessRuntime(Runtime):
     def liveness(self, dep: Deployment) -> Liveness:
         place = dep.place
         assert isinstance(place, ProcessPlace)
+        if elsewhere(place.machine):
+            return Liveness(state="unknown", reason=f"it runs on {place.machine}: ask there")
+        if not place.launch_id:            # a record of kanoa-local before schema 2: no identity kept
+            if place.pid and psutil.pid_exists(place.pid):
+                return Liveness(state="unknown", reason=f"pid {place.pid} runs, but this old record cannot prove "
+                                                        "it is the server (stop it yourself if it is)")
+            return Liveness(state="dead", reason=f"the server (pid {place.pid}) is gone")
         if _running(leader(place)):
             return ALIVE
         rest = members(place)
@@ -226,6 +256,9 @@ class ProcessRuntime(Runtime):
 
     def stop(self, name: str, place: Any, timeout: float = 20) -> None:
         assert isinstance(place, ProcessPlace)
+        if elsewhere(place.machine):
+            raise Unreachable(f"{name or 'it'} runs on {place.machine}, not here",
+                              remedy=f"run `kanoa-local down {name}` on {place.machine}")
         procs = members(place)
         head = leader(place)
         if head is not None and all(p.pid != head.pid for p in procs):

@@ -93,9 +93,12 @@ class SlurmRuntime(Runtime):
         place = dep.place
         assert isinstance(place, SlurmPlace)
         try:
-            st = sl.job(place.job_id)["state"]
+            j = sl.job(place.job_id)
         except sl.SchedulerUnavailable as exc:
             return Liveness(state="unknown", reason=exc.message)
+        st = j["state"]
+        if j.get("name") and j["name"] != f"kanoa-{dep.name}":
+            return Liveness(state="dead", reason=f"Slurm job {place.job_id} is another job now")
         if st in sl.ACTIVE:
             return ALIVE
         return Liveness(state="dead", reason=f"Slurm job {place.job_id} is {st.lower()}")
@@ -103,7 +106,7 @@ class SlurmRuntime(Runtime):
     def stop(self, name: str, place: Any) -> None:
         assert isinstance(place, SlurmPlace)
         try:
-            sl.cancel(place.job_id)
+            sl.cancel(place.job_id, job_name=f"kanoa-{name}" if name else None)
         except sl.SchedulerUnavailable as exc:
             raise Unreachable(f"could not cancel Slurm job {place.job_id}: {exc.message}",
                               remedy="the record is kept: run `kanoa-local down` again once slurmctld "
