@@ -49,8 +49,9 @@ build() {
   # The control plane's build installs Go/etcd, fetches Debian's source package into the cache
   # and builds the control plane (needed by start anyway); cached, so a no-op when done.
   bash "$HERE/k8s-control-plane.sh" build >/dev/null
-  dpkg -s gcc libc6-dev containernetworking-plugins iproute2 iptables >/dev/null 2>&1 \
-    || { log "installing gcc, libc6-dev, containernetworking-plugins (Debian)"; apt_install gcc libc6-dev containernetworking-plugins iproute2 iptables; }
+  # socat: dockershim's port-forward (kubectl port-forward) runs it inside the pod's network namespace
+  dpkg -s gcc libc6-dev containernetworking-plugins iproute2 iptables socat >/dev/null 2>&1 \
+    || { log "installing gcc, libc6-dev, containernetworking-plugins, socat (Debian)"; apt_install gcc libc6-dev containernetworking-plugins iproute2 iptables socat; }
   local out; out="$(bin_dir)"
   [ -x "$out/kubelet" ] && [ -x "$out/pause" ] && [ -f "$out/.complete" ] && { echo "$out"; return 0; }
   local tarball; tarball="$(ls "$CACHE"/k8s-src/kubernetes_*.orig.tar.gz | head -n1)"

@@ -63,7 +63,8 @@ def _container(c: Candidate, layout: Layout, opts: ExportOptions, role: str, sec
     else:
         ctr["env"].append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(s.cpu_kv_cache_gib or 1)})
     if role != "worker":
-        ctr["ports"] = [{"name": "http", "containerPort": opts.port}]
+        # protocol spelled out: server-side apply on older API servers needs the list key (1.20)
+        ctr["ports"] = [{"name": "http", "containerPort": opts.port, "protocol": "TCP"}]
         probe = {"httpGet": {"path": "/health", "port": opts.port}, "periodSeconds": 10}
         ctr["startupProbe"] = {**probe, "failureThreshold": opts.startup_minutes * 6}
         ctr["readinessProbe"] = {**probe, "failureThreshold": 3}
@@ -110,7 +111,7 @@ def objects(c: Candidate, layout: Layout, opts: ExportOptions, api_key: str | No
         selector["role"] = "leader"
     service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, opts, c),
                "spec": {"type": "ClusterIP", "selector": selector,
-                        "ports": [{"name": "http", "port": opts.port, "targetPort": opts.port}]}}
+                        "ports": [{"name": "http", "port": opts.port, "targetPort": opts.port, "protocol": "TCP"}]}}
     objs = [secret, pvc, workload, service]
     check_objects(objs)
     return objs
