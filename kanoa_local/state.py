@@ -338,17 +338,25 @@ def remove(name: str) -> None:
 # ----------------------------------------------------------------------------- keys
 
 
+def make_api_key() -> str:
+    return "kl-" + secrets.token_urlsafe(32)
+
+
 def new_api_key(name: str) -> tuple[str, Path]:
     """A fresh API key for ``name``, stored readable by the owner only (0600). Call it under
     :func:`lock`: the file is replaced atomically, never half-written."""
-    key = "kl-" + secrets.token_urlsafe(32)
+    key = make_api_key()
+    return key, write_api_key(name, key)
+
+
+def write_api_key(name: str, key: str) -> Path:
     p = key_path(name)
     try:
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise _state_error(exc, p) from exc
     write_atomic(p, key + "\n", mode=0o600)
-    return key, p
+    return p
 
 
 def read_api_key(dep: Deployment) -> str:

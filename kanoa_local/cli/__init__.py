@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None, prog_name: str = "kanoa-local") -> None:
         _error(exc.format_message(), hint, "UsageError", {}, 2, as_json, debug)
     except click.exceptions.Abort:
         _error("interrupted", None, "Interrupted", {}, 130, as_json, debug)
-    except KeyboardInterrupt:
-        _error("interrupted", None, "Interrupted", {}, 130, as_json, debug)
+    except KeyboardInterrupt as exc:        # SIGTERM/SIGHUP outside a start's own handling: 143/129
+        signum = getattr(exc, "signum", None)
+        _error("terminated" if signum else "interrupted", None, "Interrupted", {}, 128 + (signum or 2), as_json, debug)
     except BrokenPipeError:
         sys.exit(141)
     except Exception as exc:  # noqa: BLE001 - the boundary: never a raw traceback

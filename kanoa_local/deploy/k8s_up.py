@@ -10,9 +10,9 @@ from typing import Any, Callable
 from .. import state
 from ..engine.ready import StageEvent
 from ..engine.spec import launch_spec
-from ..errors import EngineStartError, UsageError
+from ..errors import EngineStartError, KanoaError, UsageError
 from ..plan.fit import Candidate
-from ..runtimes import Pool, interruptible, interrupted_error
+from ..runtimes import Pool, Unreachable, interruptible, interrupted_error, shielded
 from ..state import Deployment, K8sPlace
 from .lifecycle import UpResult
 from .reconcile import clear_for_up
@@ -48,7 +48,9 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
             existing, _ = clear_for_up(name, pool, docker_hosts=[])
         if existing is not None and not replace:
             raise UsageError(f"deployment {name!r} already exists", remedy=f"add --replace, or `kanoa-local down {name}`")
-        key, key_file = state.new_api_key(name)
+        # the key file is written once the Secret holds the key: a refused apply leaves any
+        # deployment of this name with the key it has
+        key = state.make_api_key()
         image = image or c.settings.image
         opts = ExportOptions(name=name, port=port, image=image, namespace=ns, api_key=key, model_dir=model_dir)
         layout = layout_for(c)
@@ -64,10 +66,11 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
         try:
             applied = k8s.apply(objs, namespace=ns, kubeconfig=kubeconfig, context=context,
                                 gone_timeout=min(60.0, timeout))
-        except BaseException:
-            if existing is None:       # apply removed what it had created; the new key goes too
-                state.remove(name)
+        except BaseException as exc:   # apply removed what it had created
+            if isinstance(exc, KeyboardInterrupt):
+                raise interrupted_error(exc, "what was applied to the cluster is deleted") from None
             raise
+        key_file = state.write_api_key(name, key)
         stage("applied " + ", ".join(applied))
         dep = Deployment(name=name, place=K8sPlace(namespace=ns, context=context, kubeconfig=kubeconfig, service=svc),
                          model_id=c.model_id, served_model_name=c.model_id,
@@ -96,8 +99,14 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
             else:
                 notes.append("not waiting for readiness (--no-wait): `kanoa-local status` tells when it is up")
         except BaseException as exc:
-            k8s.delete(name, namespace=ns, kubeconfig=kubeconfig, context=context)
-            state.remove(name)
+            with shielded():           # a second Ctrl-C must not cut the delete short
+                try:
+                    k8s.delete(name, namespace=ns, kubeconfig=kubeconfig, context=context)
+                    state.remove(name)
+                except KanoaError as gone_wrong:
+                    raise Unreachable(f"{getattr(exc, 'message', None) or exc}; and what was applied could not be "
+                                      f"deleted: {gone_wrong.message}",
+                                      remedy=f"its record is kept: `kanoa-local down {name}` once the cluster answers") from exc
             if isinstance(exc, KeyboardInterrupt):
                 raise interrupted_error(exc, "what was applied to the cluster is deleted") from None
             raise

@@ -218,7 +218,8 @@ def _up_locked(candidate: Candidate, *, name: str, port: int, where: Target, pyt
     notes: list[str] = []
     swap: Swap | None = None
     with Pool() as pool:
-        existing, said = clear_for_up(name, pool, docker_hosts=where.docker_hosts)
+        existing, said = clear_for_up(name, pool, docker_hosts=where.docker_hosts,
+                                      kinds=(where.runtime,) if where.runtime == "slurm" else ())
         notes += said
         if existing is not None:
             probe_spec = _make_spec(candidate, name=name, port=existing.port, where=where, model_dir=model_dir,

@@ -40,7 +40,7 @@ def discover(pool: Pool, records: list[Deployment], *, docker_hosts: list[str | 
     hosts = list(dict.fromkeys([*(docker_hosts or []),
                                 *(h for d in records if isinstance(d.place, DockerPlace) for h in d.place.hosts)]))
     plan: list[tuple[str, list[Any]]] = [("process", []), ("docker", hosts)]
-    if "slurm" in kinds or any(d.runtime == "slurm" for d in records):
+    if "slurm" in kinds or any(d.runtime == "slurm" for d in records) or _slurm_here():
         plan.append(("slurm", []))
     k8s = [d.place for d in records if isinstance(d.place, K8sPlace)]
     if k8s:
@@ -55,13 +55,34 @@ def discover(pool: Pool, records: list[Deployment], *, docker_hosts: list[str | 
     return found, unreachable
 
 
+def _slurm_here() -> bool:
+    """A Slurm cluster this machine submits to (its client and a configuration): its jobs are
+    looked for even without a record (a killed `up` may have left one)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    return shutil.which("squeue") is not None and bool(os.environ.get("SLURM_CONF") or Path("/etc/slurm/slurm.conf").exists())
+
+
 def orphans(records: list[Deployment], found: list[tuple[str, Found]]) -> list[tuple[str, Found]]:
-    """What runs without a record that names it."""
-    return [(k, f) for k, f in found
-            if not any(d.name == f.name and same_place(d.place, f.place) for d in records)]
+    """What runs without a record that names it — for containers, each one: a leftover of the
+    same name beside the recorded ones (a replacement that could not stop the old) is one too."""
+    out = []
+    for k, f in found:
+        rec = next((d for d in records if d.name == f.name and same_place(d.place, f.place)), None)
+        if rec is None:
+            out.append((k, f))
+        elif isinstance(f.place, DockerPlace) and isinstance(rec.place, DockerPlace):
+            known = {n.container_id for n in rec.place.nodes}
+            extra = [n for n in f.place.nodes if n.container_id not in known]
+            if extra:
+                out.append((k, f.model_copy(update={"place": DockerPlace(nodes=extra)})))
+    return out
 
 
-def clear_for_up(name: str, pool: Pool, *, docker_hosts: list[str | None]) -> tuple[Deployment | None, list[str]]:
+def clear_for_up(name: str, pool: Pool, *, docker_hosts: list[str | None],
+                 kinds: tuple[str, ...] = ()) -> tuple[Deployment | None, list[str]]:
     """Before `up NAME` (under its lock): the live deployment of that name, or None once every
     leftover of it (a dead record, an orphan) is removed; what was done, as notes. A place that
     does not answer stops `up` with nothing changed."""
@@ -75,7 +96,7 @@ def clear_for_up(name: str, pool: Pool, *, docker_hosts: list[str | None]) -> tu
             raise                      # a newer kanoa-local's: leave it to that one
         broken = exc
     records = [rec] if rec is not None else []
-    found, _ = discover(pool, records, docker_hosts=docker_hosts)
+    found, _ = discover(pool, records, docker_hosts=docker_hosts, kinds=kinds)
     mine = [(k, f) for k, f in found if f.name == name]
     live = None
     if rec is not None:

@@ -60,7 +60,16 @@ class Swap:
                 self.log_moved = (log, aside)
 
     def restore(self) -> None:
-        """The new one did not start: the old one is as it was."""
+        """The new one did not start: the old one is as it was (its record and key first, so a
+        host that fails the renames below still leaves it on record)."""
+        state.write_atomic(state.record_path(self.old.name), self.record)
+        if self.key is not None:
+            state.write_atomic(state.key_path(self.old.name), self.key, mode=0o600)
+        if self.log_moved is not None:
+            log, aside = self.log_moved
+            if log.exists():               # the failed start's log stays readable beside it
+                log.replace(log.with_name(f"{log.stem}.failed{log.suffix}"))
+            aside.replace(log)
         if self.renamed:
             from ..backends import docker_api as dk
             from ..runtimes.docker import DockerRuntime
@@ -68,13 +77,10 @@ class Swap:
             rt = self.pool["docker"]
             assert isinstance(rt, DockerRuntime)
             for host, cid, was in self.renamed:
-                dk.rename(rt.clients.get(host), cid, was)
-        if self.log_moved is not None:
-            log, aside = self.log_moved
-            aside.replace(log)
-        state.write_atomic(state.record_path(self.old.name), self.record)
-        if self.key is not None:
-            state.write_atomic(state.key_path(self.old.name), self.key, mode=0o600)
+                try:
+                    dk.rename(rt.clients.get(host), cid, was)
+                except Exception:  # noqa: BLE001 - it serves under the aside name; its record finds it by id
+                    pass
 
     def finish(self) -> list[str]:
         """The new one is ready: stop exactly the old one (by its place, not by name)."""
