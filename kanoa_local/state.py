@@ -90,6 +90,7 @@ class K8sPlace(Model):
     context: str | None = None
     kubeconfig: str | None = Field(None, description="the kubeconfig file `up` used (None: the default)")
     service: str = ""
+    owner: str = Field("", description="the owner label on its objects (empty: a record from before owners)")
     uids: dict[str, str] = Field(default_factory=dict, description="'Kind/name' -> uid of what `up` created")
 
 

@@ -12,6 +12,12 @@ from typing import Any, Callable
 from ..errors import ConfigError, EngineError, EngineStartError, UsageError
 
 LABEL = "io.kanoa-local/deployment"
+#: who applied it (user, machine, state dir): another user's objects of the same name are not ours
+OWNER_LABEL = "io.kanoa-local/owner"
+
+
+def selector(name: str, owner: str | None = None) -> str:
+    return f"{LABEL}={name}" + (f",{OWNER_LABEL}={owner}" if owner else "")
 LWS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
 #: scheduler reasons that no waiting will change (resources no node has)
 FINAL_REASONS = re.compile(r"^\d+ (Insufficient |Too many pods)")
@@ -165,7 +171,7 @@ def _current(read: Callable, where: str, name: str, namespace: str) -> dict[str,
 
 
 def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None = None,
-          context: str | None = None, gone_timeout: float = 60) -> list[str]:
+          context: str | None = None, gone_timeout: float = 60, owner: str | None = None) -> list[str]:
     """Server-side apply (field manager kanoa-local): first a dry run of every object (the API
     server validates all before anything is stored), then the apply itself. An object of the
     name that kanoa-local did not make is refused; one still being deleted (a `down` under way)
@@ -179,8 +185,12 @@ def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None 
         where = f"{obj['kind']}/{name}"
         meta = _current(read, where, name, namespace)
         if meta is not None:
-            if (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != "kanoa-local":
+            labels = meta.get("labels") or {}
+            if labels.get("app.kubernetes.io/managed-by") != "kanoa-local":
                 raise UsageError(f"{where} exists and kanoa-local did not create it",
+                                 remedy="choose another --name or namespace")
+            if owner and labels.get(OWNER_LABEL) not in (None, owner):
+                raise UsageError(f"{where} belongs to another user's kanoa-local deployment",
                                  remedy="choose another --name or namespace")
             if meta.get("deletion_timestamp") or meta.get("deletionTimestamp"):
                 # an apply now would be deleted with it: wait until it is gone, then make it anew
@@ -210,13 +220,14 @@ def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None 
     return done
 
 
-def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> list[dict[str, Any]]:
+def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None,
+         owner: str | None = None) -> list[dict[str, Any]]:
     """The deployment's pods: name, node, phase, and the scheduler's verdict."""
     client = _kube().client
 
     api = _client(kubeconfig, context)
     found = _call(client.CoreV1Api(api).list_namespaced_pod, "listing pods", namespace,
-                  label_selector=f"{LABEL}={name}")
+                  label_selector=selector(name, owner))
     out = []
     for p in found.items:
         cond = {c.type: c for c in (p.status.conditions or [])}
@@ -231,7 +242,8 @@ def pods(name: str, *, namespace: str, kubeconfig: str | None = None, context: s
     return out
 
 
-def _pod_events(name: str, *, namespace: str, kubeconfig: str | None, context: str | None) -> Callable[[float], None]:
+def _pod_events(name: str, *, namespace: str, kubeconfig: str | None, context: str | None,
+                owner: str | None = None) -> Callable[[float], None]:
     """A wait that returns as soon as one of the deployment's pods changes (the API server's
     watch), or after ``seconds``."""
     client, watch = _kube().client, _kube().watch
@@ -240,7 +252,7 @@ def _pod_events(name: str, *, namespace: str, kubeconfig: str | None, context: s
 
     def wait(seconds: float) -> None:
         w = watch.Watch()
-        sel = f"{LABEL}={name}"
+        sel = selector(name, owner)
         try:
             # from the list's version on: only changes wake it (not the pods that are there)
             meta = core.list_namespaced_pod(namespace, label_selector=sel).metadata
@@ -256,13 +268,14 @@ def _pod_events(name: str, *, namespace: str, kubeconfig: str | None, context: s
 
 
 def wait_scheduled(name: str, *, namespace: str, timeout: float, kubeconfig: str | None = None,
-                   context: str | None = None, on_stage: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                   context: str | None = None, on_stage: Callable[[str], None] | None = None,
+                   owner: str | None = None) -> list[dict[str, Any]]:
     """Until every pod has a node; the scheduler's own reason when it cannot place one."""
     t0 = time.monotonic()
     said = last = ""
-    wake = _pod_events(name, namespace=namespace, kubeconfig=kubeconfig, context=context)
+    wake = _pod_events(name, namespace=namespace, kubeconfig=kubeconfig, context=context, owner=owner)
     while time.monotonic() - t0 < timeout:
-        ps = pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context)
+        ps = pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context, owner=owner)
         ps = [p for p in ps if not p["terminating"]]
         bad = next((p for p in ps if p["unschedulable"]), None)
         if bad is not None:
@@ -284,14 +297,15 @@ def wait_scheduled(name: str, *, namespace: str, timeout: float, kubeconfig: str
                            remedy="see `kubectl get pods,events`")
 
 
-def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> list[str]:
+def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None,
+           owner: str | None = None) -> list[str]:
     """Delete everything labelled for deployment ``name``; what was deleted."""
     client = _kube().client
     ApiException = _kube().client.rest.ApiException
 
     api = _client(kubeconfig, context)
     core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
-    sel = f"{LABEL}={name}"
+    sel = selector(name, owner)
     gone: list[str] = []
     listings = [("Deployment", apps.list_namespaced_deployment, apps.delete_namespaced_deployment),
                 ("Service", core.list_namespaced_service, core.delete_namespaced_service),
@@ -314,23 +328,24 @@ def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context:
         pass                               # no LeaderWorkerSet API on this cluster
     # pods go with their Deployment (their kubelets stop them); wait until all are on their way
     for _ in range(20):
-        if all(p["terminating"] for p in pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context)):
+        if all(p["terminating"] for p in pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context, owner=owner)):
             break
         time.sleep(0.5)
     return gone
 
 
-def state(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None) -> str:
+def state(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None,
+          owner: str | None = None) -> str:
     """'alive' while a Deployment (or pod) of ``name`` is there and not on its way out, else
     'dead'. An API server that does not answer raises :class:`ApiUnreachable`."""
     client = _kube().client
 
     api = _client(kubeconfig, context)
-    sel = f"{LABEL}={name}"
+    sel = selector(name, owner)
     deps = _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=sel).items
     if any(d.metadata.deletion_timestamp is None for d in deps):
         return "alive"
-    live = [p for p in pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context) if not p["terminating"]]
+    live = [p for p in pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context, owner=owner) if not p["terminating"]]
     return "alive" if live else "dead"
 
 
@@ -340,13 +355,13 @@ def exists(name: str, *, namespace: str, kubeconfig: str | None = None, context:
 
 
 def pod_logs(name: str, *, namespace: str, tail: int | None = None, follow: bool = False,
-             kubeconfig: str | None = None, context: str | None = None) -> Any:
+             kubeconfig: str | None = None, context: str | None = None, owner: str | None = None) -> Any:
     """The engine's output of the deployment's first pod: its text, or with ``follow`` an
     iterator of new lines (the kubelet's log stream)."""
     client = _kube().client
 
     api = _client(kubeconfig, context)
-    ps = sorted(pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context),
+    ps = sorted(pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context, owner=owner),
                 key=lambda p: (p["terminating"], p["name"]))
     if not ps:
         return iter(()) if follow else ""
@@ -368,10 +383,12 @@ def pod_logs(name: str, *, namespace: str, tail: int | None = None, follow: bool
     return lines()
 
 
-def deployment_names(namespace: str, *, kubeconfig: str | None = None, context: str | None = None) -> list[str]:
+def deployment_names(namespace: str, *, kubeconfig: str | None = None, context: str | None = None,
+                     owner: str | None = None) -> list[str]:
     """The kanoa-local deployments (by label) in ``namespace``."""
     client = _kube().client
 
     api = _client(kubeconfig, context)
-    deps = _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=LABEL).items
+    deps = _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace,
+                 label_selector=LABEL + (f",{OWNER_LABEL}={owner}" if owner else "")).items
     return sorted({d.metadata.labels.get(LABEL) for d in deps if d.metadata.labels and d.metadata.labels.get(LABEL)})

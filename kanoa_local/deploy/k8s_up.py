@@ -52,7 +52,9 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
         # deployment of this name with the key it has
         key = state.make_api_key()
         image = image or c.settings.image
-        opts = ExportOptions(name=name, port=port, image=image, namespace=ns, api_key=key, model_dir=model_dir)
+        owner = state.owner_id()
+        opts = ExportOptions(name=name, port=port, image=image, namespace=ns, api_key=key, model_dir=model_dir,
+                             owner=owner)
         layout = layout_for(c)
         check_layout(layout, image)
         objs = render_k8s.objects(c, layout, opts, api_key=key)
@@ -65,14 +67,15 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
 
         try:
             applied = k8s.apply(objs, namespace=ns, kubeconfig=kubeconfig, context=context,
-                                gone_timeout=min(60.0, timeout))
+                                gone_timeout=min(60.0, timeout), owner=owner)
         except BaseException as exc:   # apply removed what it had created
             if isinstance(exc, KeyboardInterrupt):
                 raise interrupted_error(exc, "what was applied to the cluster is deleted") from None
             raise
         key_file = state.write_api_key(name, key)
         stage("applied " + ", ".join(applied))
-        dep = Deployment(name=name, place=K8sPlace(namespace=ns, context=context, kubeconfig=kubeconfig, service=svc),
+        dep = Deployment(name=name, place=K8sPlace(namespace=ns, context=context, kubeconfig=kubeconfig, service=svc,
+                                       owner=owner),
                          model_id=c.model_id, served_model_name=c.model_id,
                          host=f"{svc}.{ns}.svc", port=port, device=c.device, plan_hash=manifests_hash(objs),
                          api_key_file=str(key_file), vision=c.vision, max_model_len=c.settings.max_model_len,
@@ -81,13 +84,13 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
         state.save(dep)
         try:
             placed = k8s.wait_scheduled(name, namespace=ns, timeout=timeout, kubeconfig=kubeconfig,
-                                        context=context, on_stage=stage)
+                                        context=context, on_stage=stage, owner=owner)
             stage("scheduled on " + ", ".join(sorted({p["node"] for p in placed})))
             notes = [f"inside the cluster: {dep.base_url}; from here: `kubectl -n {ns} port-forward svc/{svc} "
                      f"{port}:{port}`"]
             if wait:
                 while time.monotonic() - t0 < timeout:
-                    ps = k8s.pods(name, namespace=ns, kubeconfig=kubeconfig, context=context)
+                    ps = k8s.pods(name, namespace=ns, kubeconfig=kubeconfig, context=context, owner=owner)
                     if ps and all(p["ready"] for p in ps):
                         stage("ready (the pods' /health answers)")
                         break
@@ -101,7 +104,7 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
         except BaseException as exc:
             with shielded():           # a second Ctrl-C must not cut the delete short
                 try:
-                    k8s.delete(name, namespace=ns, kubeconfig=kubeconfig, context=context)
+                    k8s.delete(name, namespace=ns, kubeconfig=kubeconfig, context=context, owner=owner)
                     state.remove(name)
                 except KanoaError as gone_wrong:
                     raise Unreachable(f"{getattr(exc, 'message', None) or exc}; and what was applied could not be "

@@ -54,6 +54,7 @@ class ExportOptions(Model):
     startup_minutes: int = Field(30, ge=1, description="how long a start may take before probes give up")
     api_key: str | None = Field(None, exclude=True, repr=False,
                                 description="the key for the Kubernetes Secret (default: generated)")
+    owner: str | None = Field(None, description="kanoa-local's owner label (set by `up`, not by exports)")
     model_dir: str | None = Field(None, description="a checkpoint directory at the same path on every node "
                                                     "(shared storage), mounted read-only instead of a hub download")
 

@@ -22,9 +22,12 @@ LWS_API = "leaderworkerset.x-k8s.io/v1"
 
 
 def _labels(opts: ExportOptions, c: Candidate) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": f"kanoa-{opts.name}",
-            "app.kubernetes.io/managed-by": "kanoa-local", "io.kanoa-local/deployment": opts.name,
-            "io.kanoa-local/model": c.model_id}
+    labels = {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": f"kanoa-{opts.name}",
+              "app.kubernetes.io/managed-by": "kanoa-local", "io.kanoa-local/deployment": opts.name,
+              "io.kanoa-local/model": c.model_id}
+    if opts.owner:
+        labels["io.kanoa-local/owner"] = opts.owner
+    return labels
 
 
 def _meta(name: str, opts: ExportOptions, c: Candidate) -> dict[str, Any]:

@@ -10,12 +10,13 @@ from typing import Any, Iterator
 
 from ..backends import kube_api as k8s
 from ..errors import ConfigError, EngineError
-from ..state import Deployment, K8sPlace
+from ..state import Deployment, K8sPlace, owner_id
 from .base import ALIVE, Cleanup, Found, Launched, LaunchRequest, Liveness, Runtime, Unreachable
 
 
 def _where(place: K8sPlace) -> dict[str, Any]:
-    return {"namespace": place.namespace, "kubeconfig": place.kubeconfig, "context": place.context}
+    return {"namespace": place.namespace, "kubeconfig": place.kubeconfig, "context": place.context,
+            "owner": place.owner or None}
 
 
 class K8sRuntime(Runtime):
@@ -60,9 +61,10 @@ class K8sRuntime(Runtime):
         found, unreachable = [], []
         for place in {(p.namespace, p.kubeconfig, p.context): p for p in hosts}.values():
             try:
-                names = k8s.deployment_names(place.namespace, kubeconfig=place.kubeconfig, context=place.context)
+                names = k8s.deployment_names(place.namespace, kubeconfig=place.kubeconfig, context=place.context,
+                                             owner=owner_id())
             except (EngineError, ConfigError):
                 unreachable.append(f"Kubernetes namespace {place.namespace}")
                 continue
-            found += [Found(name=n, place=place.model_copy(update={"uids": {}})) for n in names]
+            found += [Found(name=n, place=place.model_copy(update={"uids": {}, "owner": owner_id()})) for n in names]
         return found, unreachable

@@ -112,3 +112,29 @@ def test_the_api_server_refuses_what_kanoa_local_catches_first(cluster, tmp_path
         assert server_says in api_err.value.body
         with pytest.raises(UsageError, match=ours):
             check_objects(objs)
+
+
+def test_another_users_deployment_of_the_same_name_is_never_touched(cluster):
+    """A shared namespace: someone else's kanoa-local deployment `theirs` (their owner label).
+    `ps` does not list it, `up` of that name refuses before changing anything, `down` finds no
+    deployment of that name, and their objects stay."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=cluster["KUBECONFIG"])
+    core = client.CoreV1Api(api)
+    labels = {"app.kubernetes.io/managed-by": "kanoa-local", "io.kanoa-local/deployment": "theirs",
+              "io.kanoa-local/owner": "someone-else"}
+    core.create_namespaced_secret("default", {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                                              "metadata": {"name": "kanoa-theirs-secrets", "labels": labels},
+                                              "stringData": {"api-key": "kl-theirs"}})
+    try:
+        ps = json.loads(run_cli("ps", "--json", env=cluster).stdout)
+        assert all(d["name"] != "theirs" for d in ps["deployments"])
+        r = run_cli("up", "llama-3.1-8b", "--gpu", "h100", "--target", "k8s", "--name", "theirs", "--no-wait",
+                    env=cluster, timeout=300)
+        assert r.returncode == 2 and "another user" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert run_cli("down", "theirs", env=cluster).returncode == 8
+        kept = core.read_namespaced_secret("kanoa-theirs-secrets", "default")
+        assert kept.metadata.labels["io.kanoa-local/owner"] == "someone-else"
+    finally:
+        core.delete_namespaced_secret("kanoa-theirs-secrets", "default")
