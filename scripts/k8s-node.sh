@@ -22,6 +22,9 @@ NODE=kl-node
 SOCK="unix://$W/docker.sock"
 DATA="$CACHE/k8s-node-docker"    # the node dockerd's data root: kept across stop, so images stay loaded
 BRIDGE=kl-cni0; POD_CIDR=10.88.0.0/24; GW=10.88.0.1
+# the node dockerd's own default bridge (never used by pods): "bridge": "none" would make that
+# dockerd delete docker0 at start — the main daemon's bridge, on which every other container runs
+DBRIDGE=kl-nodedk0; DBRIDGE_ADDR=10.89.0.1/24
 KUBELET_PORT=10250; HEALTHZ_PORT=10248
 HOSTS_TAG="# kanoa-k8s-node"
 log() { printf '[k8s-node] %s\n' "$*" >&2; }
@@ -146,11 +149,13 @@ WRAP
   chmod 755 "$W/runc-oom-clamp"
 
   # A Docker daemon of the node's own (socket, pidfile, exec root under $W, data root in the
-  # cache), so the machine's main dockerd and its containers are untouched: no bridge, no
-  # iptables, no ip_forward (pods get their network from CNI), the oom-clamping runtime.
+  # cache), so the machine's main dockerd and its containers are untouched: a bridge of its own
+  # (not "none": see DBRIDGE), no iptables, no ip_forward (pods get their network from CNI),
+  # the oom-clamping runtime.
+  ip link show "$DBRIDGE" >/dev/null 2>&1 || { ip link add "$DBRIDGE" type bridge; ip addr add "$DBRIDGE_ADDR" dev "$DBRIDGE"; }
   cat > "$W/daemon.json" <<CONF
 {"hosts": ["$SOCK"], "pidfile": "$W/dockerd.pid", "exec-root": "$W/exec", "data-root": "$DATA",
- "bridge": "none", "iptables": false, "ip6tables": false, "ip-forward": false, "ip-masq": false,
+ "bridge": "$DBRIDGE", "iptables": false, "ip6tables": false, "ip-forward": false, "ip-masq": false,
  "exec-opts": ["native.cgroupdriver=cgroupfs"], "cgroup-parent": "/kanoa-k8s-node",
  "log-driver": "json-file", "log-opts": {"max-size": "50m"},
  "storage-driver": "overlay2",
@@ -264,6 +269,7 @@ stop() {
   awk -v w="$W/" -v d="$DATA" 'index($2, w) == 1 || $2 == d || index($2, d "/") == 1 {print $2}' /proc/mounts \
     | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
+  if ip link show "$DBRIDGE" >/dev/null 2>&1; then ip link del "$DBRIDGE"; fi
   iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null || true
   if grep -q " $HOSTS_TAG\$" /etc/hosts; then
     # rewrite in place (same inode), dropping only our line

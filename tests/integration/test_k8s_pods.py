@@ -24,7 +24,10 @@ def node(k8s_cluster):
 
     from kubernetes import client, config
 
+    had_docker0 = subprocess.run(["ip", "link", "show", "docker0"], capture_output=True).returncode == 0
     facts = start_test_host("k8s-node.sh", "a kubelet node for the test control plane", 1800)
+    # the node's own dockerd must leave the main daemon's bridge alone (every other test needs it)
+    assert not had_docker0 or subprocess.run(["ip", "link", "show", "docker0"], capture_output=True).returncode == 0
     core = client.CoreV1Api(config.new_client_from_config(config_file=k8s_cluster))
     core.create_persistent_volume({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "weights-pod"},
                                    "spec": {"capacity": {"storage": "500Gi"}, "accessModes": ["ReadWriteOnce"],
