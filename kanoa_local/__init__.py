@@ -11,11 +11,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["Catalog", "Deployment", "HardwareProfile", "KanoaError", "PlanRequest", "PlanResult",
-           "__version__", "check", "connect", "load_catalog", "load_profile", "plan", "probe", "up"]
+           "__version__", "check", "connect", "down", "load_catalog", "load_profile", "plan", "probe", "ps",
+           "status", "up"]
 
 _LAZY = {
     "Deployment": ("kanoa_local.state", "Deployment"),
     "connect": ("kanoa_local.deploy", "connect"),
+    "down": ("kanoa_local.deploy", "down"),
+    "ps": ("kanoa_local.deploy", "ps"),
+    "status": ("kanoa_local.deploy", "status"),
     "Catalog": ("kanoa_local.catalog", "Catalog"),
     "load_catalog": ("kanoa_local.catalog", "load_catalog"),
     "PlanRequest": ("kanoa_local.plan", "PlanRequest"),
@@ -30,9 +34,10 @@ _LAZY = {
 
 
 def up(model: str | None = None, **options: Any) -> Any:
-    """Plan and start a deployment on this machine (as `kanoa-local up`); its Deployment.
-    Options are `kanoa-local up`'s: model_path, name, port, host, runtime, image, python,
-    precision, max_model_len, cpu, offline, timeout, replace."""
+    """Plan and start a deployment (as `kanoa-local up`, option for option); its Deployment.
+    Options are `kanoa-local up`'s: model_path, name, port, host, runtime, target, image,
+    python, precision, max_model_len, cpu, offline, timeout, replace, docker_host,
+    docker_hosts, namespace, ... (see :func:`kanoa_local.deploy.start`)."""
     from .deploy import start
 
     return start(model, **options).deployment
