@@ -222,7 +222,7 @@ class ProcessRuntime(Runtime):
         except OSError as exc:
             raise EngineError(f"cannot start {python} (log {log}): {exc.strerror or exc}",
                               remedy="check the interpreter and that the state dir is writable") from None
-        place = ProcessPlace(pid=proc.pid, started_at=_create_time(proc.pid), launch_id=launch_id,
+        place = ProcessPlace(pid=proc.pid, started_at=_started(proc.pid), launch_id=launch_id,
                              log_file=str(log), machine=this_machine())
 
         def undo() -> None:
@@ -289,11 +289,11 @@ class ProcessRuntime(Runtime):
                 continue
         found = []
         for launch_id, procs in launches.items():
-            p, env = min(procs, key=lambda pe: _safe_create(pe[0]))
+            p, env = min(procs, key=lambda pe: _started(pe[0]))
             cmd = _cmdline(p)
             port = _arg(cmd, "--port")
             found.append(Found(name=env.get(NAME_ENV, launch_id[:8]),
-                               place=ProcessPlace(pid=p.pid, started_at=_safe_create(p), launch_id=launch_id,
+                               place=ProcessPlace(pid=p.pid, started_at=_started(p), launch_id=launch_id,
                                                   log_file=str(log_path(env.get(NAME_ENV, "x")))),
                                model=_arg(cmd, "--served-model-name") or "?",
                                port=int(port) if port and port.isdigit() else None,
@@ -302,16 +302,10 @@ class ProcessRuntime(Runtime):
         return found, []
 
 
-def _create_time(pid: int) -> float:
+def _started(p: psutil.Process | int) -> float:
+    """A process's start time (0 when it is gone)."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
-
-
-def _safe_create(p: psutil.Process) -> float:
-    try:
-        return p.create_time()
+        return (psutil.Process(p) if isinstance(p, int) else p).create_time()
     except psutil.Error:
         return 0.0
 
