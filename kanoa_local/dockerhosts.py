@@ -3,6 +3,8 @@ Pure, so records, targets and exports read them without loading docker-py."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from urllib.parse import urlsplit
 
 #: this machine's daemon when a record names none (the Engine's default socket)
@@ -18,3 +20,29 @@ def host_address(host: str) -> str:
     """The machine name or address in a Docker host URL: tcp://10.0.0.2:2375 -> 10.0.0.2,
     ssh://me@gpu-box -> gpu-box."""
     return urlsplit(host).hostname or host
+
+
+def _cause_chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return seen
+
+
+def classify_unreachable(exc: BaseException) -> tuple[str, str]:
+    """Why a daemon did not answer (permission, not installed, not running) and the remedy."""
+    chain = _cause_chain(exc)
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, PermissionError) for e in chain) or "Permission denied" in text:
+        return "permission-denied", (
+            "add your user to the docker group (`sudo usermod -aG docker $USER`, then log in "
+            "again) or run as root")
+    local = not os.environ.get("DOCKER_HOST", "").startswith(("tcp://", "ssh://"))
+    if local and not (shutil.which("dockerd") or shutil.which("docker")):
+        return "not-installed", (
+            "install Docker Engine (Debian/Ubuntu: `apt-get install docker.io`), or use "
+            "`--runtime process`")
+    return "not-running", (
+        "start Docker (`sudo systemctl start docker`, or `sudo dockerd &` without systemd)"
+        if local else "check that the daemon at $DOCKER_HOST is up and reachable")

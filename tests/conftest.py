@@ -211,6 +211,40 @@ def http(method: str, url: str, body: dict | None = None, api_key: str | None = 
         return 0, repr(exc)
 
 
+def served_routes(root: str, api_key: str) -> list[tuple[str, str]]:
+    """(method, path) of every route the running server has, from its own OpenAPI table (read
+    with the key), plus FastAPI's documentation routes, which the table leaves out."""
+    import json
+
+    code, text = http("GET", f"{root}/openapi.json", api_key=api_key)
+    assert code == 200, (code, text[:200])
+    routes = [(m.upper(), p.replace("{", "").replace("}", "")) for p, ops in json.loads(text)["paths"].items()
+              for m in ops if m.upper() in ("GET", "POST", "PUT", "DELETE", "PATCH")]
+    return sorted(set(routes + [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc")]))
+
+
+def assert_closed_but_health(root: str, api_key: str) -> list[tuple[str, str]]:
+    """Every route of the server at ``root`` refuses a request without the key (401), and with a
+    wrong one, except GET /health; the key opens each GET route. The routes checked."""
+    routes = served_routes(root, api_key)
+    assert ("POST", "/invocations") in routes and ("GET", "/metrics") in routes, routes   # the ones vLLM leaves open
+    opened = []
+    for method, path in routes:
+        body = {} if method != "GET" else None
+        for key in (None, api_key + "x", "kl-" + "0" * 32):
+            code, text = http(method, root + path, body=body, api_key=key, timeout=10)
+            if (method, path) == ("GET", "/health"):
+                assert code == 200, (path, code)
+            else:
+                assert code == 401, f"{method} {path} answered {code} without the key: {text[:120]}"
+        if method == "GET":
+            code, _ = http(method, root + path, api_key=api_key, timeout=30)
+            assert code != 401, f"{method} {path} refused the right key"
+            opened.append(path)
+    assert "/metrics" in opened and "/v1/models" in opened
+    return routes
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

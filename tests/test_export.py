@@ -44,7 +44,7 @@ def chosen(model: str, precision: str | None, cluster: Cluster):
 def artefacts(case: str, target: str):
     model, precision, cluster = CASES[case]
     c = chosen(model, precision, cluster)
-    return c, render(target, c, ExportOptions(name=model, api_key="kl-golden-key"), nodes=cluster.nodes)
+    return c, render(target, c, ExportOptions(name=model), nodes=cluster.nodes)
 
 
 @pytest.mark.parametrize("target", ["docker", "slurm", "k8s", "compose", "helm"])
@@ -56,7 +56,11 @@ def test_golden(case, target):
             artefacts(case, target)
         return
     _, files = artefacts(case, target)
-    assert len(files) == 1
+    assert len(files) == (2 if target == "compose" else 1)
+    if target == "compose":        # the guard module beside the compose file
+        from kanoa_local.engine import guard
+
+        assert files[1].name == guard.FILE and files[1].content == guard.source()
     golden = GOLDEN / f"{target}-{case}.{EXT[target]}"
     if UPDATE:
         golden.write_text(files[0].content)
@@ -120,7 +124,8 @@ def test_manifests_pass_kubernetes_validate_strict(case, tmp_path):
     _, [f] = artefacts(case, "k8s")
     objs = list(yaml.safe_load_all(f.content))
     kinds = [o["kind"] for o in objs]
-    assert kinds[0] == "Secret" and kinds[-1] == "Service"
+    # the key is referenced, never rendered: no Secret object in an exported file
+    assert "Secret" not in kinds and kinds[0] == "ConfigMap" and kinds[-1] == "Service"
     svc = objs[-1]
     assert svc["spec"]["type"] == "ClusterIP" and "." not in svc["metadata"]["name"]
     _validate(objs, tmp_path)
@@ -164,7 +169,7 @@ def test_export_cli(tmp_path):
     res = json.loads(r.stdout)
     assert res["target"] == "k8s" and res["nodes"] == 1 and len(res["written"]) == 1
     written = Path(res["written"][0])
-    assert stat.S_IMODE(written.stat().st_mode) == 0o600          # it holds the API key
+    assert "stringData" not in written.read_text() and "kl-" not in r.stdout     # no key in the file or JSON
     r = run_cli("export", "slurm", "llama-3.1-405b", "--quant", "bf16", "--nodes", "2",
                 "--gpus-per-node", "8", "--gpu", "h100")
     assert r.returncode == 0 and "#SBATCH --nodes=2" in r.stdout, r.stderr

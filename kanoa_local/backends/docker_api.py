@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DockerUnavailable, EngineError, GpuRuntimeMissing, ImageUnavailable, NameTaken
-from ..dockerhosts import LOCAL_SOCKET, host_address, is_remote  # noqa: F401 - part of this boundary's surface
+from ..dockerhosts import LOCAL_SOCKET, classify_unreachable, host_address, is_remote  # noqa: F401 - part of this boundary's surface
 from ..hardware import DockerFacts
 
 #: What the daemon answers when a GPU is requested and no NVIDIA runtime is registered.
@@ -24,31 +24,6 @@ ROLE_LABEL = "io.kanoa-local.role"
 GPU_RUNTIME_REMEDY = (
     "install the NVIDIA Container Toolkit (nvidia-container-toolkit), run "
     "`nvidia-ctk runtime configure --runtime=docker` and restart Docker")
-
-
-def _cause_chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return seen
-
-
-def _classify_unreachable(exc: BaseException) -> tuple[str, str]:
-    chain = _cause_chain(exc)
-    text = " ".join(str(e) for e in chain)
-    if any(isinstance(e, PermissionError) for e in chain) or "Permission denied" in text:
-        return "permission-denied", (
-            "add your user to the docker group (`sudo usermod -aG docker $USER`, then log in "
-            "again) or run as root")
-    local = not os.environ.get("DOCKER_HOST", "").startswith(("tcp://", "ssh://"))
-    if local and not (shutil.which("dockerd") or shutil.which("docker")):
-        return "not-installed", (
-            "install Docker Engine (Debian/Ubuntu: `apt-get install docker.io`), or use "
-            "`--runtime process`")
-    return "not-running", (
-        "start Docker (`sudo systemctl start docker`, or `sudo dockerd &` without systemd)"
-        if local else "check that the daemon at $DOCKER_HOST is up and reachable")
 
 
 def gpu_requests(uuids: list[str] | None) -> list:
@@ -88,7 +63,7 @@ def client(timeout: float = 10, host: str | None = None) -> Any:
         c.ping()
         return c
     except docker.errors.DockerException as exc:
-        reason, remedy = _classify_unreachable(exc)
+        reason, remedy = classify_unreachable(exc)
         where = host or os.environ.get("DOCKER_HOST") or "the local socket"
         if is_remote(where):
             remedy = (f"check that {host_address(where)} is reachable from here and that its dockerd "
@@ -134,7 +109,7 @@ def translate_errors(image: str | None = None) -> Iterator[None]:
         raise EngineError(f"Docker refused: {exc.explanation or text}",
                           remedy="see `docker info` and the daemon's log") from exc
     except daemon_errors() as exc:
-        reason, remedy = _classify_unreachable(exc)
+        reason, remedy = classify_unreachable(exc)
         raise DockerUnavailable(f"lost the Docker daemon ({reason}): {exc}", remedy=remedy) from exc
 
 
@@ -206,10 +181,10 @@ def pull(c: Any, image: str, on_progress: Any = None, where: str = "this Docker 
 
 def run_server(c: Any, spec: Any, *, name: str, secrets_env: dict[str, str], gpu_uuids: list[str] | None,
                extra_labels: dict[str, str], on_pull: Any = None, remote: bool = False, where: str = "",
-               node: Any = None, on_created: Any = None) -> str:
+               node: Any = None, on_created: Any = None, files: bytes | None = None) -> str:
     """Create and start the vLLM container of ``spec``; its id. A missing image is pulled (with
     progress). ``on_created(id)`` is told the id before the start, so a cleanup knows it even
-    when the start fails or is interrupted.
+    when the start fails or is interrupted. ``files``: a tar unpacked at / before the start.
 
     ``node`` (a :class:`~kanoa_local.engine.spec.NodeLaunch`) makes it one node of a multi-node
     deployment: host networking (the ranks reach each other directly), a hostname that resolves
@@ -223,7 +198,7 @@ def run_server(c: Any, spec: Any, *, name: str, secrets_env: dict[str, str], gpu
     except docker.errors.ImageNotFound:
         pull(c, image, on_pull, where=where or "this Docker host")
     except daemon_errors() as exc:
-        reason, remedy = _classify_unreachable(exc)
+        reason, remedy = classify_unreachable(exc)
         raise DockerUnavailable(f"lost the Docker daemon{' at ' + where if where else ''} ({reason})",
                                 remedy=remedy) from exc
     with translate_errors(image):
@@ -262,14 +237,21 @@ def run_server(c: Any, spec: Any, *, name: str, secrets_env: dict[str, str], gpu
             raise
         if on_created is not None:
             on_created(ctr.id)
-            ctr.start()
+            _start(ctr, files)
             return ctr.id
         try:
-            ctr.start()
+            _start(ctr, files)
         except BaseException:
             ctr.remove(force=True)
             raise
         return ctr.id
+
+
+def _start(ctr: Any, files: bytes | None) -> None:
+    """Unpack ``files`` (a tar) at the created container's root, then start it."""
+    if files is not None:
+        ctr.put_archive("/", files)
+    ctr.start()
 
 
 def _silent(exc: BaseException) -> DockerUnavailable:

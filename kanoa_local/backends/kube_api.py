@@ -119,7 +119,8 @@ def _ops(api: Any, obj: dict[str, Any], ns: str) -> tuple[Callable, Callable, Ca
 
     kind = obj["kind"]
     core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
-    typed = {"Secret": (core, "secret"), "PersistentVolumeClaim": (core, "persistent_volume_claim"),
+    typed = {"Secret": (core, "secret"), "ConfigMap": (core, "config_map"),
+             "PersistentVolumeClaim": (core, "persistent_volume_claim"),
              "Service": (core, "service"), "Deployment": (apps, "deployment")}
     if kind in typed:
         group, suffix = typed[kind]
@@ -310,6 +311,7 @@ def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context:
     listings = [("Deployment", apps.list_namespaced_deployment, apps.delete_namespaced_deployment),
                 ("Service", core.list_namespaced_service, core.delete_namespaced_service),
                 ("Secret", core.list_namespaced_secret, core.delete_namespaced_secret),
+                ("ConfigMap", core.list_namespaced_config_map, core.delete_namespaced_config_map),
                 ("PersistentVolumeClaim", core.list_namespaced_persistent_volume_claim,
                  core.delete_namespaced_persistent_volume_claim)]
     for kind, lister, deleter in listings:

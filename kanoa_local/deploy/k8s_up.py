@@ -53,7 +53,7 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
         key = state.make_api_key()
         image = image or c.settings.image
         owner = state.owner_id()
-        opts = ExportOptions(name=name, port=port, image=image, namespace=ns, api_key=key, model_dir=model_dir,
+        opts = ExportOptions(name=name, port=port, image=image, namespace=ns, model_dir=model_dir,
                              owner=owner)
         layout = layout_for(c)
         check_layout(layout, image)

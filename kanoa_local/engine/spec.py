@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from . import guard
 from ..hardware import Model
 from ..images import CPU_REPO
 from ..plan.fit import Candidate, PlanResult
@@ -47,6 +48,8 @@ class LaunchSpec(Model):
     ipc_host: bool = False
     labels: dict[str, str] = {}
     served_model_name: str
+    guard_dir: str | None = Field(None, description="where the key guard module is placed for the engine "
+                                                    "(inside the container; on this machine for a process)")
 
     def docker_command(self) -> str:
         """The equivalent `docker run` line, for people who want to run it by hand."""
@@ -58,7 +61,10 @@ class LaunchSpec(Model):
             parts.append("--ipc=host")
         elif self.shm_size:
             parts += ["--shm-size", self.shm_size]
-        for m in self.mounts:
+        mounts = list(self.mounts)
+        if self.guard_dir:      # `up` copies it into the container; by hand, mount it
+            mounts.append(Mount(source=str(guard.local_dir()), target=self.guard_dir, read_only=True))
+        for m in mounts:
             parts += ["-v", f"{m.source}:{m.target}" + (":ro" if m.read_only else "")]
         for k, v in self.env.items():
             parts += ["-e", f"{k}={v}"]
@@ -72,11 +78,16 @@ class LaunchSpec(Model):
 
     def process_command(self, python: str = "python") -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        if self.guard_dir:
+            env = f"PYTHONPATH={shlex.quote(self.guard_dir)}" + (" " + env if env else "")
         return (env + " " if env else "") + f"{python} -m vllm.entrypoints.openai.api_server " + \
             " ".join(shlex.quote(a) for a in self.argv)
 
 
-def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port: int) -> list[str]:
+def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port: int,
+              guarded: bool = True) -> list[str]:
+    """vLLM's arguments for ``c``. ``guarded``: load kanoa-local's key guard (every route but
+    health needs the key); the engine's environment must then have the module on its path."""
     s = c.settings
     assert s is not None, "only a fitting candidate can be launched"
     args = ["--model", model_ref, "--served-model-name", served_name, "--host", host, "--port", str(port)]
@@ -107,6 +118,8 @@ def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port
         args.append("--enforce-eager")
     if s.compilation_config:
         args += ["--compilation-config", json.dumps(s.compilation_config, separators=(",", ":"), sort_keys=True)]
+    if guarded:
+        args += guard.args()
     return args
 
 
@@ -121,8 +134,11 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
     v = c.variant
     local = model_dir or v.path
     mounts: list[Mount] = []
+    env: dict[str, str] = {}
     if runtime == "docker":
         model_ref = CONTAINER_MODEL_DIR if local else (v.repo or "")
+        guard_dir = guard.CONTAINER_DIR
+        env["PYTHONPATH"] = guard_dir
         bind = "0.0.0.0"          # inside the container; published on `host` only
         mounts.append(Mount(source=hf_cache, target=CONTAINER_HF_CACHE))
         mounts.append(Mount(source=vllm_cache, target=CONTAINER_VLLM_CACHE))
@@ -131,9 +147,9 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
     else:
         model_ref = local or v.repo or ""
         bind = host
+        guard_dir = str(guard.local_dir())
     if not model_ref:
         raise ValueError(f"{v.source}: a packaged or local variant needs model_dir")
-    env: dict[str, str] = {}
     secret_env = ["VLLM_API_KEY"]
     if v.repo and not local:
         secret_env.append("HF_TOKEN")
@@ -156,7 +172,7 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
         gpus=s.gpu_indices if c.device == "gpu" else None,
         ipc_host=c.device == "gpu" and runtime == "docker",
         shm_size="2g" if c.device == "cpu" and runtime == "docker" else None,
-        labels=labels, served_model_name=c.model_id)
+        labels=labels, served_model_name=c.model_id, guard_dir=guard_dir)
 
 
 #: What a worker node runs. Only ``vllm serve`` knows --headless (an engine with no API server);

@@ -52,8 +52,6 @@ class ExportOptions(Model):
     storage: str = Field("200Gi", description="size of the weights volume (Kubernetes)")
     storage_class: str | None = None
     startup_minutes: int = Field(30, ge=1, description="how long a start may take before probes give up")
-    api_key: str | None = Field(None, exclude=True, repr=False,
-                                description="the key for the Kubernetes Secret (default: generated)")
     owner: str | None = Field(None, description="kanoa-local's owner label (set by `up`, not by exports)")
     model_dir: str | None = Field(None, description="a checkpoint directory at the same path on every node "
                                                     "(shared storage), mounted read-only instead of a hub download")
@@ -124,20 +122,22 @@ def render(target: str, c: Candidate, opts: ExportOptions, nodes: int = 1,
     image = opts.image or c.settings.image
     check_layout(layout, image)
     fn = {"docker": docker.render, "slurm": slurm.render, "compose": compose.render, "helm": helm.render,
-          "k8s": lambda c_, l_, o_: k8s.render(c_, l_, o_, o_.api_key)}
+          "k8s": k8s.render}
     if target not in fn:
         raise UsageError(f"unknown target {target!r}", remedy="one of: " + ", ".join(TARGETS))
     return fn[target](c, layout, opts.model_copy(update={"image": image}))
 
 
-def server_args(c: Candidate, port: int = PORT, model_dir: str | None = None) -> list[str]:
+def server_args(c: Candidate, port: int = PORT, model_dir: str | None = None, guarded: bool = True) -> list[str]:
     """vLLM's arguments for the plan (the same as `up` passes), listening on all addresses
     inside a container/pod and node; access control is the API key plus where the port is
-    published (loopback, ClusterIP). ``model_dir``: the weights are mounted at /model."""
+    published (loopback, ClusterIP). ``model_dir``: the weights are mounted at /model.
+    ``guarded``: with kanoa-local's key guard, which the artefact must put on the engine's path."""
     from ..engine.spec import CONTAINER_MODEL_DIR, vllm_args
 
     ref = CONTAINER_MODEL_DIR if model_dir else (c.variant.repo or c.variant.path or c.model_id)
-    return vllm_args(c, model_ref=ref, served_name=c.model_id, host="0.0.0.0", port=port)
+    return vllm_args(c, model_ref=ref, served_name=c.model_id, host="0.0.0.0", port=port,
+                     guarded=guarded)
 
 
 def node_args(layout: Layout, rank: int | str, head: str) -> list[str]:

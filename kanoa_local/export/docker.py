@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 
 from . import CONTAINER_HF, Artefact, ExportOptions, Layout, node_args, server_args
+from ..engine import guard
 from ..engine.spec import WORKER_ENTRYPOINT
 from ..plan.fit import Candidate
 
@@ -17,7 +18,10 @@ HEADER = """#!/usr/bin/env bash
 set -euo pipefail
 : "${{VLLM_API_KEY:?set VLLM_API_KEY first}}"
 HF_CACHE="${{HF_HOME:-$HOME/.cache/huggingface}}"
-"""
+# kanoa-local's key guard (vLLM --middleware): every route but /health needs the key. The
+# container mounts it from this folder, on the machine whose Docker daemon runs it.
+KANOA_GUARD_DIR="${{KANOA_GUARD_DIR:-$HOME/.cache/kanoa-local/guard}}"
+{guard}"""
 
 
 def _run_line(c: Candidate, layout: Layout, opts: ExportOptions, rank: int, head: str) -> str:
@@ -35,7 +39,8 @@ def _run_line(c: Candidate, layout: Layout, opts: ExportOptions, rank: int, head
         parts += ["--network", "host"]
     elif rank == 0:
         parts += ["-p", f"127.0.0.1:{opts.port}:{opts.port}"]
-    parts += ["-v", '"$HF_CACHE:' + CONTAINER_HF + '"', "-e", "VLLM_API_KEY", "-e", "HF_TOKEN"]
+    parts += ["-v", '"$HF_CACHE:' + CONTAINER_HF + '"', "-v", f'"$KANOA_GUARD_DIR:{guard.CONTAINER_DIR}:ro"',
+              "-e", f"PYTHONPATH={guard.CONTAINER_DIR}", "-e", "VLLM_API_KEY", "-e", "HF_TOKEN"]
     if c.device == "cpu" and s.cpu_kv_cache_gib:
         parts += ["-e", f"VLLM_CPU_KVCACHE_SPACE={s.cpu_kv_cache_gib}"]
     if multi and layout.hosts:
@@ -71,7 +76,7 @@ def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
     head = hosts[0] if layout.hosts else "$HEAD_ADDR"
     title = (f"{c.model_name} on {n} nodes × {layout.gpus_per_node} GPUs (TP {layout.tensor_parallel}, PP {n})"
              if n > 1 else f"{c.model_name} on one machine")
-    out = [HEADER.format(title=title)]
+    out = [HEADER.format(title=title, guard=guard.shell_writer('"$KANOA_GUARD_DIR"'))]
     if n > 1 and not layout.hosts:
         out.append(': "${HEAD_ADDR:?set HEAD_ADDR to the address of the head node}"\n')
     for rank in range(n):

@@ -47,7 +47,8 @@ def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
                     "gpuMemoryUtilization": s.gpu_memory_utilization}
     if s.dtype != "bfloat16":
         config["dtype"] = s.dtype
-    extra = _extra_args(server_args(c, opts.port))
+    # the chart has no way to put kanoa-local's guard on the engine's path
+    extra = _extra_args(server_args(c, opts.port, guarded=False))
     if extra:
         config["extraArgs"] = extra
     spec = {"name": dns_label(opts.name), "repository": repo, "tag": tag,
@@ -62,5 +63,8 @@ def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
             f"# Create the Secret first (the key never goes in this file):\n"
             f"#   kubectl create secret generic {secret} --from-literal=api-key=$VLLM_API_KEY \\\n"
             f"#     --from-literal=hf-token=$HF_TOKEN\n"
-            f"#   helm install vllm vllm/vllm-stack -f values.yaml\n")
+            f"#   helm install vllm vllm/vllm-stack -f values.yaml\n"
+            f"# Not closed by default: the chart's engine checks the key on /v1 only (vLLM's own check);\n"
+            f"# /metrics, /tokenize, /invocations and others answer anyone in the cluster network.\n"
+            f"# Restrict it with a NetworkPolicy, or export k8s (kanoa-local's guard: only /health is open).\n")
     return [Artefact(name="values.yaml", content=head + yaml.safe_dump(values, sort_keys=False, width=1000))]

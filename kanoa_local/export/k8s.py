@@ -1,4 +1,5 @@
-"""Kubernetes manifests: Secret (the API key → VLLM_API_KEY), PVC (the HF cache; ReadWriteMany
+"""Kubernetes manifests: Secret (the API key → VLLM_API_KEY; rendered files reference it and
+`up` applies it), ConfigMap (kanoa-local's key guard, mounted on the engine's path), PVC (the HF cache; ReadWriteMany
 for several nodes), Deployment (one node) or LeaderWorkerSet (several: vLLM's native multi-node
 flags from LWS's environment), Service (ClusterIP: reachable inside the cluster only).
 
@@ -9,9 +10,9 @@ on /health give a big model time to load.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
+from ..engine import guard
 from ..engine.spec import CONTAINER_MODEL_DIR, WORKER_ENTRYPOINT, dns_label
 from . import CONTAINER_HF, Artefact, ExportOptions, Layout, node_args, server_args
 from ..errors import UsageError
@@ -50,8 +51,10 @@ def _container(c: Candidate, layout: Layout, opts: ExportOptions, role: str, sec
         "env": [{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "api-key"}}},
                 {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "hf-token",
                                                                     "optional": True}}}],
-        "volumeMounts": [{"name": "hf-cache", "mountPath": CONTAINER_HF}, {"name": "shm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": "hf-cache", "mountPath": CONTAINER_HF}, {"name": "shm", "mountPath": "/dev/shm"},
+                         {"name": "guard", "mountPath": guard.CONTAINER_DIR, "readOnly": True}],
     }
+    ctr["env"].append({"name": "PYTHONPATH", "value": guard.CONTAINER_DIR})
     if opts.model_dir:
         ctr["volumeMounts"].append({"name": "model", "mountPath": CONTAINER_MODEL_DIR, "readOnly": True})
         ctr["env"].append({"name": "HF_HUB_OFFLINE", "value": "1"})
@@ -76,9 +79,10 @@ def _container(c: Candidate, layout: Layout, opts: ExportOptions, role: str, sec
 
 
 def _pod(c: Candidate, layout: Layout, opts: ExportOptions, role: str, secret: str, pvc: str,
-         labels: dict[str, str]) -> dict[str, Any]:
+         labels: dict[str, str], guard_map: str) -> dict[str, Any]:
     volumes: list[dict[str, Any]] = [{"name": "hf-cache", "persistentVolumeClaim": {"claimName": pvc}},
-                                     {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
+                                     {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+                                     {"name": "guard", "configMap": {"name": guard_map}}]
     if opts.model_dir:          # the same path on every node: shared storage (NFS, a cluster FS)
         volumes.append({"name": "model", "hostPath": {"path": opts.model_dir, "type": "Directory"}})
     return {"metadata": {"labels": labels},
@@ -90,32 +94,35 @@ def objects(c: Candidate, layout: Layout, opts: ExportOptions, api_key: str | No
     labels = _labels(opts, c)
     multi = layout.pipeline_parallel > 1
     secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(f"{name}-secrets", opts, c),
-              "type": "Opaque", "stringData": {"api-key": api_key or "kl-" + secrets.token_urlsafe(24)}}
+              "type": "Opaque", "stringData": {"api-key": api_key or ""}}
+    guard_map: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(f"{name}-guard", opts, c),
+                                 "data": {guard.FILE: guard.source()}}
     pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteMany" if multi else "ReadWriteOnce"],
                                 "resources": {"requests": {"storage": opts.storage}}}
     if opts.storage_class:
         pvc_spec["storageClassName"] = opts.storage_class
     pvc: dict[str, Any] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(f"{name}-hf-cache", opts, c),
            "spec": pvc_spec}
-    sec, claim = secret["metadata"]["name"], pvc["metadata"]["name"]
+    sec, claim, gm = secret["metadata"]["name"], pvc["metadata"]["name"], guard_map["metadata"]["name"]
     if not multi:
         workload = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, opts, c),
                     "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
                              "selector": {"matchLabels": {"io.kanoa-local/deployment": opts.name}},
-                             "template": _pod(c, layout, opts, "single", sec, claim, labels)}}
+                             "template": _pod(c, layout, opts, "single", sec, claim, labels, gm)}}
     else:
         workload = {"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "metadata": _meta(name, opts, c),
                     "spec": {"replicas": 1, "leaderWorkerTemplate": {
                         "size": layout.pipeline_parallel,
-                        "leaderTemplate": _pod(c, layout, opts, "leader", sec, claim, {**labels, "role": "leader"}),
-                        "workerTemplate": _pod(c, layout, opts, "worker", sec, claim, {**labels, "role": "worker"})}}}
+                        "leaderTemplate": _pod(c, layout, opts, "leader", sec, claim, {**labels, "role": "leader"}, gm),
+                        "workerTemplate": _pod(c, layout, opts, "worker", sec, claim, {**labels, "role": "worker"}, gm)}}}
     selector = {"io.kanoa-local/deployment": opts.name}
     if multi:
         selector["role"] = "leader"
     service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, opts, c),
                "spec": {"type": "ClusterIP", "selector": selector,
                         "ports": [{"name": "http", "port": opts.port, "targetPort": opts.port, "protocol": "TCP"}]}}
-    objs = [secret, pvc, workload, service]
+    # the key is applied by `up`; a rendered file only references the Secret (no key in a file)
+    objs = ([secret] if api_key else []) + [guard_map, pvc, workload, service]
     check_objects(objs)
     return objs
 
@@ -154,13 +161,26 @@ def check_objects(objs: list[dict[str, Any]]) -> None:
                              remedy="keep ClusterIP and reach it with `kubectl port-forward` or an Ingress with auth")
 
 
-def render(c: Candidate, layout: Layout, opts: ExportOptions, api_key: str | None = None) -> list[Artefact]:
+def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
+    """The manifests as one file, referencing a Secret the user creates (no key in a file)."""
     import yaml
 
-    objs = objects(c, layout, opts, api_key)
-    head = ("# Rendered by kanoa-local from its plan. The Secret holds a generated API key: keep this\n"
-            "# file private, or delete the Secret here and create your own (key: api-key).\n")
+    objs = objects(c, layout, opts)
+    secret = dns_label(f"kanoa-{opts.name}")[:50] + "-secrets"
+    ns = f" -n {opts.namespace}" if opts.namespace else ""
+    head = ("# Rendered by kanoa-local from its plan. The API key is not in this file: create the Secret\n"
+            f"# it references first, e.g.  kubectl{ns} create secret generic {secret} \\\n"
+            "#     --from-literal=api-key=\"$VLLM_API_KEY\"   (and, for gated models, --from-literal=hf-token=...)\n"
+            "# Every route but /health needs that key (kanoa-local's guard, from the ConfigMap); the\n"
+            "# Service is ClusterIP: add a NetworkPolicy if other tenants share the cluster network.\n")
     if layout.pipeline_parallel > 1:
         head += "# Needs the LeaderWorkerSet controller (leaderworkerset.x-k8s.io).\n"
-    return [Artefact(name=f"kanoa-{opts.name}.yaml", mode=0o600,
-                     content=head + yaml.safe_dump_all(objs, sort_keys=False, width=1000))]
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:   # the guard's source, readable
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+    Dumper.add_representer(str, text)
+    return [Artefact(name=f"kanoa-{opts.name}.yaml",
+                     content=head + yaml.dump_all(objs, Dumper=Dumper, sort_keys=False, width=1000))]

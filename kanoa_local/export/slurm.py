@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 
 from . import Artefact, ExportOptions, Layout, server_args
+from ..engine import guard
 from ..plan.fit import Candidate
 
 TEMPLATE = """#!/usr/bin/env bash
@@ -25,6 +26,11 @@ set -euo pipefail
 : "${{VLLM_API_KEY:?set VLLM_API_KEY and submit with --export=ALL}}"
 export HF_HOME="${{HF_HOME:-$HOME/.cache/huggingface}}"   # on shared storage for every node
 {env}
+# kanoa-local's key guard (vLLM --middleware): every route but /health needs the key. Written
+# on the node that runs this script, which is the head (the only node serving HTTP).
+KANOA_GUARD_DIR="$(mktemp -d)"
+trap 'rm -rf "$KANOA_GUARD_DIR"' EXIT
+{guard}export PYTHONPATH="$KANOA_GUARD_DIR${{PYTHONPATH:+:$PYTHONPATH}}" PYTHONSAFEPATH=1
 HEAD_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
 export HEAD_ADDR
 echo "kanoa-local: job $SLURM_JOB_ID, head $HEAD_ADDR:{port}, {nodes} node(s)"
@@ -65,7 +71,8 @@ def script(*, name: str, title: str, nodes: int, gpus_per_node: int, argv: list[
     # make sure no single quote ends the program early
     args = " ".join(shlex.quote(a) for a in argv).replace("'", "'\"'\"'")
     return TEMPLATE.format(name=name, nodes=nodes, gres=gres + exclusive, title=title, port=port,
-                           file=file_name, env=env_lines.rstrip("\n"), args=args)
+                           file=file_name, env=env_lines.rstrip("\n"), args=args,
+                           guard=guard.shell_writer('"$KANOA_GUARD_DIR"'))
 
 
 def engine_env(c: Candidate) -> dict[str, str]:

@@ -62,6 +62,7 @@ class DockerRuntime(Runtime):
     # -------------------------------------------------------------------------------- launch
 
     def launch(self, req: LaunchRequest, cleanup: Cleanup, **hooks: Any) -> Launched:
+        from ..engine import guard
         from ..engine.spec import node_launches
 
         labels = {**req.labels, dk.OWNER_LABEL: owner_id()}
@@ -85,7 +86,8 @@ class DockerRuntime(Runtime):
             dk.run_server(c, node_spec, name=req.name if rank == 0 else f"{req.name}-{rank}",
                           secrets_env={"VLLM_API_KEY": req.key}, extra_labels=labels, on_pull=self.on_pull,
                           gpu_uuids=None if multi else req.gpu_uuids, remote=dk.is_remote(host),
-                          where=where(host), node=node, on_created=created)
+                          where=where(host), node=node, on_created=created,
+                          files=guard.tar_archive(node_spec.guard_dir) if node_spec.guard_dir else None)
             started.append(DockerNode(rank=rank, docker_host=host, address=address if multi else None,
                                       container_id=box["id"], machine="" if dk.is_remote(host) else this_machine()))
         place = DockerPlace(nodes=started)

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import psutil
 
+from ..engine import guard
 from ..errors import EngineError
 from ..state import Deployment, ProcessPlace, elsewhere, log_path, owner_id, this_machine
 from .base import ALIVE, Cleanup, Found, Launched, LaunchRequest, Liveness, Runtime, Unreachable
@@ -213,6 +214,11 @@ class ProcessRuntime(Runtime):
         launch_id = uuid.uuid4().hex
         env = {**os.environ, **req.spec.env, "VLLM_API_KEY": req.key, LAUNCH_ENV: launch_id,
                OWNER_ENV: owner_id(), NAME_ENV: req.name}
+        if req.spec.guard_dir:
+            # the key guard on the engine's path, and no module of the user's working directory
+            # in front of it (PYTHONSAFEPATH, Python 3.11+)
+            env["PYTHONPATH"] = guard.pythonpath(req.spec.guard_dir, os.environ.get("PYTHONPATH"))
+            env["PYTHONSAFEPATH"] = "1"
         try:
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("wb") as out:       # a new start: a new log

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, http, run_cli
+from tests.conftest import ROOT, assert_closed_but_health, free_port, http, run_cli
 
 pytestmark = pytest.mark.engine
 RATE = 0.5     # USD per 1M tokens: not the default, to prove the rate is the deployment's
@@ -65,7 +65,9 @@ def served(home, cpu_venv, tiny_model):
 
 
 def metric(dep, name: str) -> float:
-    status, text = http("GET", dep.base_url.rsplit("/v1", 1)[0] + "/metrics")
+    from kanoa_local.state import read_api_key
+
+    status, text = http("GET", dep.base_url.rsplit("/v1", 1)[0] + "/metrics", api_key=read_api_key(dep))
     assert status == 200
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") or line.startswith(name + " "))
@@ -226,3 +228,17 @@ def test_status_reports_the_running_cost(served, env_home):
     s = json.loads(r.stdout)
     tokens = s["metrics"]["prompt_tokens"] + s["metrics"]["generation_tokens"]
     assert s["cost_usd"] == pytest.approx(tokens / 1e6 * RATE)
+
+
+def test_no_route_but_health_answers_without_the_key(served, env_home):
+    """vLLM's own --api-key covers /v1 only; kanoa-local's guard closes the rest (issue 13)."""
+    from kanoa_local.state import read_api_key
+
+    root = served.base_url.removesuffix("/v1")
+    routes = assert_closed_but_health(root, read_api_key(served))
+    assert len(routes) > 20, routes
+    code, _ = http("POST", f"{root}/tokenize", {"model": served.served_model_name, "prompt": "hello"},
+                   api_key=read_api_key(served))
+    assert code == 200
+    r = run_cli("status", "text", "--json", env={"KANOA_LOCAL_HOME": str(env_home)})
+    assert r.returncode == 0 and json.loads(r.stdout)["metrics"] is not None, r.stderr   # status sends the key
