@@ -16,6 +16,25 @@ def is_remote(host: str | None) -> bool:
     return bool(host) and str(host).startswith(("tcp://", "ssh://"))
 
 
+def bind_address(host: str) -> str:
+    """The one address of a remote Docker host to publish a server on: the address in its URL,
+    or what its name resolves to here (the address this machine reaches it by). ValueError when
+    the name does not resolve."""
+    import ipaddress
+    import socket
+
+    name = host_address(host)
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ValueError(f"{name} does not resolve here ({exc.strerror or exc})") from None
+    return str(sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0][4][0])
+
+
 def host_address(host: str) -> str:
     """The machine name or address in a Docker host URL: tcp://10.0.0.2:2375 -> 10.0.0.2,
     ssh://me@gpu-box -> gpu-box."""

@@ -82,7 +82,24 @@ def test_docker_host_in_the_environment_is_the_target_as_in_the_library():
         t = resolve_target()
     finally:
         del os.environ["DOCKER_HOST"]
-    assert t.docker_hosts == [url] and t.runtime == "docker" and t.listen == "0.0.0.0" and t.notes
+    # published on the one address this machine reaches that host by, not on all of them
+    assert t.docker_hosts == [url] and t.runtime == "docker" and t.listen == "127.0.0.1" and t.notes
+
+
+def test_a_remote_docker_host_is_published_on_the_address_named_only():
+    from kanoa_local.deploy import resolve_target
+
+    t = resolve_target(docker_host="tcp://10.1.2.3:2375")
+    assert t.listen == "10.1.2.3" and "10.1.2.3 of 10.1.2.3 only" in t.notes[0]
+    t = resolve_target(docker_host="ssh://me@localhost")
+    assert t.listen in ("127.0.0.1", "::1")
+    t = resolve_target(docker_host="tcp://10.1.2.3:2375", host="10.9.9.9")
+    assert t.listen == "10.9.9.9" and not t.notes
+    # every address only when asked, and said
+    t = resolve_target(docker_host="tcp://10.1.2.3:2375", host="0.0.0.0")
+    assert t.listen == "0.0.0.0" and "every address" in t.notes[0] and "firewall" in t.notes[0]
+    r = run_cli("up", "--cpu", "--docker-host", "tcp://no-such-host.invalid:2375")
+    assert r.returncode == 2 and "does not resolve" in r.stderr and "--host ADDR" in r.stderr, r.stderr
 
 
 def test_a_damaged_record_is_cleaned_up_by_down_as_the_hint_says():

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from ..dockerhosts import host_address, is_remote
+from ..dockerhosts import bind_address, host_address, is_remote
 from ..errors import DockerUnavailable, KanoaError, UsageError
 
 LOCAL_DOCKER = ("local", "unix://", "npipe://")
@@ -71,11 +71,20 @@ def resolve_target(*, runtime: str = "auto", target: str = "local", host: str = 
             raise UsageError("a remote or multi-node Docker target runs containers: the process runtime is local only",
                              remedy="drop --runtime process, or --docker-host")
         runtime = "docker"
-    if remote_head and host in ("127.0.0.1", "localhost"):
-        # the remote host's loopback cannot be reached from here
-        host = "0.0.0.0"
-        notes.append(f"the server is published on every address of {hosts[0]}; the API key protects it "
-                     "(--host ADDR to choose one)")
+    if remote_head and host in ("127.0.0.1", "localhost", "::1"):
+        # the remote host's loopback cannot be reached from here: its one address we reach it by
+        assert hosts[0] is not None
+        try:
+            host = bind_address(hosts[0])
+        except ValueError as exc:
+            raise UsageError(f"cannot tell which address of {hosts[0]} to publish the server on: {exc}",
+                             remedy="give --host ADDR (an address of that machine)") from None
+        notes.append(f"the server is published on {host} of {host_address(hosts[0])} only "
+                     "(--host ADDR for another of its addresses)")
+    elif remote_head and host in ("0.0.0.0", "::"):
+        notes.append(f"--host {host}: the server is published on every address of {host_address(hosts[0] or '')}, "
+                     "over plain HTTP: whoever reaches that machine reaches the port (only /health answers "
+                     "without the key); firewall it to the machines that need it")
     return Target(runtime=runtime, docker_hosts=hosts, listen=host, notes=notes)
 
 

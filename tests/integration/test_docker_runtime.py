@@ -51,6 +51,11 @@ def test_lifecycle_on_the_docker_runtime(docker_client, cpu_image, tiny_model, n
                      body={"model": res.deployment.served_model_name, "prompt": "total sales", "max_tokens": 2})
     assert status == 200
     assert http("GET", f"{res.base_url}/models")[0] == 401
+    # every route but health is closed: the guard was copied into the container
+    from tests.conftest import assert_closed_but_health
+
+    assert_closed_but_health(res.base_url.removesuffix("/v1"), key)
+    assert ctr.attrs["Config"]["Env"].count("PYTHONPATH=/opt/kanoa-local") == 1
     st = StatusReport.model_validate_json(run_cli("status", name, "--json").stdout)
     assert st.healthy and st.metrics.generation_tokens >= 1
     assert "Application startup complete" in run_cli("logs", name).stdout

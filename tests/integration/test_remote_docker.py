@@ -31,6 +31,14 @@ def test_up_status_ps_down_on_a_remote_docker_host(remote_docker, docker_client,
     assert far.containers.get(dep.place.head.container_id).status == "running"
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(dep.place.head.container_id)
+    # published on the address this machine reaches that host by, not on all of its addresses,
+    # and no route but health answers without the key (the guard was copied into the container)
+    far_ctr = far.containers.get(dep.place.head.container_id)
+    assert far_ctr.attrs["HostConfig"]["PortBindings"]["8000/tcp"][0]["HostIp"] == addr
+    from kanoa_local.state import read_api_key
+    from tests.conftest import assert_closed_but_health
+
+    assert_closed_but_health(up.base_url.removesuffix("/v1"), read_api_key(dep))
     # the handed client reaches it from here
     from kanoa_local import connect
 
