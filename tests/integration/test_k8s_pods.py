@@ -37,31 +37,29 @@ def node(k8s_cluster):
     subprocess.run(["bash", str(SCRIPTS / "k8s-node.sh"), "stop"], capture_output=True, text=True, timeout=300)
 
 
-def _chat_through_port_forward(core, pod: str, port: int, key: str, model: str) -> dict:
-    """One completion over the API server's port-forward to the pod (what `kubectl port-forward`
-    does), with the deployment's key."""
+def _pod_http(core, pod: str, port: int, method: str, path: str, key: str | None = None,
+              body: dict | None = None) -> tuple[int, bytes]:
+    """One request over the API server's port-forward to the pod (what `kubectl port-forward`
+    does): (status, body)."""
     from kubernetes.stream import portforward
 
     pf = portforward(core.connect_get_namespaced_pod_portforward, pod, "default", ports=str(port))
     sock = pf.socket(port)
     sock.setblocking(True)
-    body = json.dumps({"model": model, "prompt": "total sales", "max_tokens": 2}).encode()
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                 + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                 + body)
-    data = b""
+    data = json.dumps(body).encode() if body is not None else b""
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{auth}"
+                 f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+    out = b""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         chunk = sock.recv(65536)
         if not chunk:
             break
-        data += chunk
-        if b"\r\n\r\n" in data and data.rstrip().endswith(b"}"):
-            break
+        out += chunk
     sock.close()
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), data[:500]
-    return json.loads(rest[rest.index(b"{"):])
+    head, _, rest = out.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]) if head.startswith(b"HTTP/") else 0, rest
 
 
 def test_a_cpu_plan_serves_from_a_real_pod(node, tiny_model):
@@ -83,9 +81,15 @@ def test_a_cpu_plan_serves_from_a_real_pod(node, tiny_model):
         [p] = k8s.pods("pod", namespace="default", kubeconfig=node["KUBECONFIG"])
         assert p["node"] == node["KUBE_NODE"] and p["ready"]
         key = open(up.api_key_file).read().strip()
-        out = _chat_through_port_forward(node["core"], p["name"], up.deployment.port, key,
-                                         up.deployment.served_model_name)
-        assert out["usage"]["completion_tokens"] >= 1
+        code, body = _pod_http(node["core"], p["name"], up.deployment.port, "POST", "/v1/completions", key,
+                               {"model": up.deployment.served_model_name, "prompt": "total sales", "max_tokens": 2})
+        assert code == 200, body[:500]
+        assert json.loads(body[body.index(b"{"):body.rindex(b"}") + 1])["usage"]["completion_tokens"] >= 1
+        # closed by default in the pod too (the guard comes from the ConfigMap): only health is open
+        pf = lambda *a, **kw: _pod_http(node["core"], p["name"], up.deployment.port, *a, **kw)[0]  # noqa: E731
+        assert pf("GET", "/health") == 200
+        assert [pf("GET", "/metrics"), pf("GET", "/version"), pf("POST", "/invocations", body={})] == [401] * 3
+        assert pf("GET", "/metrics", key) == 200
     finally:
         d = run_cli("down", "pod", "--json", env=env)
     assert d.returncode == 0 and json.loads(d.stdout)["removed"] == ["pod"], d.stderr

@@ -12,7 +12,7 @@ import pytest
 
 from kanoa_local.deploy import PsReport, UpResult
 from kanoa_local.errors import UsageError
-from tests.conftest import free_port, run_cli
+from tests.conftest import free_port, http, run_cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.scaleout]
 
@@ -86,6 +86,9 @@ def test_the_rendered_script_runs_a_real_engine_across_both_nodes(slurm_cluster,
         text = log.read_text(errors="replace") if log.exists() else ""
         assert ok, text[-3000:]
         assert "PP rank 1" in text and "headless" in text.lower()
+        # the script as rendered is closed by default too
+        assert http("GET", f"http://{head}:{port}/metrics")[0] == 401
+        assert http("GET", f"http://{head}:{port}/metrics", api_key="kl-pp2")[0] == 200
     finally:
         sl.cancel(job)
         wait_for_job(job)
@@ -122,6 +125,11 @@ def test_up_on_slurm_serves_from_a_node_and_down_cancels(slurm_cluster, cpu_venv
     chat = connect("onslurm").openai().chat.completions.create(
         model=dep.model, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
     assert chat.usage.completion_tokens >= 1
+    # the job wrote the guard and the engine loaded it: no route but health without the key
+    from kanoa_local.state import read_api_key
+    from tests.conftest import assert_closed_but_health
+
+    assert_closed_but_health(up.base_url.removesuffix("/v1"), read_api_key(dep))
     ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
     assert [(d.name, d.state, d.runtime) for d in ps.deployments] == [("onslurm", "running", "slurm")]
     assert run_cli("logs", "onslurm").stdout.strip()
