@@ -201,7 +201,9 @@ class ModelEntry(Model):
     seed_vram_gb: float | None = Field(None, description="the seed page's VRAM figure")
     seed_precision: str | None = None
     gated: bool = False
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="vLLM must run Python code from the model's repository "
+                                                       "(config.json auto_map); kanoa-local does so only when asked")
+    remote_code_files: list[str] = Field(default_factory=list, description="the files that code is in, where known")
     sampling: dict[str, float] = Field(default_factory=dict, description=(
         "default sampling the server applies when a request sets none (vLLM's "
         "--override-generation-config), e.g. a repetition penalty for a base model"))

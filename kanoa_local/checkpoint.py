@@ -237,13 +237,29 @@ def entry_from_directory(folder: Path) -> ModelEntry:
     return ModelEntry(id=folder.name.lower(), name=folder.name, family=str(cfg.get("model_type", "local")),
                       params_b=params_b, vision=vision, status="theoretical", cpu=params_b <= 4.0,
                       arch=arch, variants=[Variant(precision=precision, path=str(folder))],
-                      trust_remote_code=bool(cfg.get("auto_map")), source_file="(directory)")
+                      trust_remote_code=bool(cfg.get("auto_map")), remote_code_files=remote_code_files(folder, cfg),
+                      source_file="(directory)")
+
+
+def remote_code_files(folder: Path, cfg: dict) -> list[str]:
+    """The Python files ``auto_map`` makes vLLM (transformers) import from a checkpoint: for
+    "modeling_x.Class" that is modeling_x.py; a "repo--module.Class" names another repo's."""
+    files: set[str] = set()
+    refs = (cfg.get("auto_map") or {}).values() if isinstance(cfg.get("auto_map"), dict) else []
+    for ref in refs:
+        for one in ref if isinstance(ref, list) else [ref]:
+            if isinstance(one, str) and "." in one:
+                repo, _, module = one.rpartition("--")
+                files.add((f"{repo}:" if repo else "") + module.rsplit(".", 1)[0] + ".py")
+    return sorted(files) or sorted(p.name for p in folder.glob("*.py"))
 
 
 # ----------------------------------------------------------------------------- downloads
 
-#: What vLLM reads from a repo: configs, tokenizer, chat templates, weights, remote code.
-SERVE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
+#: What vLLM reads from a repo: configs, tokenizer, chat templates, weights; its Python code
+#: (``*.py``) only for a model served with --trust-remote-code.
+SERVE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+CODE_PATTERNS = ["*.py"]
 
 
 def missing_files(folder: Path) -> list[str]:
@@ -258,16 +274,18 @@ def missing_files(folder: Path) -> list[str]:
 
 
 def download(repo: str, *, offline: bool = False, hf_cache: Path | None = None, token: str | None = None,
-             on_progress: Any = None, poll: float = 1.0) -> Path:
+             on_progress: Any = None, poll: float = 1.0, code: bool = False) -> Path:
     """The repo's snapshot in the Hugging Face cache, downloaded first when needed, with
     progress as (bytes done, bytes total). Offline: the cache must already be complete, and
-    what is missing is named. Errors become one-line kanoa-local errors."""
+    what is missing is named. Errors become one-line kanoa-local errors. ``code``: its Python
+    files too (a model allowed to run them)."""
     import threading
 
     from .errors import ConfigError, EngineError
     from .settings import hf_cache_dir
 
     cache = hf_cache or hf_cache_dir()
+    patterns = SERVE_PATTERNS + (CODE_PATTERNS if code else [])
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub import errors as hf_errors
@@ -277,7 +295,7 @@ def download(repo: str, *, offline: bool = False, hf_cache: Path | None = None, 
     if offline:
         try:
             folder = Path(snapshot_download(repo, cache_dir=str(cache), local_files_only=True,
-                                            allow_patterns=SERVE_PATTERNS))
+                                            allow_patterns=patterns))
         except (hf_errors.LocalEntryNotFoundError, OSError) as exc:
             raise ConfigError(f"offline, and {repo} is not in the Hugging Face cache ({cache})",
                               remedy="download it while online (`kanoa-local up` does), or serve a local "
@@ -301,7 +319,7 @@ def download(repo: str, *, offline: bool = False, hf_cache: Path | None = None, 
                                   "cached, pass --offline")
 
     try:
-        plan = snapshot_download(repo, cache_dir=str(cache), token=token, allow_patterns=SERVE_PATTERNS,
+        plan = snapshot_download(repo, cache_dir=str(cache), token=token, allow_patterns=patterns,
                                  dry_run=True)
     except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
         raise fail(exc) from exc
@@ -319,7 +337,7 @@ def download(repo: str, *, offline: bool = False, hf_cache: Path | None = None, 
     watcher = threading.Thread(target=report, daemon=True)
     watcher.start()
     try:
-        folder = Path(snapshot_download(repo, cache_dir=str(cache), token=token, allow_patterns=SERVE_PATTERNS))
+        folder = Path(snapshot_download(repo, cache_dir=str(cache), token=token, allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001
         raise fail(exc) from exc
     finally:

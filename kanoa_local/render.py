@@ -119,7 +119,7 @@ def model_verdicts_table(rows: list[Any], verbose: bool = False) -> Any:
             detail += f"  [dim]{m.reason}[/]"
         if not m.best and m.needs:
             detail += f"  [dim](needs {m.needs})[/]"
-        flags = ("  [dim]gated[/]" if m.gated else "") + ("  [dim]remote code[/]" if m.trust_remote_code and verbose else "")
+        flags = ("  [dim]gated[/]" if m.gated else "") + ("  [dim]remote code[/]" if m.trust_remote_code else "")
         row = [f"{m.id}{flags}", params, "✓" if m.vision else "-", m.status, " ".join(m.precisions)]
         if verbose:
             row.append(f"{m.seed_vram_gb:g} GB {m.seed_precision or ''}".strip() if m.seed_vram_gb else "-")

@@ -50,7 +50,7 @@ def test_every_profile_and_model_gives_sound_verdicts(profile):
 
 
 def test_rtx5080_egpu_serves_molmo_in_4bit_not_bf16():
-    r = run("rtx5080-egpu", model="molmo-7b-d")
+    r = run("rtx5080-egpu", model="molmo-7b-d", trust_remote_code=True)
     assert r.chosen is not None and r.chosen.variant.precision == "bnb-4bit"
     assert best(r, "molmo-7b-d", "bf16").fits == "no"
     # bitsandbytes is a plugin in current vLLM: planned on an image that has it built in
@@ -170,3 +170,14 @@ def test_cpu_pipeline_stages_are_traced_not_eager():
     one = run("no-driver", model="gemma-3-270m", offline=True).chosen.settings
     assert one.enforce_eager and not one.compilation_config
     assert not two.enforce_eager and two.compilation_config == {"mode": 2, "backend": "eager"}
+
+
+def test_a_model_that_runs_its_repositorys_code_is_planned_only_when_asked():
+    r = run("rtx5080-egpu", model="molmo-7b-d")
+    assert r.chosen is None and "own Python code" in r.summary and "does not fit" not in r.summary
+    assert "--trust-remote-code" in r.remedy and "allenai/Molmo-7B-D-0924" in r.remedy
+    assert run("rtx5080-egpu", model="molmo-7b-d", trust_remote_code=True).chosen.settings.trust_remote_code
+    # the best pick never lands on one without the flag
+    for prof in ("l4", "h100", "rtx5080-egpu"):
+        c = run(prof, vision=True).chosen
+        assert c is not None and not c.settings.trust_remote_code, (prof, c.label)

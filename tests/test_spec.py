@@ -33,7 +33,7 @@ def test_gpu_spec_has_the_planned_flags_and_no_secrets():
 
 
 def test_vision_model_gets_image_limit_and_remote_code():
-    c = chosen("rtx5080-egpu", model="molmo-7b-d")
+    c = chosen("rtx5080-egpu", model="molmo-7b-d", trust_remote_code=True)
     a = launch_spec(c).argv
     assert "--trust-remote-code" in a
     assert a[a.index("--limit-mm-per-prompt") + 1] == '{"image":1}'

@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from . import EXIT_CODE_HELP, cli, emit_json, json_option, verbosity, wants_json
-from .options import (catalog_options, cluster_options, load_models, machine_options, resolve_machine, resolve_profile)
+from .options import (catalog_options, cluster_options, load_models, machine_options, resolve_machine, resolve_profile,
+                      trust_option)
 
 
 @cli.command(epilog=EXIT_CODE_HELP)
@@ -45,7 +46,10 @@ def check(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: st
     if save_file:
         _save(save_file, profile)
     catalog, weights = load_models(models_files, no_user_models)
-    models = verdicts(plan(profile, catalog, checkpoints=weights), catalog)
+    from ..plan import PlanRequest
+
+    # a hardware verdict: whether it fits, not whether its code may run (`models` flags that)
+    models = verdicts(plan(profile, catalog, PlanRequest(trust_remote_code=True), checkpoints=weights), catalog)
     report = run_check(profile, bandwidth=bw, models=models)
     if as_json:
         emit_json(report)
@@ -76,7 +80,7 @@ def models(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: s
     as_json = wants_json(ctx, as_json)
     profile = resolve_profile(hardware_file, gpu_name, vram_gb, gpu_count, docker=False)
     catalog, weights = load_models(models_files, no_user_models)
-    result = plan(profile, catalog, PlanRequest(), checkpoints=weights)
+    result = plan(profile, catalog, PlanRequest(trust_remote_code=True), checkpoints=weights)
     rows = [v for v in verdicts(result, catalog)
             if (vision is None or v.vision == vision) and (not fits_only or v.fits != "no")]
     report = ModelsReport(machine=result.machine, models=rows, sources=catalog.sources)
@@ -108,14 +112,15 @@ def models(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: s
               help="no model hub: only local, cached or packaged weights (default: $HF_HUB_OFFLINE)")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--strict", is_flag=True, help="exit 5 when nothing fits")
+@trust_option
 @click.pass_context
 def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: str | None,
              gpu_name: str | None, vram_gb: float | None, gpu_count: int | None,
              models_files: tuple[str, ...], no_user_models: bool, model: str | None,
              vision: bool | None, min_context: int | None, max_context: int | None,
              precision: str | None, kv_cache_dtype: str | None, force_cpu: bool,
-             offline: bool | None, port: int, strict: bool, nodes: int | None = None,
-             gpus_per_node: int | None = None, cluster_file: str | None = None) -> None:
+             offline: bool | None, port: int, strict: bool, trust_remote_code: bool = False,
+             nodes: int | None = None, gpus_per_node: int | None = None, cluster_file: str | None = None) -> None:
     """Which model, precision and vLLM settings fit, why, and the command `up` would run.
 
     MODEL is a model id, alias or Hugging Face repo id from `kanoa-local models`, or a local
@@ -151,7 +156,8 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
                           max_context=max_context, precision=precision,
                           kv_cache_dtype=kv_cache_dtype, device="cpu" if force_cpu else "auto",
                           offline=offline, nodes=cluster.nodes if cluster is not None else 1,
-                          hf_token=bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")))
+                          hf_token=bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")),
+                          trust_remote_code=trust_remote_code)
     result = plan(profile, catalog, request, checkpoints=weights)
     spec = None
     if result.chosen is not None:
@@ -208,6 +214,7 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
 @click.option("--storage", default="200Gi", show_default=True, help="Kubernetes: size of the weights volume")
 @click.option("--storage-class", metavar="CLASS", help="Kubernetes: storage class of the weights volume")
 @click.option("-o", "--output", "output", metavar="DIR", help="write the files into DIR (default: print them)")
+@trust_option
 @click.pass_context
 def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: str | None,
                gpu_name: str | None, vram_gb: float | None, gpu_count: int | None, nodes: int | None,
@@ -215,13 +222,13 @@ def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_fil
                no_user_models: bool, target: str, model: str | None, precision: str | None,
                max_context: int | None, vision: bool | None, name: str | None, port: int,
                image: str | None, namespace: str | None, storage: str, storage_class: str | None,
-               output: str | None) -> None:
+               output: str | None, trust_remote_code: bool) -> None:
     """Render the plan for another engine: per-node docker run lines, an sbatch script,
     Kubernetes manifests, a compose file, or values for vLLM's production-stack Helm chart.
 
     Plans as `plan` does, for this machine or a cluster (--nodes/--gpus-per-node/--gpu, or
-    --cluster FILE). Secrets are never written except the Kubernetes Secret's generated API
-    key (files are written mode 0600 then).
+    --cluster FILE). Secrets are never written: the files read the API key and HF token from
+    the environment or reference a Kubernetes Secret you create.
     """
     from pathlib import Path
 
@@ -235,7 +242,8 @@ def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_fil
                                        gpus_per_node)
     catalog, weights = load_models(models_files, no_user_models)
     request = PlanRequest(model=model, precision=precision, max_context=max_context, vision=vision,
-                          nodes=cluster.nodes if cluster is not None else 1, hf_token=True)
+                          nodes=cluster.nodes if cluster is not None else 1, hf_token=True,
+                          trust_remote_code=trust_remote_code)
     result = plan(profile, catalog, request, checkpoints=weights)
     c = result.chosen
     if c is None:

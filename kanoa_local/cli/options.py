@@ -96,9 +96,15 @@ def load_models(models_files: tuple[str, ...], no_user_models: bool) -> tuple[An
 
 
 
+def trust_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--trust-remote-code", "trust_remote_code", is_flag=True,
+                        help="allow a model whose repository ships Python code vLLM must run "
+                             "(config.json auto_map); off: such a model is refused and its code not downloaded")(f)
+
+
 def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Everything `up` takes besides MODEL and --name (shared with `session` and `doctor`)."""
-    opts = [
+    opts: list[Callable[[Any], Any]] = [
         click.option("--model-path", metavar="DIR", help="serve a local checkpoint directory (offline)"),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
                      help="host port (the next free one when taken)"),
@@ -143,6 +149,7 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="the handed clients' default answer length"),
         click.option("--cost-per-mtok", type=click.FloatRange(0), metavar="USD",
                      help="estimated cost per million tokens, input + output (default 0.10)"),
+        trust_option,
     ]
     for o in reversed(opts):
         f = o(f)

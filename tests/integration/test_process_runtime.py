@@ -306,3 +306,41 @@ def test_replace_is_a_swap_and_a_failed_replacement_keeps_the_old(cpu_venv, tiny
     assert not members(a.deployment.place) and running(b.deployment)
     assert "Application startup complete" in run_cli("logs", "sw").stdout
     run_cli("down", "sw")
+
+
+def test_remote_code_runs_only_when_asked(cpu_venv, tiny_model, tmp_path):
+    """A checkpoint whose config.json has auto_map makes vLLM import the directory's own Python
+    module. Without --trust-remote-code `up` refuses in one line naming the file, before
+    anything starts (the module never runs); with it, the module runs and the model serves."""
+    import shutil
+
+    model = tmp_path / "custom"
+    shutil.copytree(tiny_model, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig"}
+    (model / "config.json").write_text(json.dumps(cfg))
+    marker = tmp_path / "ran"
+    (model / "configuration_custom.py").write_text(
+        "import os, pathlib\n"
+        "from transformers import LlamaConfig\n"
+        "if os.environ.get('KANOA_TEST_MARKER'):\n"
+        "    pathlib.Path(os.environ['KANOA_TEST_MARKER']).write_text('ran')\n\n\n"
+        "class CustomConfig(LlamaConfig):\n"
+        "    pass\n")
+    py = str(cpu_venv / "bin" / "python")
+    env = {"KANOA_TEST_MARKER": str(marker), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    plan = run_cli("plan", str(model), "--json", env=env)
+    assert plan.returncode == 0 and json.loads(plan.stdout)["plan"]["chosen"] is None
+    r = run_cli("up", "--model-path", str(model), "--python", py, "--name", "rc", "--port", str(free_port()), env=env)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.strip().splitlines()[:1]
+    assert "configuration_custom.py" in line and "--trust-remote-code" in r.stderr
+    assert not marker.exists() and PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments == []
+    r = run_cli("up", "--model-path", str(model), "--python", py, "--name", "rc", "--port", str(free_port()),
+                "--trust-remote-code", "--json", env=env, timeout=400)
+    try:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert marker.read_text() == "ran"
+        assert "--trust-remote-code" in UpResult.model_validate_json(r.stdout).deployment.spec.argv
+    finally:
+        assert run_cli("down", "rc").returncode == 0
