@@ -26,6 +26,8 @@ Exit codes (also in ``kanoa-local --help`` and the README)::
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, ClassVar
 
 
@@ -102,15 +104,20 @@ CHECK_EXIT_CANNOT_SERVE = 12
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY", "OPENAI_API_KEY")
 
 
+#: kanoa-local's own API keys (``kl-`` + 32 url-safe characters), and Hugging Face tokens
+_KEY_SHAPES = re.compile(r"\b(?:kl-[A-Za-z0-9_-]{40,}|hf_[A-Za-z0-9]{30,})")
+
+
 def redact(text: str, secrets: list[str] | None = None) -> str:
-    """Replace every known secret (HF token, API keys from the env, given ``secrets``) by ``***``."""
+    """Replace every known secret by ``***``: the HF token and API keys in the environment,
+    the given ``secrets``, and anything shaped like a kanoa-local key or an HF token."""
     import os
 
     values = [os.environ.get(name, "") for name in _SECRET_ENV] + list(secrets or [])
-    for value in values:
+    for value in sorted(values, key=len, reverse=True):
         if value and len(value) >= 6:
             text = text.replace(value, "***")
-    return text
+    return _KEY_SHAPES.sub(lambda m: m.group(0)[:3] + "***", text)
 
 
 class VisionNotSupported(UsageError, ValueError):

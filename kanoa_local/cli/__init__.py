@@ -114,7 +114,7 @@ def _error(message: str, remedy: str | None, kind: str, details: dict[str, Any],
     if debug:
         import traceback
 
-        traceback.print_exc()
+        click.echo(redact(traceback.format_exc()).rstrip(), err=True)
     message = redact(" ".join(message.split()))
     remedy = redact(remedy) if remedy else None
     if as_json:

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Literal
 from pydantic import BaseModel, Field
 
 from .. import state
-from ..errors import DeploymentNotFound, UsageError
+from ..errors import DeploymentNotFound, UsageError, redact
 from ..runtimes import Pool, for_kind
 from ..dockerhosts import is_remote
 from ..state import Deployment
@@ -158,29 +158,30 @@ def _record_or_log(name: str) -> Deployment | None:
 
 def log_lines(name: str, tail: int | None = None) -> list[str]:
     """The engine's output: from where it runs (the container, the pod, the log file), or the
-    log a failed start left behind."""
+    log a failed start left behind. Secrets in it (keys, tokens) come back as ``***``."""
     dep = _record_or_log(name)
     if dep is None:
         from ..runtimes.process import read_tail
 
-        return read_tail(state.log_path(state.check_name(name)), tail)
+        return [redact(ln) for ln in read_tail(state.log_path(state.check_name(name)), tail)]
     rt = for_kind(dep.runtime)
     try:
-        return rt.logs(dep, tail)
+        return [redact(ln) for ln in rt.logs(dep, tail)]
     finally:
         rt.close()
 
 
 def follow_logs(name: str) -> Iterator[str]:
-    """New lines of the engine's output as they come, until it stops (Ctrl-C ends it too)."""
+    """New lines of the engine's output as they come, until it stops (Ctrl-C ends it too);
+    secrets redacted as in :func:`log_lines`."""
     dep = _record_or_log(name)
     if dep is None:
         from ..runtimes.process import follow_file
 
-        yield from follow_file(state.log_path(state.check_name(name)), lambda: False)
+        yield from map(redact, follow_file(state.log_path(state.check_name(name)), lambda: False))
         return
     rt = for_kind(dep.runtime)
     try:
-        yield from rt.follow(dep)
+        yield from map(redact, rt.follow(dep))
     finally:
         rt.close()
