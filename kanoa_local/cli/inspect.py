@@ -178,6 +178,10 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
             runtime = "docker"
         spec = launch_spec(c, port=port, model_dir=model_dir, runtime="docker" if runtime == "docker" else "process",
                            **engine_caches())
+        if c.settings and c.settings.pipeline_parallel_size > 1:
+            from ..engine.spec import DISTRIBUTED_EXPOSURE
+
+            c.warnings.append(DISTRIBUTED_EXPOSURE)
     command = None
     if spec is not None:
         from ..runtimes.process import default_python

@@ -85,6 +85,10 @@ def resolve_target(*, runtime: str = "auto", target: str = "local", host: str = 
         notes.append(f"--host {host}: the server is published on every address of {host_address(hosts[0] or '')}, "
                      "over plain HTTP: whoever reaches that machine reaches the port (only /health answers "
                      "without the key); firewall it to the machines that need it")
+    if len(hosts) > 1:
+        from ..engine.spec import DISTRIBUTED_EXPOSURE
+
+        notes.append(DISTRIBUTED_EXPOSURE)
     return Target(runtime=runtime, docker_hosts=hosts, listen=host, notes=notes)
 
 

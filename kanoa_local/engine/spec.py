@@ -180,6 +180,10 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
 #: entrypoint, which would ignore it and start a second server.
 WORKER_ENTRYPOINT = ["vllm", "serve"]
 
+#: what a multi-node deployment opens besides the API (said by `up` and in the exports)
+DISTRIBUTED_EXPOSURE = ("the nodes talk torch.distributed over the node network (the head's master port and "
+                        "gloo's ports on every node), which the API key does not cover: keep that network private")
+
 
 def dns_label(name: str) -> str:
     """A name every Kubernetes kind and every hostname accepts (a DNS-1035 label: lower case,

@@ -8,7 +8,7 @@ import shlex
 
 from . import CONTAINER_HF, Artefact, ExportOptions, Layout, node_args, server_args
 from ..engine import guard
-from ..engine.spec import WORKER_ENTRYPOINT
+from ..engine.spec import DISTRIBUTED_EXPOSURE, WORKER_ENTRYPOINT
 from ..plan.fit import Candidate
 
 HEADER = """#!/usr/bin/env bash
@@ -77,6 +77,8 @@ def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
     title = (f"{c.model_name} on {n} nodes × {layout.gpus_per_node} GPUs (TP {layout.tensor_parallel}, PP {n})"
              if n > 1 else f"{c.model_name} on one machine")
     out = [HEADER.format(title=title, guard=guard.shell_writer('"$KANOA_GUARD_DIR"'))]
+    if n > 1:
+        out.append("# Note: " + DISTRIBUTED_EXPOSURE + ".\n")
     if n > 1 and not layout.hosts:
         out.append(': "${HEAD_ADDR:?set HEAD_ADDR to the address of the head node}"\n')
     for rank in range(n):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine import guard
-from ..engine.spec import CONTAINER_MODEL_DIR, WORKER_ENTRYPOINT, dns_label
+from ..engine.spec import DISTRIBUTED_EXPOSURE, CONTAINER_MODEL_DIR, WORKER_ENTRYPOINT, dns_label
 from . import CONTAINER_HF, Artefact, ExportOptions, Layout, node_args, server_args
 from ..errors import UsageError
 from ..plan.fit import Candidate
@@ -175,6 +175,7 @@ def render(c: Candidate, layout: Layout, opts: ExportOptions) -> list[Artefact]:
             "# Service is ClusterIP: add a NetworkPolicy if other tenants share the cluster network.\n")
     if layout.pipeline_parallel > 1:
         head += "# Needs the LeaderWorkerSet controller (leaderworkerset.x-k8s.io).\n"
+        head += "# Note: " + DISTRIBUTED_EXPOSURE.replace("node network", "pod network") + ".\n"
     class Dumper(yaml.SafeDumper):
         pass
 

@@ -10,6 +10,7 @@ import shlex
 
 from . import Artefact, ExportOptions, Layout, server_args
 from ..engine import guard
+from ..engine.spec import DISTRIBUTED_EXPOSURE
 from ..plan.fit import Candidate
 
 TEMPLATE = """#!/usr/bin/env bash
@@ -64,6 +65,8 @@ def script(*, name: str, title: str, nodes: int, gpus_per_node: int, argv: list[
            env: dict[str, str], port: int, file_name: str) -> str:
     """The sbatch script for ``argv`` (vLLM's server arguments) on ``nodes`` nodes."""
     gres = f"#SBATCH --gres=gpu:{gpus_per_node}\n" if gpus_per_node else ""
+    if nodes > 1:
+        title += "\n# Note: " + DISTRIBUTED_EXPOSURE + "."
     # several nodes: whole nodes (vLLM wants every CPU of them); one node: the cluster's default
     exclusive = "#SBATCH --exclusive\n" if nodes > 1 else ""
     env_lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))

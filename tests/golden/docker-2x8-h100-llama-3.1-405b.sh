@@ -92,6 +92,7 @@ class KeyGuard:
                                 (b"content-length", str(len(_BODY)).encode())]})
         await send({"type": "http.response.body", "body": _BODY})
 KANOA_LOCAL_GUARD_EOF
+# Note: the nodes talk torch.distributed over the node network (the head's master port and gloo's ports on every node), which the API key does not cover: keep that network private.
 : "${HEAD_ADDR:?set HEAD_ADDR to the address of the head node}"
 
 # --- node 0 (node0), the head: serves the API
