@@ -32,6 +32,18 @@ BUNDLED = Path(__file__).parent / "data" / "models.toml"
 USER_FILE_NAME = "models.toml"
 
 Status = Literal["verified", "testing", "planned", "theoretical"]
+
+#: vLLM's --quantization methods across the releases the planner targets (0.8.5 to 0.33: the
+#: union of each release's QUANTIZATION_METHODS; bitsandbytes and gguf are built in on the
+#: older ones and plugins later).
+VLLM_QUANTIZATION = frozenset({
+    "aqlm", "auto-round", "auto_awq", "auto_gptq", "awq", "awq_marlin", "bitblas", "bitsandbytes",
+    "compressed-tensors", "deepseek_v4_fp8", "deepspeedfp", "experts_int8", "fbgemm_fp8", "fp8",
+    "fp8_per_block", "fp8_per_channel", "fp8_per_tensor", "fp_quant", "gguf", "gpt_oss_mxfp4", "gptq",
+    "gptq_bitblas", "gptq_marlin", "gptq_marlin_24", "hqq", "humming", "inc", "int8_per_channel_weight_only",
+    "ipex", "marlin", "modelopt", "modelopt_fp4", "modelopt_mixed", "modelopt_mxfp8", "moe_wna16", "mxfp4",
+    "mxfp8", "neuron_quant", "nvfp4", "nvfp4_per_token", "online", "petit_nvfp4", "ptpc_fp8", "qqq",
+    "quark", "rtn", "torchao", "tpu_int8"})
 STATUS_RANK: dict[str, int] = {"verified": 0, "testing": 1, "planned": 2, "theoretical": 3}
 
 Precision = Literal["fp32", "bf16", "fp16", "fp8", "int8", "awq", "gptq", "w4a16", "nvfp4",
@@ -114,7 +126,7 @@ class Tested(Model):
 
     hardware: str
     precision: str
-    vram_gb: float | None = None
+    vram_gb: float | None = Field(None, gt=0)
     status: Status
 
 
@@ -133,6 +145,16 @@ class Variant(Model):
     vllm_min: str | None = None
     vllm_max: str | None = None
     by: str | None = Field(None, description="who published it")
+
+    @field_validator("quantization")
+    @classmethod
+    def _known_method(cls, v: str | None) -> str | None:
+        if v is not None and v not in VLLM_QUANTIZATION:
+            close = difflib.get_close_matches(v, sorted(VLLM_QUANTIZATION), n=1)
+            raise ValueError(f"{v!r} is not a vLLM --quantization method"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + "; leave it out to let vLLM read the method from the checkpoint")
+        return v
     notes: str = ""
     cached: bool = Field(False, description="set at run time: the weights are in the HF cache")
 
@@ -198,7 +220,7 @@ class ModelEntry(Model):
     vision: bool
     status: Status
     tested: list[Tested] = []
-    seed_vram_gb: float | None = Field(None, description="the seed page's VRAM figure")
+    seed_vram_gb: float | None = Field(None, gt=0, description="the seed page's VRAM figure")
     seed_precision: str | None = None
     gated: bool = False
     trust_remote_code: bool = Field(False, description="vLLM must run Python code from the model's repository "

@@ -22,7 +22,8 @@ class Model(BaseModel):
     accepted back and recomputed, so a dumped model always validates again."""
 
     # protected_namespaces: pydantic < 2.10 warns (on stderr, at import) about fields named model_*
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # allow_inf_nan: a figure is finite (nan passes every comparison, inf every lower bound)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -72,24 +73,24 @@ class PcieLink(Model):
 
 
 class GpuProcess(Model):
-    pid: int
+    pid: int = Field(ge=0)
     name: str | None = None
-    used_memory: int | None = None
+    used_memory: int | None = Field(None, ge=0)
 
 
 class Gpu(Model):
-    index: int
+    index: int = Field(ge=0)
     uuid: str
     name: str
-    memory_total: int
-    memory_free: int
-    memory_used: int
+    memory_total: int = Field(gt=0, description="bytes")
+    memory_free: int = Field(ge=0)
+    memory_used: int = Field(ge=0)
     compute_capability: tuple[int, int] | None = None
     pcie: PcieLink = Field(default_factory=PcieLink)
     mig_enabled: bool | None = None
     is_mig_slice: bool = False
     processes: list[GpuProcess] = Field(default_factory=list)
-    utilization_pct: int | None = None
+    utilization_pct: int | None = Field(None, ge=0, le=100)
     notes: list[Note] = Field(default_factory=list)
 
     @property
@@ -106,7 +107,7 @@ class Gpu(Model):
 
 
 class CpuFacts(Model):
-    count: int
+    count: int = Field(ge=1)
     model: str | None = None
     flags: list[str] = Field(default_factory=list, description="the ISA flags that matter to vLLM")
 
@@ -150,11 +151,11 @@ class HardwareProfile(Model):
     nvml_error: str | None = Field(None, description="why NVML could not be used")
     driver_version: str | None = None
     cuda_driver_version: int | None = Field(None, description="e.g. 13000 for CUDA 13.0")
-    ram_total: int
-    ram_available: int
+    ram_total: int = Field(gt=0, description="bytes")
+    ram_available: int = Field(ge=0)
     cpu: CpuFacts
     disk_path: str
-    disk_free: int | None = None
+    disk_free: int | None = Field(None, ge=0)
     platform: str = "linux"
     wsl: bool = False
     docker: DockerFacts | None = None
@@ -171,15 +172,17 @@ def what_if(profile: HardwareProfile, vram_gb: float | None = None, gpus: int | 
 
     ``vram_gb`` is what a card is sold as: "16 GB" cards carry 16 GiB, of which the driver
     keeps a little. A machine without a GPU gets a generic one (compute capability 8.9, PCIe
-    4.0 x16, a CUDA 13 driver) so what-if planning works anywhere.
+    4.0 x16, a CUDA 13 driver, 24 GB unless ``vram_gb`` says) so what-if planning works anywhere.
     """
     if vram_gb is None and gpus is None:
         return profile
     if profile.gpus:
         base = profile.gpus[0]
     else:
-        base = Gpu(index=0, uuid="GPU-what-if", name="GPU (what-if)", memory_total=0, memory_free=0,
-                   memory_used=0, compute_capability=(8, 9),
+        # a 24 GB card unless --vram says otherwise
+        base = Gpu(index=0, uuid="GPU-what-if", name="GPU (what-if)", memory_total=int(24 * GIB * 0.995),
+                   memory_free=int(24 * GIB * 0.995) - int(0.3 * GIB), memory_used=int(0.3 * GIB),
+                   compute_capability=(8, 9),
                    pcie=PcieLink(current_gen=4, current_width=16, max_gen=4, max_width=16))
     if vram_gb is not None:
         total = int(vram_gb * GIB * 0.995)

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import click
+
+
+class Figure(click.FloatRange):
+    """A finite number in a range: click's FloatRange lets nan (every comparison is false) and
+    inf (above any lower bound) through."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        rv = super().convert(value, param, ctx)
+        if isinstance(rv, float) and not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 def machine_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--hardware/--gpu/--vram/--gpus: plan or check for another machine (what-if)."""
     f = click.option("--gpus", "gpu_count", type=click.IntRange(1, 16), metavar="N",
                      help="what-if: N of the machine's (or --gpu's) GPU")(f)
-    f = click.option("--vram", "vram_gb", type=click.FloatRange(1, 4096), metavar="GB",
+    f = click.option("--vram", "vram_gb", type=Figure(1, 4096), metavar="GB",
                      help="what-if: GPU memory as sold, e.g. 16 or 24")(f)
     f = click.option("--gpu", "gpu_name", metavar="NAME",
                      help="a named GPU profile (e.g. rtx5080-egpu, l4, rtx4090, a100-80g, h100, t4)")(f)
@@ -135,19 +149,19 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "or this one)"),
         click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)"),
         click.option("--max-model-len", type=click.IntRange(256), metavar="TOKENS", help="cap the context"),
-        click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 0.99), metavar="FRACTION",
+        click.option("--gpu-memory-utilization", type=Figure(0.05, 0.99), metavar="FRACTION",
                      help="override the planned share of GPU memory vLLM may use"),
         click.option("--cpu", "cpu", is_flag=True, help="the CPU engine even with a GPU"),
         click.option("--offline", is_flag=True, default=None, help="no model hub (default: $HF_HUB_OFFLINE)"),
-        click.option("--timeout", type=click.FloatRange(10), default=1200, show_default=True,
+        click.option("--timeout", type=Figure(10), default=1200, show_default=True,
                      help="seconds to wait for the first token"),
         click.option("--replace", is_flag=True, help="replace a running deployment of the same name"),
         click.option("--no-retry", is_flag=True, help="do not retry with the context length vLLM says fits"),
-        click.option("--temperature", type=click.FloatRange(0, 2), metavar="T",
+        click.option("--temperature", type=Figure(0, 2), metavar="T",
                      help="the handed clients' default temperature"),
         click.option("--max-tokens", type=click.IntRange(1), metavar="N",
                      help="the handed clients' default answer length"),
-        click.option("--cost-per-mtok", type=click.FloatRange(0), metavar="USD",
+        click.option("--cost-per-mtok", type=Figure(0), metavar="USD",
                      help="estimated cost per million tokens, input + output (default 0.10)"),
         trust_option,
     ]

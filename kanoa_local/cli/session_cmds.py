@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from . import EXIT_CODE_HELP, cli, emit_json, json_option, wants_json
-from .options import (run_up, up_options)
+from .options import (Figure, run_up, up_options)
 
 
 @cli.command(epilog=EXIT_CODE_HELP)
@@ -66,7 +66,7 @@ def session(ctx: click.Context, as_json: bool, sub_verbose: int, name: str | Non
 @click.option("--runtime", type=click.Choice(["auto", "docker", "process"]), default="auto", show_default=True)
 @click.option("--image", metavar="IMAGE", help="the vLLM image to run (default: from the plan)")
 @click.option("--cpu", is_flag=True, help="the CPU engine even with a GPU")
-@click.option("--timeout", type=click.FloatRange(10), default=1200, show_default=True,
+@click.option("--timeout", type=Figure(10), default=1200, show_default=True,
               help="seconds to wait for the first token")
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool, sub_verbose: int, model: str | None, online: bool,

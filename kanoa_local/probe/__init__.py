@@ -97,6 +97,9 @@ def load_profile(path: str | Path) -> HardwareProfile:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
                           remedy="give a file written by `kanoa-local check --save FILE`") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a hardware profile",
+                          remedy="give a file written by `kanoa-local check --save FILE`") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read it ({exc.strerror})",
                           remedy="check the path and its permissions") from None
