@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, UsageError
 from .hardware import Model
+from .quant_methods import VLLM_QUANTIZATION
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,17 +34,6 @@ USER_FILE_NAME = "models.toml"
 
 Status = Literal["verified", "testing", "planned", "theoretical"]
 
-#: vLLM's --quantization methods across the releases the planner targets (0.8.5 to 0.33: the
-#: union of each release's QUANTIZATION_METHODS; bitsandbytes and gguf are built in on the
-#: older ones and plugins later).
-VLLM_QUANTIZATION = frozenset({
-    "aqlm", "auto-round", "auto_awq", "auto_gptq", "awq", "awq_marlin", "bitblas", "bitsandbytes",
-    "compressed-tensors", "deepseek_v4_fp8", "deepspeedfp", "experts_int8", "fbgemm_fp8", "fp8",
-    "fp8_per_block", "fp8_per_channel", "fp8_per_tensor", "fp_quant", "gguf", "gpt_oss_mxfp4", "gptq",
-    "gptq_bitblas", "gptq_marlin", "gptq_marlin_24", "hqq", "humming", "inc", "int8_per_channel_weight_only",
-    "ipex", "marlin", "modelopt", "modelopt_fp4", "modelopt_mixed", "modelopt_mxfp8", "moe_wna16", "mxfp4",
-    "mxfp8", "neuron_quant", "nvfp4", "nvfp4_per_token", "online", "petit_nvfp4", "ptpc_fp8", "qqq",
-    "quark", "rtn", "torchao", "tpu_int8"})
 STATUS_RANK: dict[str, int] = {"verified": 0, "testing": 1, "planned": 2, "theoretical": 3}
 
 Precision = Literal["fp32", "bf16", "fp16", "fp8", "int8", "awq", "gptq", "w4a16", "nvfp4",
@@ -145,6 +135,8 @@ class Variant(Model):
     vllm_min: str | None = None
     vllm_max: str | None = None
     by: str | None = Field(None, description="who published it")
+    gated: bool | None = Field(None, description="its repository asks for a license and a token (None: as "
+                                                 "the model's own publisher's repositories are)")
 
     @field_validator("quantization")
     @classmethod
@@ -222,7 +214,8 @@ class ModelEntry(Model):
     tested: list[Tested] = []
     seed_vram_gb: float | None = Field(None, gt=0, description="the seed page's VRAM figure")
     seed_precision: str | None = None
-    gated: bool = False
+    gated: bool = Field(False, description="the original publisher's repositories are gated (a third party's "
+                                           "quantised copy usually is not: see variant_gated)")
     trust_remote_code: bool = Field(False, description="vLLM must run Python code from the model's repository "
                                                        "(config.json auto_map); kanoa-local does so only when asked")
     remote_code_files: list[str] = Field(default_factory=list, description="the files that code is in, where known")
@@ -255,6 +248,21 @@ class ModelEntry(Model):
                 raise ValueError(f"two variants for {item.precision} from {item.source}")
             seen.add(item.key)
         return v
+
+    def variant_gated(self, variant: Variant) -> bool:
+        """Whether fetching ``variant`` needs an accepted license and a token: as the variant
+        says, else as the model's own publisher's repositories are (the organisation of its
+        first hub variant); a third party's quantised copy is not gated by default."""
+        if variant.gated is not None:
+            return variant.gated
+        if not self.gated or not variant.repo:
+            return False
+        own = next((v.repo.split("/")[0] for v in self.variants if v.repo and "/" in v.repo), None)
+        return own is not None and variant.repo.split("/")[0].lower() == own.lower()
+
+    @property
+    def any_gated(self) -> bool:
+        return any(self.variant_gated(v) for v in self.variants)
 
     def supports_vllm(self, version: str, variant: Variant | None = None) -> bool:
         lo = [x for x in (self.vllm_min, variant and variant.vllm_min) if x]

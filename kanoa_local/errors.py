@@ -16,6 +16,8 @@ Exit codes (also in ``kanoa-local --help`` and the README)::
                         (what runs there is then kept, not forgotten), NVIDIA runtime or image missing
     7   EngineStartError    the engine started but did not become ready
     8   DeploymentNotFound  no deployment of that name
+    9   WeightsUnavailable  the weights are not here and cannot be fetched (offline and not
+                        downloaded; a gated repo without a token that has access)
     10  ``check``: CPU only (no usable NVIDIA GPU; the CPU engine can serve small models)
     11  ``check``: a GPU is there but not ready to serve (see the failed items)
     12  ``check``: cannot serve here at all
@@ -89,6 +91,10 @@ class EngineStartError(KanoaError):
 
 class DeploymentNotFound(KanoaError):
     exit_code = 8
+
+
+class WeightsUnavailable(KanoaError):
+    exit_code = 9
 
 
 class Interrupted(KanoaError):

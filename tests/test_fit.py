@@ -181,3 +181,18 @@ def test_a_model_that_runs_its_repositorys_code_is_planned_only_when_asked():
     for prof in ("l4", "h100", "rtx5080-egpu"):
         c = run(prof, vision=True).chosen
         assert c is not None and not c.settings.trust_remote_code, (prof, c.label)
+
+
+def test_gated_belongs_to_the_variants_repository():
+    """Gemma's own repos are gated; Red Hat's quantised copies are not: no token warning for them."""
+    entry = CATALOG.get("gemma-3-12b")
+    by_repo = {v.repo: entry.variant_gated(v) for v in entry.variants if v.repo}
+    assert by_repo["google/gemma-3-12b-it"] is True
+    assert by_repo["RedHatAI/gemma-3-12b-it-FP8-dynamic"] is False
+    fp8 = run("l4", model="gemma-3-12b", precision="fp8", hf_token=False).chosen
+    assert fp8.variant.repo.startswith("RedHatAI/") and not any("gated" in w for w in fp8.warnings)
+    bf16 = run("h100", model="gemma-3-12b", precision="bf16", hf_token=False).chosen
+    assert any("is gated" in w for w in bf16.warnings)
+    # an explicit flag on the variant wins
+    v = entry.variants[1].model_copy(update={"gated": True})
+    assert entry.variant_gated(v)

@@ -89,3 +89,18 @@ def test_the_good_file_is_accepted(tmp_path):
     f.write_text(MODELS.format(extra="seed_vram_gb = 3", variant=', quantization = "awq"'))
     r = run_cli("models", "--models", str(f), "--json")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_gated_model_without_a_token_says_which_and_how():
+    r = run_cli("up", "gemma-3-12b", "--gpu", "h100", "--quant", "bf16", env={"HF_HUB_OFFLINE": "0"})
+    _one_line(r, 9, "google/gemma-3-12b-it is gated", "HF_TOKEN", "huggingface.co/google/gemma-3-12b-it")
+    plan = run_cli("plan", "gemma-3-12b", "--gpu", "h100", "--quant", "bf16")
+    assert "is gated" in plan.stdout
+
+
+def test_offline_and_not_downloaded_is_not_does_not_fit():
+    r = run_cli("up", "llama-3.1-8b", "--gpu", "l4", "--offline")
+    _one_line(r, 9, "not downloaded", "kanoa-local pull llama-3.1-8b")
+    assert "does not fit" not in r.stderr
+    plan = run_cli("plan", "llama-3.1-8b", "--gpu", "l4", "--offline", "--json")
+    assert "not downloaded" in json.loads(plan.stdout)["plan"]["summary"]

@@ -24,7 +24,7 @@ Exit codes:
   1   error without a more specific code
   2   bad usage            3  bad file/config   4  probe failed
   5   nothing fits         6  where it runs did not answer or refused (kept, not forgotten)
-  7   engine did not start 8  no such deployment
+  7   engine did not start 8  no such deployment    9  weights not here, cannot be fetched
   10  check: CPU only      11 check: GPU not ready   12 check: cannot serve
   130 interrupted (Ctrl-C), 143 SIGTERM, 129 SIGHUP: what was started is cleaned up
 """

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import UsageError
+from ..errors import UsageError, WeightsUnavailable
 from ..plan.fit import Candidate
 from ..checkpoint import hf_token
 from ..settings import hub_offline
@@ -25,7 +25,7 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     from ..checkpoint import load_enriched
     from ..errors import NoFitError
     from ..plan import PlanRequest, plan
-    from ..plan.fit import REMOTE_CODE
+    from ..plan.fit import OFFLINE_MISSING, REMOTE_CODE
 
     if model and model_path:
         raise UsageError("give MODEL or --model-path, not both", remedy="see `kanoa-local up --help`")
@@ -47,11 +47,15 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
                           device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
                           all_nodes=all_nodes, hf_token=bool(hf_token()), trust_remote_code=trust_remote_code)
     result = plan(profile, catalog, request, checkpoints=weights)
-    if result.chosen is None and model and result.candidates[0].reasons[0].startswith(REMOTE_CODE):
+    first = result.candidates[0].reasons[0] if result.candidates and result.candidates[0].reasons else ""
+    if result.chosen is None and model and first.startswith(REMOTE_CODE):
         raise UsageError(result.summary, remedy=result.remedy or "")
+    if result.chosen is None and model and first.startswith(OFFLINE_MISSING):
+        raise WeightsUnavailable(result.summary, remedy=result.remedy or "")
     if result.chosen is None:
         raise NoFitError(result.summary, remedy=result.remedy)
     c = result.chosen
+    _check_gated(catalog, c)
     if c.variant.package and model_dir is None:
         from ..packaged import unpacked
 
@@ -63,6 +67,20 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
                  and (x.memory and c.memory and x.memory.weights and c.memory.weights
                       and x.memory.weights.total < c.memory.weights.total)]
     return c, model_dir, fallbacks
+
+
+def _check_gated(catalog: Any, c: Candidate) -> None:
+    """A gated repo not in the cache, and no token: say so before anything starts (the hub
+    would answer 401, or, unreachable, nothing a user could act on)."""
+    v = c.variant
+    entry = catalog.models.get(c.model_id)
+    if entry is None or not v.repo or v.cached or not entry.variant_gated(v) or hf_token():
+        return
+    raise WeightsUnavailable(
+        f"{v.repo} is gated: Hugging Face serves it only with the token of an account that accepted "
+        "its license, and no token is set",
+        remedy=f"accept the license on https://huggingface.co/{v.repo}, then set HF_TOKEN=hf_... "
+               "(a read token) or run `hf auth login`; or choose a variant that is not gated (--quant)")
 
 
 class PullResult(BaseModel):

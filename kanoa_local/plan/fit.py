@@ -45,7 +45,7 @@ def _source_warnings(entry: ModelEntry, variant: Variant, profile: HardwareProfi
                      req: PlanRequest) -> list[str]:
     """What stands between the plan and its weights: a gated repo, disk space."""
     out = []
-    if variant.repo and not variant.cached and entry.gated and req.hf_token is False:
+    if variant.repo and not variant.cached and entry.variant_gated(variant) and req.hf_token is False:
         out.append(f"{variant.repo} is gated: accept its license on Hugging Face and set HF_TOKEN")
     if variant.repo and not variant.cached and profile.disk_free is not None:
         size = variant.size_gb * 1e9 if variant.size_gb else entry.params_b * 1e9 * (
@@ -98,7 +98,7 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
             if req.offline and variant.repo and not variant.local:
                 model_cands.append(Candidate(model_id=entry.id, model_name=entry.name, family=entry.family, vision=entry.vision, variant=variant,
                                              device=device, fits="no",
-                                             reasons=[f"offline and {variant.repo} is not in the Hugging Face cache"]))
+                                             reasons=[f"{OFFLINE_MISSING} {variant.repo} is not in the Hugging Face cache"]))
                 continue
             ck = checkpoints.get((entry.id, variant.source))
             if device == "cpu":
@@ -123,6 +123,7 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
 
 
 REMOTE_CODE = "runs its repository's own Python code"
+OFFLINE_MISSING = "offline and"
 
 
 def remote_code_reason(entry: ModelEntry) -> str:
@@ -165,6 +166,10 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
         entry = catalog.get(req.model)
         needs = [c.needs for c in sorted((c for c in cands if c.needs), key=lambda c: c.needs_bytes or 0)]
         first = cands[0].reasons[0] if cands and cands[0].reasons else "no variant fits"
+        if first.startswith(OFFLINE_MISSING):
+            return (f"{entry.name} is not downloaded: {first}",
+                    f"`kanoa-local pull {entry.id}` while online, then `up --offline`; or serve a local "
+                    "directory with --model-path")
         if first.startswith(REMOTE_CODE):
             return (f"{entry.name} {first.rsplit(': only with', 1)[0]}, which kanoa-local runs only when asked",
                     f"add --trust-remote-code if you trust {entry.variants[0].source}")

@@ -63,7 +63,7 @@ def verdicts(result: PlanResult, catalog: Catalog) -> list[ModelVerdict]:
         out.append(ModelVerdict(
             id=entry.id, name=entry.name, params_b=entry.params_b,
             active_params_b=entry.active_params_b, vision=entry.vision, status=entry.status,
-            gated=entry.gated, trust_remote_code=entry.trust_remote_code,
+            gated=entry.variant_gated(best.variant) if best else entry.any_gated, trust_remote_code=entry.trust_remote_code,
             seed_vram_gb=entry.seed_vram_gb, seed_precision=entry.seed_precision,
             precisions=sorted({v.precision for v in entry.variants}),
             fits=best.fits if best else "no", best=_best_text(best) if best else None,
