@@ -35,9 +35,46 @@ def _kanoa() -> Any:
     return kanoa
 
 
+#: where kanoa 0.6 reads its user prices, when kanoa is not importable here (a notebook's
+#: environment may have it while this one does not)
+DEFAULT_PRICING_FILE = Path("~/.config/kanoa/pricing.json")
+
+
 def pricing_file() -> Path:
     """kanoa's user pricing file (where kanoa itself reads it from)."""
-    return Path(_kanoa().pricing.USER_CONFIG_PATH)
+    try:
+        return Path(_kanoa().pricing.USER_CONFIG_PATH)
+    except ConfigError:
+        return DEFAULT_PRICING_FILE.expanduser()
+
+
+def _read_prices(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text() or "{}")
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"kanoa's pricing file {path} cannot be read: {exc}",
+                          remedy="fix or remove it; kanoa-local adds its entry there") from exc
+    return data
+
+
+def remove_price(served_name: str) -> bool:
+    """Take kanoa-local's own price for ``served_name`` out of kanoa's user pricing file (an
+    entry kanoa-local did not write is left alone); whether one was removed."""
+    from .state import write_atomic
+
+    path = pricing_file()
+    data = _read_prices(path)
+    prices = data.get("openai")
+    if not isinstance(prices, dict) or not isinstance(prices.get(served_name), dict) \
+            or prices[served_name].get("note") != PRICE_NOTE:
+        return False
+    data["openai"] = {k: v for k, v in prices.items() if k != served_name}
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+    return True
 
 
 def ensure_price(served_name: str, usd_per_mtok: float) -> Path:
@@ -46,18 +83,11 @@ def ensure_price(served_name: str, usd_per_mtok: float) -> Path:
     from .state import write_atomic
 
     path = pricing_file()
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text() or "{}")
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"kanoa's pricing file {path} cannot be read: {exc}",
-                              remedy="fix or remove it; kanoa-local adds its entry there") from exc
+    data = _read_prices(path)
     entry = {"input_price": float(usd_per_mtok), "output_price": float(usd_per_mtok), "note": PRICE_NOTE}
-    if data.get("openai", {}).get(served_name) == entry:
-        return path
+    current = data.get("openai", {}).get(served_name) if isinstance(data.get("openai"), dict) else None
+    if current == entry or (isinstance(current, dict) and current.get("note") != PRICE_NOTE):
+        return path                       # already so, or a price the user set: theirs
     openai_prices = data.get("openai")
     if not isinstance(openai_prices, dict):
         openai_prices = {}

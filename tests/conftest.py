@@ -31,6 +31,37 @@ DEV_CACHE = Path(os.environ.get("KANOA_DEV_CACHE") or Path(os.environ.get("XDG_C
 PACKAGED_MODELS = DEV_CACHE / "packaged"
 
 
+#: the home directory of every kanoa-local the tests run: kanoa's user pricing file
+#: (~/.config/kanoa/pricing.json), which `up` writes and `down` cleans, is the session's own,
+#: never the developer's. The test process keeps its real home (caches); see cli_env().
+TEST_HOME = Path(os.environ.get("KANOA_TEST_HOME") or
+                 (Path(__import__("tempfile").gettempdir()) / f"kanoa-test-home-{os.getpid()}"))
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a kanoa-local subprocess of the tests gets: this one, the session's home."""
+    TEST_HOME.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "HOME": str(TEST_HOME), **(env or {})}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kanoa_pricing_file():
+    """In this process, kanoa (and kanoa-local through it) reads and writes the session's
+    pricing file too."""
+    path = TEST_HOME / ".config" / "kanoa" / "pricing.json"
+    try:
+        import kanoa.pricing
+    except ImportError:
+        yield path
+        return
+    old = kanoa.pricing.USER_CONFIG_PATH
+    kanoa.pricing.USER_CONFIG_PATH = path
+    try:
+        yield path
+    finally:
+        kanoa.pricing.USER_CONFIG_PATH = old
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """Every test gets its own kanoa-local home and no secrets from the developer's shell."""
@@ -267,7 +298,7 @@ def in_private_mount(folder: Path, setup: str, argv: list[str], env: dict[str, s
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
     """Run the real `kanoa-local` entry point in a subprocess (exit codes, stderr, no mocks)."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = cli_env(env)
     return subprocess.run([sys.executable, "-m", "kanoa_local", *args], capture_output=True,
                           text=True, env=full_env, timeout=timeout, cwd=ROOT)
 

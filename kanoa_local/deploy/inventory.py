@@ -111,8 +111,13 @@ def _down_one(name: str, pool: Pool) -> bool:
 
 
 def down(name: str | None = None, *, all_: bool = False) -> DownResult:
+    """Stop and forget ``name`` (or every deployment); kanoa's price for a served name goes
+    with the last deployment that serves it."""
+    from . import prices
+
     removed: list[str] = []
     failed: list[str] = []
+    served: set[str] = set()
     with Pool() as pool:
         if all_:
             names = _known_names(pool)
@@ -126,8 +131,14 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
         for n in names:
             try:
                 with state.lock(n, wait=15):
+                    try:
+                        rec = state.find(n)
+                    except KanoaError:
+                        rec = None
                     if _down_one(n, pool):
                         removed.append(n)
+                        if rec is not None:
+                            served.add(rec.served_model_name)
                     elif not all_:
                         others = [x for x in _known_names(pool) if x != n]
                         raise DeploymentNotFound(f"no deployment named {n!r}" + (
@@ -137,6 +148,7 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
                 raise
             except KanoaError as exc:      # the other names are still tried
                 failed.append(f"{n}: {exc.message}")
+    prices.release(served)
     if failed:
         raise Unreachable("; ".join(failed) + (f" (removed: {', '.join(removed)})" if removed else ""),
                           remedy="what did not answer is kept: run `kanoa-local down` again once it does")

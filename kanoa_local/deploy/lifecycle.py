@@ -98,9 +98,9 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     if where.runtime == "k8s":
         from .k8s_up import up_k8s
 
-        return up_k8s(cand, name=name, port=port, image=image, namespace=namespace, timeout=timeout,
-                      wait=wait, replace=replace, defaults=defaults, on_stage=hooks.get("on_stage"),
-                      on_status=on_status, model_dir=model_dir if model_path else None)
+        return _priced(up_k8s(cand, name=name, port=port, image=image, namespace=namespace, timeout=timeout,
+                              wait=wait, replace=replace, defaults=defaults, on_stage=hooks.get("on_stage"),
+                              on_status=on_status, model_dir=model_dir if model_path else None))
     from ..backends.docker_api import daemon_facts
 
     kind = where.runtime if where.runtime == "slurm" else choose_runtime(
@@ -122,6 +122,16 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
                 fallbacks=[] if model_dir else fallbacks, caches=engine_caches(), defaults=defaults,
                 docker_hosts=where.docker_hosts, on_status=on_status, **hooks)
     result.notes[:0] = where.notes
+    return _priced(result)
+
+
+def _priced(result: UpResult) -> UpResult:
+    """kanoa prices the served name from now on (see deploy/prices.py)."""
+    from . import prices
+
+    note = prices.register(result.deployment)
+    if note:
+        result.notes.append(note)
     return result
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, assert_closed_but_health, free_port, http, run_cli
+from tests.conftest import ROOT, assert_closed_but_health, cli_env, free_port, http, run_cli
 
 pytestmark = pytest.mark.engine
 RATE = 0.5     # USD per 1M tokens: not the default, to prove the rate is the deployment's
@@ -242,3 +242,46 @@ def test_no_route_but_health_answers_without_the_key(served, env_home):
     assert code == 200
     r = run_cli("status", "text", "--json", env={"KANOA_LOCAL_HOME": str(env_home)})
     assert r.returncode == 0 and json.loads(r.stdout)["metrics"] is not None, r.stderr   # status sends the key
+
+
+SNIPPET = """
+import json, os, sys
+from kanoa import AnalyticsInterpreter
+
+# the seed page's own construction, with the values `kanoa-local env` exports
+interp = AnalyticsInterpreter(backend="vllm", api_base=os.environ["OPENAI_BASE_URL"],
+                              model=os.environ["KANOA_LOCAL_MODEL"], api_key=os.environ["OPENAI_API_KEY"],
+                              max_tokens=8, temperature=0.0)
+res = interp.interpret(context="monthly sales: Jan 120, Feb 135", stream=False, display_result=False)
+chunks = list(interp.interpret(context="monthly sales: Jan 120, Feb 135", stream=True, display_result=False))
+usage = [c.usage for c in chunks if c.type == "usage" and c.usage]
+print(json.dumps({"text": res.text, "input": res.usage.input_tokens, "cost": res.usage.cost,
+                  "stream_usages": len(usage), "stream_cost": usage[0].cost if usage else None}))
+"""
+
+
+def test_the_seed_pages_snippet_reports_the_cost(cpu_venv, tiny_model, tmp_path, kanoa_pricing_file):
+    """kanoa built by hand, as the seed page shows, from `kanoa-local env`'s values: the price
+    `up` registered in kanoa's user file gives a cost > 0; `down` takes it out again."""
+    import shutil
+
+    model = tmp_path / "seed-snippet-model"
+    shutil.copytree(tiny_model, model)
+    r = run_cli("up", "--model-path", str(model), "--python", str(cpu_venv / "bin" / "python"), "--name", "seed",
+                "--port", str(free_port()), "--cost-per-mtok", "0.2", "--json", timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    try:
+        prices = json.loads(kanoa_pricing_file.read_text())["openai"]
+        assert prices["seed-snippet-model"]["input_price"] == 0.2 == prices["seed-snippet-model"]["output_price"]
+        exports = json.loads(run_cli("env", "seed", "--json").stdout)
+        clean = {k: v for k, v in cli_env().items() if not k.startswith("OPENAI_")}
+        p = subprocess.run([sys.executable, "-c", SNIPPET], env={**clean, **exports}, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        assert out["text"] and out["input"] > 0 and out["cost"] > 0, out
+        assert out["stream_usages"] == 1 and out["stream_cost"] > 0, out
+    finally:
+        d = run_cli("down", "seed")
+    assert d.returncode == 0, d.stderr
+    assert "seed-snippet-model" not in json.loads(kanoa_pricing_file.read_text()).get("openai", {})

@@ -16,7 +16,7 @@ from kanoa_local.deploy import PsReport, StatusReport, UpResult
 from kanoa_local.runtimes.process import ProcessRuntime, members
 from kanoa_local.state import ProcessPlace
 from kanoa_local.state import load as load_record
-from tests.conftest import ROOT, free_port, http, make_tiny_model, run_cli
+from tests.conftest import ROOT, cli_env, free_port, http, make_tiny_model, run_cli
 
 pytestmark = pytest.mark.engine
 
@@ -191,7 +191,7 @@ def test_ctrl_c_sigterm_and_sighup_during_up_clean_up(cpu_venv, tiny_model, sig,
     p = subprocess.Popen([sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model),
                           "--python", str(cpu_venv / "bin" / "python"), "--name", "sig", "--port", str(port)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=default_signals)
+                         preexec_fn=default_signals, env=cli_env())
     rec = os.path.join(os.environ["KANOA_LOCAL_HOME"], "state", "deployments", "sig.json")
     deadline = time.monotonic() + 60
     while not os.path.exists(rec) and time.monotonic() < deadline:
@@ -236,7 +236,7 @@ def test_two_ups_of_one_name_start_one_server(cpu_venv, tiny_model):
     port = free_port()
     argv = [sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model), "--python",
             str(cpu_venv / "bin" / "python"), "--name", "race", "--port", str(port), "--json"]
-    ps_ = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps_ = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
            for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in ps_]
     try:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from kanoa_local.deploy import PsReport, StatusReport, UpResult
-from tests.conftest import free_port, run_cli
+from tests.conftest import cli_env, free_port, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.engine, pytest.mark.scaleout]
 
@@ -203,7 +203,8 @@ def test_ctrl_c_during_a_multi_node_start_leaves_nothing_on_either_host(remote_d
     far = docker.DockerClient(base_url=remote_docker, timeout=10)
     p = subprocess.Popen([sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model), "--image",
                           cpu_image, "--docker-host", "local", "--docker-host", remote_docker, "--name", "cc2",
-                          "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=cli_env())
     state = os.path.join(os.environ["KANOA_LOCAL_HOME"], "state", "deployments", "cc2.json")
     deadline = time.monotonic() + 120
     while not os.path.exists(state) and time.monotonic() < deadline:   # both containers started
@@ -236,7 +237,7 @@ def test_a_docker_host_that_stops_answering_is_unknown_and_nothing_is_lost(remot
     url, pid = remote_docker_facts["KANOA_REMOTE_DOCKER"], int(remote_docker_facts["KANOA_REMOTE_DOCKERD_PID"])
     p = subprocess.Popen([sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model), "--image",
                           cpu_image, "--docker-host", url, "--name", "blip", "--port", str(free_port()), "--json"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     deadline = time.monotonic() + 120
     while not state.record_path("blip").exists() and time.monotonic() < deadline:
         time.sleep(0.5)
