@@ -13,7 +13,6 @@ every tensor's dtype, shape and byte range, so reading headers costs a few KiB p
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,51 @@ def read_header(path: Path) -> dict[str, Any]:
         header = json.loads(fh.read(n))
     header.pop("__metadata__", None)
     return header
+
+
+LFS_POINTER = b"version https://git-lfs"
+
+
+def damaged_shards(folder: Path) -> list[str]:
+    """What is wrong with each weights file of a checkpoint directory, as "file: why" — read
+    from the headers and file sizes only (what vLLM would fail on after loading for a while):
+    a Git LFS pointer instead of the weights, a truncated file, a header that is not one."""
+    names = indexed_shards(folder)
+    shards = [folder / n for n in names] if names else sorted(folder.glob("*.safetensors"))
+    out = []
+    for shard in shards:
+        if not shard.is_file():
+            continue                    # missing files are said by missing_files()
+        try:
+            size = shard.stat().st_size
+            with shard.open("rb") as fh:
+                head = fh.read(8 + len(LFS_POINTER))
+            if head.startswith(LFS_POINTER):
+                out.append(f"{shard.name}: a Git LFS pointer, not the weights (fetch them: `git lfs pull`)")
+                continue
+            header = read_header(shard)
+            (n,) = struct.unpack("<Q", head[:8])
+            end = max((int(t["data_offsets"][1]) for t in header.values()
+                       if isinstance(t, dict) and "data_offsets" in t), default=0)
+            if 8 + n + end > size:
+                out.append(f"{shard.name}: truncated ({size:,} bytes of {8 + n + end:,})")
+        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, RecursionError) as exc:
+            out.append(f"{shard.name}: not a readable safetensors file ({str(exc)[:120]})")
+        except OSError as exc:
+            out.append(f"{shard.name}: cannot be read ({exc.strerror or exc})")
+    return out
+
+
+def check_weights(folder: Path) -> None:
+    """A ConfigError naming the damaged weights files of ``folder``, before any engine starts."""
+    from .errors import ConfigError
+
+    bad = damaged_shards(folder)
+    if bad:
+        raise ConfigError(f"{folder}: damaged weights: " + "; ".join(bad[:3])
+                          + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
+                          remedy="copy or download the checkpoint again (a hub download: delete it from the "
+                                 "Hugging Face cache and run `kanoa-local pull`)")
 
 
 def weights_from_headers(headers: list[dict[str, Any]], compute_bytes: int) -> Weights:
@@ -140,13 +184,10 @@ def find_files(variant: Variant, hf_cache: Path | None = None) -> Path | None:
     # The hub cache keeps a repo under models--<org>--<name>: look before importing the hub client.
     if not (hf_cache / ("models--" + variant.repo.replace("/", "--"))).is_dir():
         return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - a declared dependency
-        return None
-    hit = try_to_load_from_cache(variant.repo, "config.json",
-                                 cache_dir=str(hf_cache) if hf_cache else None)
-    return Path(hit).parent if isinstance(hit, str) else None
+    from .hub import cached_file
+
+    hit = cached_file(variant.repo, "config.json", hf_cache)
+    return hit.parent if hit else None
 
 
 def indexed_shards(folder: Path) -> list[str]:
@@ -224,6 +265,7 @@ def entry_from_directory(folder: Path) -> ModelEntry:
         cfg = json.loads(cfg_path.read_text())
     except ValueError as exc:
         raise ConfigError(f"{cfg_path}: not valid JSON ({exc})", remedy=f"fix {cfg_path}") from exc
+    check_weights(folder)
     arch, w = read_checkpoint(folder)
     if arch is None:
         raise ConfigError(f"{cfg_path}: not a decoder config kanoa-local can read",
@@ -252,115 +294,3 @@ def remote_code_files(folder: Path, cfg: dict) -> list[str]:
                 repo, _, module = one.rpartition("--")
                 files.add((f"{repo}:" if repo else "") + module.rsplit(".", 1)[0] + ".py")
     return sorted(files) or sorted(p.name for p in folder.glob("*.py"))
-
-
-# ----------------------------------------------------------------------------- downloads
-
-#: What vLLM reads from a repo: configs, tokenizer, chat templates, weights; its Python code
-#: (``*.py``) only for a model served with --trust-remote-code.
-SERVE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-CODE_PATTERNS = ["*.py"]
-
-
-def missing_files(folder: Path) -> list[str]:
-    """What a snapshot directory lacks to be served: config.json, or weight shards the index
-    names, or any weights at all."""
-    missing = [] if (folder / "config.json").is_file() else ["config.json"]
-    if (folder / "model.safetensors.index.json").is_file():
-        missing += [n for n in indexed_shards(folder) if not (folder / n).is_file()]
-    elif not list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin")):
-        missing.append("*.safetensors")
-    return missing
-
-
-def download(repo: str, *, offline: bool = False, hf_cache: Path | None = None, token: str | None = None,
-             on_progress: Any = None, poll: float = 1.0, code: bool = False) -> Path:
-    """The repo's snapshot in the Hugging Face cache, downloaded first when needed, with
-    progress as (bytes done, bytes total). Offline: the cache must already be complete, and
-    what is missing is named. Errors become one-line kanoa-local errors. ``code``: its Python
-    files too (a model allowed to run them)."""
-    import threading
-
-    from .errors import ConfigError, EngineError
-    from .settings import hf_cache_dir
-
-    cache = hf_cache or hf_cache_dir()
-    patterns = SERVE_PATTERNS + (CODE_PATTERNS if code else [])
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub import errors as hf_errors
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise EngineError("huggingface_hub is missing", remedy="pip install huggingface_hub") from exc
-
-    if offline:
-        try:
-            folder = Path(snapshot_download(repo, cache_dir=str(cache), local_files_only=True,
-                                            allow_patterns=patterns))
-        except (hf_errors.LocalEntryNotFoundError, OSError) as exc:
-            raise ConfigError(f"offline, and {repo} is not in the Hugging Face cache ({cache})",
-                              remedy="download it while online (`kanoa-local up` does), or serve a local "
-                                     "directory with --model-path") from exc
-        gaps = missing_files(folder)
-        if gaps:
-            raise ConfigError(f"offline, and the cached {repo} is incomplete: missing "
-                              + ", ".join(gaps[:5]) + (f" and {len(gaps) - 5} more" if len(gaps) > 5 else ""),
-                              remedy="finish the download while online (run `kanoa-local up` again)")
-        return folder
-
-    def fail(exc: Exception) -> Exception:
-        if isinstance(exc, hf_errors.GatedRepoError):
-            return EngineError(f"{repo} is gated and this token has no access",
-                               remedy=f"accept the license on https://huggingface.co/{repo} and set HF_TOKEN")
-        if isinstance(exc, hf_errors.RepositoryNotFoundError):
-            return EngineError(f"{repo} does not exist on the Hugging Face hub (or is private)",
-                               remedy="check the repo id in models.toml, or set HF_TOKEN for a private repo")
-        return EngineError(f"cannot download {repo}: {str(exc).splitlines()[0][:200]}",
-                           remedy="check the network (or the HF_ENDPOINT mirror); with the weights already "
-                                  "cached, pass --offline")
-
-    try:
-        plan = snapshot_download(repo, cache_dir=str(cache), token=token, allow_patterns=patterns,
-                                 dry_run=True)
-    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
-        raise fail(exc) from exc
-    total = sum((f.file_size or 0) for f in plan)
-    have = sum((f.file_size or 0) for f in plan if f.is_cached)
-    blobs = cache / ("models--" + repo.replace("/", "--")) / "blobs"
-    start_size = _dir_size(blobs)
-    stop = threading.Event()
-
-    def report() -> None:
-        while not stop.wait(poll):
-            if on_progress:
-                on_progress(min(total, have + max(0, _dir_size(blobs) - start_size)), total)
-
-    watcher = threading.Thread(target=report, daemon=True)
-    watcher.start()
-    try:
-        folder = Path(snapshot_download(repo, cache_dir=str(cache), token=token, allow_patterns=patterns))
-    except Exception as exc:  # noqa: BLE001
-        raise fail(exc) from exc
-    finally:
-        stop.set()
-        watcher.join(timeout=2)
-    if on_progress:
-        on_progress(total, total)
-    return folder
-
-
-def _dir_size(d: Path) -> int:
-    try:
-        return sum(f.stat().st_size for f in d.iterdir() if f.is_file())
-    except OSError:
-        return 0
-
-
-def hf_token() -> str | None:
-    """The Hugging Face token as huggingface_hub finds it ($HF_TOKEN, the legacy variable, or
-    the file `hf auth login` writes): one reader for plan, up, pull and export."""
-    try:
-        from huggingface_hub import get_token
-
-        return get_token()
-    except Exception:  # noqa: BLE001 - an old huggingface_hub: the environment only
-        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None

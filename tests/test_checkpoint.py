@@ -112,35 +112,48 @@ def test_a_repo_in_the_hugging_face_cache_is_read_and_marked_cached(tmp_path):
     assert r.chosen is not None and r.chosen.variant.repo == "Qwen/Qwen3-VL-4B-Instruct"
 
 
-def _fake_repo(hub: Path, repo: str, files: dict[str, str]) -> Path:
+def _fake_repo(hub: Path, repo: str, files: dict[str, str | bytes]) -> Path:
     d = hub / ("models--" + repo.replace("/", "--"))
     snap = d / "snapshots" / "c0ffee"
     snap.mkdir(parents=True)
     (d / "refs").mkdir()
     (d / "refs" / "main").write_text("c0ffee")
     for name, text in files.items():
-        (snap / name).write_text(text)
+        (snap / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     return snap
+
+
+def _shard() -> bytes:
+    """A whole (tiny) safetensors file."""
+    import struct
+
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * 4
 
 
 def test_offline_download_checks_the_cache_is_complete(tmp_path):
     import pytest
 
-    from kanoa_local.checkpoint import download
+    from kanoa_local.hub import download
     from kanoa_local.errors import ConfigError
 
     hub = tmp_path / "hub"
     index = json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
                                        "b": "model-00002-of-00002.safetensors"}})
     snap = _fake_repo(hub, "org/complete", {"config.json": "{}", "model.safetensors.index.json": index,
-                                            "model-00001-of-00002.safetensors": "x",
-                                            "model-00002-of-00002.safetensors": "x"})
+                                            "model-00001-of-00002.safetensors": _shard(),
+                                            "model-00002-of-00002.safetensors": _shard()})
     assert download("org/complete", offline=True, hf_cache=hub) == snap
     _fake_repo(hub, "org/partial", {"config.json": "{}", "model.safetensors.index.json": index,
-                                    "model-00001-of-00002.safetensors": "x"})
+                                    "model-00001-of-00002.safetensors": _shard()})
     with pytest.raises(ConfigError) as e:
         download("org/partial", offline=True, hf_cache=hub)
     assert "model-00002-of-00002.safetensors" in str(e.value)
+    # a cached shard that is not one (an interrupted copy): said before the engine reads it
+    _fake_repo(hub, "org/damaged", {"config.json": "{}", "model.safetensors": _shard()[:-2]})
+    with pytest.raises(ConfigError) as e:
+        download("org/damaged", offline=True, hf_cache=hub)
+    assert "damaged weights" in str(e.value) and "truncated" in str(e.value)
     with pytest.raises(ConfigError) as e:
         download("org/absent", offline=True, hf_cache=hub)
     assert "not in the Hugging Face cache" in str(e.value)
@@ -150,7 +163,7 @@ def test_online_download_failure_is_one_line(tmp_path):
     """A real request: no such repo (or, on these machines, no hub at all) → one EngineError."""
     import pytest
 
-    from kanoa_local.checkpoint import download
+    from kanoa_local.hub import download
     from kanoa_local.errors import EngineError
 
     with pytest.raises(EngineError) as e:

@@ -27,6 +27,14 @@ CASES = [
     ("sigill.cpu.txt", "sigill", "float32"),
     ("unsupported-head-dim.cpu.txt", "unsupported-head-dim", "head_dim 16"),
     ("port-in-use.txt", "port-in-use", "--port"),
+    ("cuda-driver-mismatch.txt", "cuda-driver-mismatch", "device requests"),
+    ("gpu-lost.txt", "gpu-lost", "Xid 79"),
+    ("nccl-p2p.txt", "nccl-p2p", "NCCL_P2P_DISABLE=1"),
+    ("nccl-p2p.custom-allreduce.txt", "nccl-p2p", "NCCL_P2P_DISABLE=1"),
+    ("kernel-unsupported.sm120.txt", "kernel-unsupported", "compute capability 12.0"),
+    ("kernel-unsupported.turing.txt", "kernel-unsupported", "compute capability 7.5"),
+    ("corrupt-weights.txt", "corrupt-weights", "HeaderTooLarge"),
+    ("corrupt-weights.new-spelling.txt", "corrupt-weights", "header too large"),
 ]
 
 

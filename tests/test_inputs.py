@@ -104,3 +104,43 @@ def test_offline_and_not_downloaded_is_not_does_not_fit():
     assert "does not fit" not in r.stderr
     plan = run_cli("plan", "llama-3.1-8b", "--gpu", "l4", "--offline", "--json")
     assert "not downloaded" in json.loads(plan.stdout)["plan"]["summary"]
+
+
+def _checkpoint(folder, weights: bytes) -> None:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 2, "hidden_size": 128,
+        "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 256, "vocab_size": 1000,
+        "max_position_embeddings": 2048, "torch_dtype": "bfloat16"}))
+    (folder / "model.safetensors").write_bytes(weights)
+
+
+def _safetensors(n_bytes_of_data: int, truncate: int = 0) -> bytes:
+    import struct
+
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [n_bytes_of_data // 2], "data_offsets": [0, n_bytes_of_data]}})
+    data = struct.pack("<Q", len(header)) + header.encode() + b"\0" * n_bytes_of_data
+    return data[:len(data) - truncate]
+
+
+@pytest.mark.parametrize("weights,needle", [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "Git LFS pointer"),
+    (_safetensors(4096, truncate=1000), "truncated"),
+    (b"\xff" * 64, "not a readable safetensors file"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", "not a readable safetensors file"),
+])
+def test_a_damaged_local_checkpoint_is_refused_before_anything_starts(tmp_path, weights, needle):
+    ck = tmp_path / "ckpt"
+    _checkpoint(ck, weights)
+    _one_line(run_cli("plan", str(ck)), 3, "damaged weights", "model.safetensors", needle)
+    r = run_cli("up", "--model-path", str(ck), "--cpu", "--name", "bad")
+    _one_line(r, 3, "damaged weights", needle)
+    assert json.loads(run_cli("ps", "--json").stdout)["deployments"] == []
+
+
+def test_a_whole_checkpoint_passes_the_check(tmp_path):
+    from kanoa_local.checkpoint import damaged_shards
+
+    ck = tmp_path / "ckpt"
+    _checkpoint(ck, _safetensors(4096))
+    assert damaged_shards(ck) == []

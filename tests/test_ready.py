@@ -81,6 +81,37 @@ def test_next_attempt_shrinks_context_once_then_falls_back_a_plan():
     assert next_attempt(other, first, smaller, shrunk=False)[0] is None
 
 
+def test_what_vllm_says_would_work_is_retried_once_each():
+    """Free GPU memory below the planned share: the share that was free; a P2P failure at TP > 1:
+    NCCL_P2P_DISABLE=1 in the engine's environment. Each once; never below a useful share."""
+    from kanoa_local.catalog import load_catalog
+    from kanoa_local.deploy import next_attempt
+    from kanoa_local.engine.diagnose import diagnose
+    from kanoa_local.engine.spec import launch_spec
+    from kanoa_local.plan import PlanRequest, plan
+    from kanoa_local.probe import load_preset
+
+    first = plan(load_preset("l4"), load_catalog(user=False), PlanRequest(model="qwen2.5-vl-7b")).chosen
+    busy = diagnose("ValueError: Free memory on device (15.1/22.05 GiB) on startup is less than desired GPU "
+                    "memory utilization (0.92, 20.29 GiB). Decrease GPU memory utilization or reduce GPU "
+                    "memory used by other processes.")
+    assert busy.kind == "gpu-memory-busy" and busy.retry_gpu_memory_utilization == 0.65
+    nxt, note = next_attempt(busy, first, [], shrunk=False)
+    assert nxt.settings.gpu_memory_utilization == 0.65 and "0.65" in note
+    assert next_attempt(busy, nxt, [], shrunk=False, done=frozenset({"gpu-memory-busy"}))[0] is None
+    low = busy.model_copy(update={"retry_gpu_memory_utilization": 0.2})
+    assert next_attempt(low, first, [], shrunk=False)[0] is None
+
+    tp2 = plan(load_preset("2x-rtx4090"), load_catalog(user=False), PlanRequest(model="llama-3.1-70b")).chosen
+    assert tp2.settings.tensor_parallel_size == 2
+    p2p = diagnose("RuntimeError: CUDA error: peer access is not supported between these two devices")
+    nxt, note = next_attempt(p2p, tp2, [], shrunk=False)
+    assert nxt.settings.engine_env == {"NCCL_P2P_DISABLE": "1"} and "NCCL_P2P_DISABLE=1" in note
+    assert launch_spec(nxt).env["NCCL_P2P_DISABLE"] == "1"
+    assert next_attempt(p2p, nxt, [], shrunk=False, done=frozenset({"nccl-p2p"}))[0] is None
+    assert next_attempt(p2p, first, [], shrunk=False)[0] is None           # one GPU: nothing to disable
+
+
 def test_last_stage_is_the_furthest_the_log_reached():
     from kanoa_local.engine.ready import last_stage
 

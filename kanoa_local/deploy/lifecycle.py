@@ -286,7 +286,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
     def fetch(c: Candidate) -> None:
         """Weights into the host's HF cache before the engine starts (it then runs offline)."""
         if c.variant.repo and not model_dir and not where.remote:
-            from ..checkpoint import download
+            from ..hub import download
 
             hf = caches.get("hf_cache")
             download(c.variant.repo, offline=offline, token=hf_token(), code=bool(c.settings and c.settings.trust_remote_code),
@@ -294,6 +294,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
 
     fetch(candidate)
     attempt, tried, shrunk, port_moves, memory_retries = candidate, set(), False, 0, 0
+    fixed: set[str] = set()
     while True:
         tried.add(attempt.variant.key)
         spec = _make_spec(attempt, name=name, port=chosen, where=where, model_dir=model_dir, image=image,
@@ -326,14 +327,18 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
             holders = [p for g in gpu_use(dep.gpu_uuids) for p in g.processes]
             if holders:
                 d = d.model_copy(update={"cause": d.cause + "; GPU memory is held by " + ", ".join(holders[:4])})
-        nxt, note = next_attempt(d, attempt, [f for f in fallbacks if f.variant.key not in tried], shrunk=shrunk)
-        if nxt is None or no_retry or memory_retries >= 2:
+        nxt, note = next_attempt(d, attempt, [f for f in fallbacks if f.variant.key not in tried], shrunk=shrunk,
+                                 done=frozenset(fixed))
+        if nxt is None or no_retry or memory_retries >= 3:
             raise EngineStartError(
                 f"the engine did not start ({report.outcome} after {report.elapsed_s:.0f} s): {d.cause}",
                 remedy=d.remedy + f"; the log: `kanoa-local logs {name}`",
                 details={"diagnosis": d.model_dump(), "log_tail": report.log_tail[-20:], "notes": notes})
         memory_retries += 1
-        shrunk = shrunk or nxt.variant.key == attempt.variant.key
+        if d.kind in ("gpu-memory-busy", "nccl-p2p"):
+            fixed.add(d.kind)
+        else:
+            shrunk = shrunk or nxt.variant.key == attempt.variant.key
         notes.append(note)
         if nxt.variant.key != attempt.variant.key:
             fetch(nxt)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UsageError, WeightsUnavailable
 from ..plan.fit import Candidate
-from ..checkpoint import hf_token
+from ..hub import hf_token
 from ..settings import hub_offline
 
 
@@ -116,7 +116,7 @@ def pull(model: str | None = None, *, python: str | None = None, precision: str 
                                         python=python or default_python(), offline=bool(offline),
                                         on_status=on_status))
     elif model_dir is None and v.repo:
-        from ..checkpoint import download
+        from ..hub import download
 
         model_dir = str(download(v.repo, offline=bool(offline), token=hf_token(), on_progress=on_download,
                                  code=bool(c.settings and c.settings.trust_remote_code)))

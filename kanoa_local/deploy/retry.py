@@ -9,11 +9,30 @@ MEMORY_FAILURES = {"max-model-len-too-large", "no-kv-memory", "cuda-oom"}
 MIN_RETRY_CONTEXT = 1024
 
 
-def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: bool) -> tuple[Candidate | None, str]:
-    """After a failed start: the same plan with the context vLLM says fits (once), else the next
-    plan down for a memory failure, else nothing. Pure; returns (candidate, what to tell the user)."""
+#: the GPU memory share below which a retry is not worth it (the plan no longer holds)
+MIN_RETRY_GMU = 0.3
+
+
+def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: bool,
+                 done: frozenset[str] = frozenset()) -> tuple[Candidate | None, str]:
+    """After a failed start, what vLLM's own message says would work, each fix once (``done``:
+    the diagnosis kinds already retried): the context vLLM says fits; the GPU memory share the
+    free memory allows; tensor parallel without GPU peer-to-peer (NCCL_P2P_DISABLE=1); else the
+    next plan down for a memory failure; else nothing. Pure; returns (candidate, what to tell
+    the user)."""
     s = attempt.settings
     assert s is not None
+    gmu = d.retry_gpu_memory_utilization
+    if (d.kind == "gpu-memory-busy" and d.kind not in done and gmu and MIN_RETRY_GMU <= gmu
+            and gmu < (s.gpu_memory_utilization or 0.9)):
+        return (attempt.model_copy(update={"settings": s.model_copy(update={"gpu_memory_utilization": gmu})}),
+                f"other work holds GPU memory: retried with --gpu-memory-utilization {gmu:.2f} (what was free)")
+    if (d.kind == "nccl-p2p" and d.kind not in done and s.tensor_parallel_size * s.pipeline_parallel_size > 1
+            and s.engine_env.get("NCCL_P2P_DISABLE") != "1"):
+        return (attempt.model_copy(update={"settings": s.model_copy(
+                    update={"engine_env": {**s.engine_env, "NCCL_P2P_DISABLE": "1"}})}),
+                "GPU peer-to-peer failed between the tensor-parallel GPUs: retried with NCCL_P2P_DISABLE=1 "
+                "(slower all-reduce through host memory)")
     fits = d.retry_max_model_len
     if d.kind == "max-model-len-too-large" and fits and not shrunk and MIN_RETRY_CONTEXT <= fits < s.max_model_len:
         new_len = fits // 256 * 256 or fits

@@ -95,6 +95,32 @@ RULES: list[Rule] = [
     _r("driver-too-old", r"NVIDIA driver on your system is too old \(found version (\d+)\)",
        lambda m: ("the NVIDIA driver is too old for the CUDA build in this image",
                   "update the driver, or let `kanoa-local plan` pick an older image", {})),
+    _r("gpu-lost", r"fallen off the bus|Xid[^\n]{0,40}\b79\b|GPU is lost",
+       _fixed("the GPU dropped off the PCIe bus (Xid 79): the card stopped answering the driver",
+              "reseat the card and its power cables (an eGPU: the cable and enclosure), lower the PCIe "
+              "generation in the firmware, check the power supply (`nvidia-smi -pl` caps the draw), then reboot")),
+    _r("cuda-driver-mismatch", r"Error 803|system has unsupported display driver / cuda driver combination"
+       r"|cudaErrorSystemDriverMismatch",
+       _fixed("the CUDA libraries in the container do not match the host's driver (CUDA error 803)",
+              "give the container its GPUs as device requests (`--gpus`, what kanoa-local's Docker runtime "
+              "does) rather than `--runtime nvidia` or CDI devices; or put the driver's libraries first "
+              "(LD_LIBRARY_PATH=/usr/local/nvidia/lib64), or use an image built for this driver")),
+    _r("corrupt-weights", r"SafetensorError[^\n]*|Error while deserializing header[^\n]*|HeaderTooLarge"
+       r"|MetadataIncompleteBuffer|incomplete metadata, file not fully covered",
+       lambda m: (f"a weights file is damaged or not a safetensors file ({m.group(0).strip()[:120]})",
+                  "download or copy the checkpoint again (a hub download: delete it from the Hugging Face "
+                  "cache and run `kanoa-local pull`; a git clone: `git lfs pull`)", {})),
+    _r("nccl-p2p", r"peer access is not supported between these two devices|NCCL Error 1: unhandled cuda error"
+       r"|ncclUnhandledCudaError",
+       _fixed("GPU peer-to-peer transfers failed between the tensor-parallel GPUs (common on consumer "
+              "boards without P2P support)",
+              "retry with NCCL_P2P_DISABLE=1 (kanoa-local does so once by itself), or use fewer GPUs")),
+    _r("kernel-unsupported", r"No compiled cutlass_scaled_mm for (a compute capability less than )?CUDA "
+       r"device capability: (\d+)",
+       lambda m: (f"this vLLM build has no FP8/INT8 matrix kernel (CUTLASS scaled_mm) for compute "
+                  f"capability {int(m.group(2)) / 10:.1f}",
+                  "serve a precision without FP8/INT8 weights there (--quant bf16, awq or gptq), or an "
+                  "image whose release has kernels for this GPU (`kanoa-local plan` picks by architecture)", {})),
     _r("gpu-memory-busy", r"Free memory on device \(([\d.]+)/([\d.]+) GiB\) on startup is less than "
        r"desired GPU memory utilization \(([\d.]+)", _free_memory),
     _r("max-model-len-too-large", r"estimated maximum model length is (\d[\d,]*)", _estimated_len),

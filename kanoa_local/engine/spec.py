@@ -157,6 +157,7 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
         env["HF_HUB_OFFLINE"] = "1"
     if c.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kv_cache_gib or 1)
+    env.update(s.engine_env)
     labels = {
         LABEL_PREFIX + "role": "server",
         LABEL_PREFIX + "deployment": deployment,

@@ -65,6 +65,8 @@ class Settings(Model):
     max_num_batched_tokens: int | None = None
     limit_images: int | None = None
     trust_remote_code: bool = False
+    engine_env: dict[str, str] = Field(default_factory=dict, description="extra environment for the engine "
+                                                                       "(NCCL_P2P_DISABLE after a P2P failure)")
     sampling: dict[str, float] = {}
     enforce_eager: bool = False
     compilation_config: dict[str, Any] | None = Field(

@@ -1,0 +1,132 @@
+"""The Hugging Face hub: a repo's snapshot in the cache (downloaded with progress, or checked
+complete offline), a file found in the cache without the network, and the token, as
+huggingface_hub finds it. The only module that imports huggingface_hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import check_weights, indexed_shards
+
+
+def cached_file(repo: str, name: str, hf_cache: Path) -> Path | None:
+    """``name`` of ``repo``'s cached snapshot, or None (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    hit = try_to_load_from_cache(repo, name, cache_dir=str(hf_cache))
+    return Path(hit) if isinstance(hit, str) else None
+
+#: What vLLM reads from a repo: configs, tokenizer, chat templates, weights; its Python code
+#: (``*.py``) only for a model served with --trust-remote-code.
+SERVE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+CODE_PATTERNS = ["*.py"]
+
+
+def missing_files(folder: Path) -> list[str]:
+    """What a snapshot directory lacks to be served: config.json, or weight shards the index
+    names, or any weights at all."""
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if (folder / "model.safetensors.index.json").is_file():
+        missing += [n for n in indexed_shards(folder) if not (folder / n).is_file()]
+    elif not list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin")):
+        missing.append("*.safetensors")
+    return missing
+
+
+def download(repo: str, *, offline: bool = False, hf_cache: Path | None = None, token: str | None = None,
+             on_progress: Any = None, poll: float = 1.0, code: bool = False) -> Path:
+    """The repo's snapshot in the Hugging Face cache, downloaded first when needed, with
+    progress as (bytes done, bytes total). Offline: the cache must already be complete, and
+    what is missing is named. Errors become one-line kanoa-local errors. ``code``: its Python
+    files too (a model allowed to run them)."""
+    import threading
+
+    from .errors import ConfigError, EngineError
+    from .settings import hf_cache_dir
+
+    cache = hf_cache or hf_cache_dir()
+    patterns = SERVE_PATTERNS + (CODE_PATTERNS if code else [])
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub import errors as hf_errors
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise EngineError("huggingface_hub is missing", remedy="pip install huggingface_hub") from exc
+
+    if offline:
+        try:
+            folder = Path(snapshot_download(repo, cache_dir=str(cache), local_files_only=True,
+                                            allow_patterns=patterns))
+        except (hf_errors.LocalEntryNotFoundError, OSError) as exc:
+            raise ConfigError(f"offline, and {repo} is not in the Hugging Face cache ({cache})",
+                              remedy="download it while online (`kanoa-local up` does), or serve a local "
+                                     "directory with --model-path") from exc
+        gaps = missing_files(folder)
+        if gaps:
+            raise ConfigError(f"offline, and the cached {repo} is incomplete: missing "
+                              + ", ".join(gaps[:5]) + (f" and {len(gaps) - 5} more" if len(gaps) > 5 else ""),
+                              remedy="finish the download while online (run `kanoa-local up` again)")
+        check_weights(folder)
+        return folder
+
+    def fail(exc: Exception) -> Exception:
+        if isinstance(exc, hf_errors.GatedRepoError):
+            return EngineError(f"{repo} is gated and this token has no access",
+                               remedy=f"accept the license on https://huggingface.co/{repo} and set HF_TOKEN")
+        if isinstance(exc, hf_errors.RepositoryNotFoundError):
+            return EngineError(f"{repo} does not exist on the Hugging Face hub (or is private)",
+                               remedy="check the repo id in models.toml, or set HF_TOKEN for a private repo")
+        return EngineError(f"cannot download {repo}: {str(exc).splitlines()[0][:200]}",
+                           remedy="check the network (or the HF_ENDPOINT mirror); with the weights already "
+                                  "cached, pass --offline")
+
+    try:
+        plan = snapshot_download(repo, cache_dir=str(cache), token=token, allow_patterns=patterns,
+                                 dry_run=True)
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
+        raise fail(exc) from exc
+    total = sum((f.file_size or 0) for f in plan)
+    have = sum((f.file_size or 0) for f in plan if f.is_cached)
+    blobs = cache / ("models--" + repo.replace("/", "--")) / "blobs"
+    start_size = _dir_size(blobs)
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(poll):
+            if on_progress:
+                on_progress(min(total, have + max(0, _dir_size(blobs) - start_size)), total)
+
+    watcher = threading.Thread(target=report, daemon=True)
+    watcher.start()
+    try:
+        folder = Path(snapshot_download(repo, cache_dir=str(cache), token=token, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001
+        raise fail(exc) from exc
+    finally:
+        stop.set()
+        watcher.join(timeout=2)
+    if on_progress:
+        on_progress(total, total)
+    check_weights(folder)
+    return folder
+
+
+def _dir_size(d: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+    except OSError:
+        return 0
+
+
+def hf_token() -> str | None:
+    """The Hugging Face token as huggingface_hub finds it ($HF_TOKEN, the legacy variable, or
+    the file `hf auth login` writes): one reader for plan, up, pull and export."""
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # noqa: BLE001 - an old huggingface_hub: the environment only
+        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
