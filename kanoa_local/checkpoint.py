@@ -42,6 +42,8 @@ def read_header(path: Path) -> dict[str, Any]:
         if n > MAX_HEADER:
             raise ValueError(f"{path.name}: header length {n} is not plausible")
         header = json.loads(fh.read(n))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name}: the header is not a JSON object")
     header.pop("__metadata__", None)
     return header
 

@@ -82,7 +82,7 @@ class Gpu(Model):
     index: int = Field(ge=0)
     uuid: str
     name: str
-    memory_total: int = Field(gt=0, description="bytes")
+    memory_total: int = Field(ge=0, description="bytes (0: NVML could not read it)")
     memory_free: int = Field(ge=0)
     memory_used: int = Field(ge=0)
     compute_capability: tuple[int, int] | None = None

@@ -35,6 +35,7 @@ CASES = [
     ("kernel-unsupported.turing.txt", "kernel-unsupported", "compute capability 7.5"),
     ("corrupt-weights.txt", "corrupt-weights", "HeaderTooLarge"),
     ("corrupt-weights.new-spelling.txt", "corrupt-weights", "header too large"),
+    ("bind-address.docker.txt", "bind-address", "--host ADDR"),
 ]
 
 

@@ -80,6 +80,13 @@ def test_lifespan_passes_and_no_key_means_closed():
     assert not _call("/v1/models", keys=[], headers=[("Authorization", f"Bearer {KEY}")])[0]
 
 
+def test_the_variable_is_one_key_as_vllm_reads_it():
+    """vLLM takes VLLM_API_KEY whole: no splitting on commas, no stripping."""
+    ok = lambda token, key: _call("/metrics", keys=[key], headers=[("Authorization", f"Bearer {token}")])[0]  # noqa: E731
+    assert ok("abc,def", "abc,def") and not ok("abc", "abc,def") and not ok("def", "abc,def")
+    assert not ok("b", " b")                     # the key as set, space and all
+
+
 def test_the_key_comes_from_the_environment_and_the_module_needs_only_the_stdlib(tmp_path):
     """What the engine does: import it by name from PYTHONPATH, key from VLLM_API_KEY; it must
     not import anything beyond the standard library (it runs in any vLLM image)."""
@@ -88,7 +95,7 @@ def test_the_key_comes_from_the_environment_and_the_module_needs_only_the_stdlib
             "('starlette', 'fastapi', 'kanoa_local', 'pydantic')))")
     r = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); exec(sys.argv[2])",
                         str(guard.local_dir()), code], capture_output=True, text=True,
-                       env={"VLLM_API_KEY": KEY})
+                       env={"VLLM_API_KEY": KEY + ",second"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["1", "[]"]
     assert [p.name for p in guard.local_dir().glob("*.py")] == [guard.FILE]

@@ -98,7 +98,7 @@ def translate_errors(image: str | None = None) -> Iterator[None]:
         from ..engine.diagnose import diagnose
 
         d = diagnose(text)
-        if d.kind in ("driver-too-old", "port-in-use", "shm-too-small"):
+        if d.kind in ("driver-too-old", "port-in-use", "shm-too-small", "bind-address"):
             raise EngineError(f"Docker could not start the container: {d.cause}", remedy=d.remedy,
                               details={"kind": d.kind}) from exc
         if NO_GPU_DRIVER_MARK in text:

@@ -110,8 +110,7 @@ RULES: list[Rule] = [
        lambda m: (f"a weights file is damaged or not a safetensors file ({m.group(0).strip()[:120]})",
                   "download or copy the checkpoint again (a hub download: delete it from the Hugging Face "
                   "cache and run `kanoa-local pull`; a git clone: `git lfs pull`)", {})),
-    _r("nccl-p2p", r"peer access is not supported between these two devices|NCCL Error 1: unhandled cuda error"
-       r"|ncclUnhandledCudaError",
+    _r("nccl-p2p", r"peer access is not supported between these two devices",
        _fixed("GPU peer-to-peer transfers failed between the tensor-parallel GPUs (common on consumer "
               "boards without P2P support)",
               "retry with NCCL_P2P_DISABLE=1 (kanoa-local does so once by itself), or use fewer GPUs")),
@@ -160,6 +159,10 @@ RULES: list[Rule] = [
     _r("arch-unsupported", r"no kernel image is available for execution on the device",
        _fixed("this image has no kernels for this GPU's architecture",
               "use an image built for it (`kanoa-local plan` picks one by compute capability)")),
+    _r("bind-address", r"cannot assign requested address",
+       _fixed("the address to publish on is not one of that machine's own (a NAT'd or public address?)",
+              "give --host ADDR with an address of that machine (`ip -br addr` there), or --host 0.0.0.0 "
+              "for all of them (then firewall it)")),
     _r("port-in-use", r"address already in use|Errno 98|port is already allocated",
        _fixed("the port is already in use", "choose another --port, or `kanoa-local ps` to find the owner")),
     _r("engine-failed", r"Engine core initialization failed|EngineCore failed to start|RuntimeError: Engine",

@@ -30,6 +30,7 @@ export HF_HOME="${{HF_HOME:-$HOME/.cache/huggingface}}"   # on shared storage fo
 # kanoa-local's key guard (vLLM --middleware): every route but /health needs the key. Written
 # on the node that runs this script, which is the head (the only node serving HTTP).
 KANOA_GUARD_DIR="$(mktemp -d)"
+export KANOA_GUARD_DIR
 trap 'rm -rf "$KANOA_GUARD_DIR"' EXIT
 {guard}export PYTHONPATH="$KANOA_GUARD_DIR${{PYTHONPATH:+:$PYTHONPATH}}" PYTHONSAFEPATH=1
 HEAD_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
@@ -53,7 +54,7 @@ srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
   fi
   echo "kanoa-local: node $(hostname) rank $RANK CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-}}"
   if [ -n "${{KANOA_APPTAINER_IMAGE:-}}" ]; then
-    exec apptainer exec --nv --bind "$HF_HOME:/root/.cache/huggingface" "$KANOA_APPTAINER_IMAGE" \\
+    exec apptainer exec --nv --bind "$HF_HOME:/root/.cache/huggingface" --bind "$KANOA_GUARD_DIR" "$KANOA_APPTAINER_IMAGE" \\
       python3 "${{SERVE[@]}}" "${{ARGS[@]}}"
   fi
   exec "${{KANOA_VLLM_PYTHON:-python3}}" "${{SERVE[@]}}" "${{ARGS[@]}}"

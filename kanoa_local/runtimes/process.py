@@ -222,9 +222,11 @@ class ProcessRuntime(Runtime):
         try:
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("wb") as out:       # a new start: a new log
-                proc = subprocess.Popen([python, "-m", SERVER_MODULE, *req.spec.argv], stdout=out,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                        start_new_session=True)
+                # run from the user's own log folder: `python -m` puts its working directory
+                # first on the path, and before Python 3.11 PYTHONSAFEPATH does not stop that
+                proc = subprocess.Popen([os.path.abspath(python), "-m", SERVER_MODULE, *req.spec.argv],
+                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                        start_new_session=True, cwd=log.parent)
         except OSError as exc:
             raise EngineError(f"cannot start {python} (log {log}): {exc.strerror or exc}",
                               remedy="check the interpreter and that the state dir is writable") from None

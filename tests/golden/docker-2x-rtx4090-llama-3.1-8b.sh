@@ -43,8 +43,9 @@ def _digest(value):
 
 
 def _keys():
+    # one key, exactly as vLLM reads the variable (no splitting, no stripping)
     raw = os.environ.get("VLLM_API_KEY", "")
-    return [_digest(k) for k in raw.split(",") if k.strip()] if raw else []
+    return [_digest(raw)] if raw else []
 
 
 class KeyGuard:
@@ -71,7 +72,7 @@ class KeyGuard:
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return False
-        digest = _digest(token.strip())
+        digest = _digest(token)
         ok = False
         for key in self._keys:          # no early exit: the time taken says nothing about the key
             ok |= hmac.compare_digest(digest, key)
