@@ -206,6 +206,10 @@ def run_server(c: Any, spec: Any, *, name: str, secrets_env: dict[str, str], gpu
             if not m.read_only and not remote:   # a remote daemon creates its own
                 Path(m.source).mkdir(parents=True, exist_ok=True)
         env = {**spec.env, **secrets_env}
+        image_env = dict(e.split("=", 1) for e in (c.images.get(image).attrs.get("Config") or {}).get("Env") or []
+                         if "=" in e)
+        if env.get("PYTHONPATH") and image_env.get("PYTHONPATH"):   # extend the image's own, never replace it
+            env["PYTHONPATH"] += ":" + image_env["PYTHONPATH"]
         for k in spec.secret_env:
             if k not in env and os.environ.get(k):
                 env[k] = os.environ[k]          # HF_TOKEN passes through, never stored

@@ -132,3 +132,39 @@ def test_an_image_by_digest_is_pulled_by_its_digest(docker_client, tiny_model, n
     r = run_cli("up", "--model-path", str(tiny_model), "--image", ref, "--name", names("dig"))
     assert r.returncode == 6 and "could not be pulled" in r.stderr, r.stderr
     assert "invalid reference format" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_guard_extends_an_images_own_python_path(docker_client, cpu_image, tiny_model, names):
+    """An image that sets PYTHONPATH keeps it: kanoa-local's guard folder goes in front."""
+    import io
+
+    from kanoa_local.backends import docker_api as dk
+    from kanoa_local.engine import guard
+    from kanoa_local.engine.spec import launch_spec
+    from kanoa_local.plan import PlanRequest, plan
+    from kanoa_local.probe import load_preset
+    from kanoa_local.checkpoint import entry_from_directory
+    from kanoa_local.catalog import load_catalog
+
+    tag = f"kanoa-local-test/pythonpath:{names('pp')}"
+    img, _ = docker_client.images.build(fileobj=io.BytesIO(f"FROM {cpu_image}\nENV PYTHONPATH=/opt/theirs\n".encode()),
+                                        tag=tag, rm=True)
+    try:
+        entry = entry_from_directory(tiny_model)
+        cat = load_catalog(user=False)
+        cat = cat.model_copy(update={"models": {**cat.models, entry.id: entry}})
+        c = plan(load_preset("no-driver"), cat, PlanRequest(model=entry.id, offline=True)).chosen
+        from kanoa_local.settings import engine_caches
+
+        spec = launch_spec(c, deployment=names("pp"), port=free_port(), runtime="docker", model_dir=str(tiny_model),
+                           **engine_caches())
+        spec = spec.model_copy(update={"image": tag})
+        cid = dk.run_server(docker_client, spec, name=names("pp"), secrets_env={"VLLM_API_KEY": "kl-x"},
+                            gpu_uuids=None, extra_labels={}, files=guard.tar_archive())
+        try:
+            env = docker_client.containers.get(cid).attrs["Config"]["Env"]
+            assert "PYTHONPATH=/opt/kanoa-local:/opt/theirs" in env, env
+        finally:
+            dk.stop_remove(docker_client, cid, timeout=2)
+    finally:
+        docker_client.images.remove(tag, force=True)
