@@ -224,3 +224,15 @@ def test_scheduler_reasons_that_waiting_cannot_change():
                         "immediate PersistentVolumeClaims.")
     assert not is_final("0/1 nodes are available: 1 node(s) had taint {node.kubernetes.io/not-ready: }, "
                         "that the pod didn't tolerate.")
+
+
+def test_up_applies_the_secret_with_the_token_a_file_never_holds_it():
+    from kanoa_local.export import layout_for
+    from kanoa_local.export.k8s import objects
+
+    c, [f] = artefacts("l4-qwen2.5-vl-7b", "k8s")
+    opts = ExportOptions(name="x", image=c.settings.image)
+    [secret] = [o for o in objects(c, layout_for(c), opts, api_key="kl-up", hf_token="hf_tok") if o["kind"] == "Secret"]
+    assert secret["stringData"] == {"api-key": "kl-up", "hf-token": "hf_tok"}
+    assert [o for o in objects(c, layout_for(c), opts) if o["kind"] == "Secret"] == []
+    assert "kl-up" not in f.content and "hf_tok" not in f.content

@@ -57,7 +57,9 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
                              owner=owner)
         layout = layout_for(c)
         check_layout(layout, image)
-        objs = render_k8s.objects(c, layout, opts, api_key=key)
+        from ..hub import hf_token
+
+        objs = render_k8s.objects(c, layout, opts, api_key=key, hf_token=hf_token())
         svc = next(o for o in objs if o["kind"] == "Service")["metadata"]["name"]
         t0 = time.monotonic()
 

@@ -89,12 +89,15 @@ def _pod(c: Candidate, layout: Layout, opts: ExportOptions, role: str, secret: s
             "spec": {"containers": [_container(c, layout, opts, role, secret)], "volumes": volumes}}
 
 
-def objects(c: Candidate, layout: Layout, opts: ExportOptions, api_key: str | None = None) -> list[dict[str, Any]]:
+def objects(c: Candidate, layout: Layout, opts: ExportOptions, api_key: str | None = None,
+            hf_token: str | None = None) -> list[dict[str, Any]]:
+    """The objects; with ``api_key`` (what `up` applies, never a rendered file) the Secret too,
+    holding ``hf_token`` as well when one is given (the pod downloads gated weights with it)."""
     name = dns_label(f"kanoa-{opts.name}")[:50]      # room for the -secrets / -hf-cache suffixes
     labels = _labels(opts, c)
     multi = layout.pipeline_parallel > 1
     secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(f"{name}-secrets", opts, c),
-              "type": "Opaque", "stringData": {"api-key": api_key or ""}}
+              "type": "Opaque", "stringData": {"api-key": api_key or "", **({"hf-token": hf_token} if hf_token else {})}}
     guard_map: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(f"{name}-guard", opts, c),
                                  "data": {guard.FILE: guard.source()}}
     pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteMany" if multi else "ReadWriteOnce"],

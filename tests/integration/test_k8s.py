@@ -35,7 +35,8 @@ def cluster(k8s_cluster):
                                        "metadata": {"name": f"weights-{i}"},
                                        "spec": {"capacity": {"storage": "500Gi"}, "accessModes": ["ReadWriteOnce"],
                                                 "hostPath": {"path": f"/tmp/kanoa-k8s-pv-{i}"}}})
-    yield {"KUBECONFIG": k8s_cluster}
+    # a token as a user with access has one (meta-llama's repos are gated; nothing is downloaded here)
+    yield {"KUBECONFIG": k8s_cluster, "HF_TOKEN": "hf_" + "k8stest" * 5}
     for name in NODES:
         core.delete_node(name)
     for i in range(3):
