@@ -262,6 +262,10 @@ def _up_locked(candidate: Candidate, *, name: str, port: int, where: Target, pyt
             raise
         if swap is not None:
             result.notes += swap.finish()
+        if existing is not None and existing.served_model_name != result.deployment.served_model_name:
+            from . import prices
+
+            prices.release({existing.served_model_name})   # the replaced model's price goes with it
         return result
 
 
