@@ -38,6 +38,16 @@ TEST_HOME = Path(os.environ.get("KANOA_TEST_HOME") or
                  (Path(__import__("tempfile").gettempdir()) / f"kanoa-test-home-{os.getpid()}"))
 
 
+def default_signals() -> None:
+    """preexec_fn: the child gets default signal dispositions, whatever this suite inherited (a
+    suite started from a background job has SIGINT ignored, and Python then never raises
+    KeyboardInterrupt)."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a kanoa-local subprocess of the tests gets: this one, the session's home."""
     TEST_HOME.mkdir(parents=True, exist_ok=True)

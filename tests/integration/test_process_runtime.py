@@ -16,20 +16,13 @@ from kanoa_local.deploy import PsReport, StatusReport, UpResult
 from kanoa_local.runtimes.process import ProcessRuntime, members
 from kanoa_local.state import ProcessPlace
 from kanoa_local.state import load as load_record
-from tests.conftest import ROOT, cli_env, free_port, http, make_tiny_model, run_cli
+from tests.conftest import ROOT, cli_env, default_signals, free_port, http, make_tiny_model, run_cli
 
 pytestmark = pytest.mark.engine
 
 
 def running(dep) -> bool:
     return ProcessRuntime().liveness(dep).alive
-
-
-def default_signals():
-    """The child gets default signal dispositions, whatever this suite inherited (a suite
-    started from a background job has SIGINT ignored)."""
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_DFL)
 
 
 def up(cpu_venv, model, *extra, timeout=400):

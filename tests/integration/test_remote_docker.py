@@ -9,7 +9,7 @@ import json
 import pytest
 
 from kanoa_local.deploy import PsReport, StatusReport, UpResult
-from tests.conftest import cli_env, free_port, run_cli
+from tests.conftest import cli_env, default_signals, free_port, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.engine, pytest.mark.scaleout]
 
@@ -204,7 +204,7 @@ def test_ctrl_c_during_a_multi_node_start_leaves_nothing_on_either_host(remote_d
     p = subprocess.Popen([sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model), "--image",
                           cpu_image, "--docker-host", "local", "--docker-host", remote_docker, "--name", "cc2",
                           "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=cli_env())
+                         env=cli_env(), preexec_fn=default_signals)
     state = os.path.join(os.environ["KANOA_LOCAL_HOME"], "state", "deployments", "cc2.json")
     deadline = time.monotonic() + 120
     while not os.path.exists(state) and time.monotonic() < deadline:   # both containers started
