@@ -193,8 +193,9 @@ def run_server(c: Any, spec: Any, *, name: str, secrets_env: dict[str, str], gpu
     import docker
 
     image = spec.image
+    img = None
     try:
-        c.images.get(image)
+        img = c.images.get(image)
     except docker.errors.ImageNotFound:
         pull(c, image, on_pull, where=where or "this Docker host")
     except daemon_errors() as exc:
@@ -206,8 +207,8 @@ def run_server(c: Any, spec: Any, *, name: str, secrets_env: dict[str, str], gpu
             if not m.read_only and not remote:   # a remote daemon creates its own
                 Path(m.source).mkdir(parents=True, exist_ok=True)
         env = {**spec.env, **secrets_env}
-        image_env = dict(e.split("=", 1) for e in (c.images.get(image).attrs.get("Config") or {}).get("Env") or []
-                         if "=" in e)
+        img = img or c.images.get(image)       # pulled just now: read it once more
+        image_env = dict(e.split("=", 1) for e in (img.attrs.get("Config") or {}).get("Env") or [] if "=" in e)
         if env.get("PYTHONPATH") and image_env.get("PYTHONPATH"):   # extend the image's own, never replace it
             env["PYTHONPATH"] += ":" + image_env["PYTHONPATH"]
         for k in spec.secret_env:
