@@ -74,6 +74,24 @@ def _run(argv: list[str], what: str, env: dict[str, str] | None = None, timeout:
                                  "with torch and transformers (the vLLM environment has both)")
 
 
+CONVERTER_HINT = ("`kanoa-local engine install --cpu` (the engine's venv has torch and transformers, and is "
+                  "used from then on), or pass --python PATH of an interpreter with both")
+
+
+def _check_converter_python(python: str, package: str) -> None:
+    """Before anything is downloaded: the converter needs torch and transformers there."""
+    code = ("import importlib.util, sys; m = [n for n in ('torch', 'transformers') "
+            "if importlib.util.find_spec(n) is None]; print(' and '.join(m)); sys.exit(3 if m else 0)")
+    try:
+        r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EngineError(f"cannot run {python}: {getattr(exc, 'strerror', None) or exc}",
+                          remedy=CONVERTER_HINT) from None
+    if r.returncode != 0:
+        missing = r.stdout.strip() or "torch and transformers"
+        raise EngineError(f"{python} has no {missing} to unpack {package} with", remedy=CONVERTER_HINT)
+
+
 def _helpers(package: str, python: str, on_status: Callable[[str], None]) -> Path:
     """The side folder with the package and the converter's helpers, installed once."""
     key = hashlib.sha256(" ".join([package, *HELPERS]).encode()).hexdigest()[:12]
@@ -118,8 +136,8 @@ def unpack(model_id: str, package: str, *, family: str | None = None, python: st
         return done
     say = on_status or (lambda _msg: None)
     if not Path(python).exists():
-        raise EngineError(f"no Python interpreter at {python}",
-                          remedy="pass --python PATH of an interpreter with torch and transformers")
+        raise EngineError(f"no Python interpreter at {python}", remedy=CONVERTER_HINT)
+    _check_converter_python(python, package)
     helpers = _helpers(package, python, say)
     final = models_dir() / model_id
 

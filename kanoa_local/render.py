@@ -316,6 +316,7 @@ class ByteProgress:
         import sys
 
         self.what, self.say, self.enabled, self.last = what, say, enabled, -5
+        self.last_bytes = 0
         self.bar: Any = None
         self.task: Any = None
         self.tty = sys.stderr.isatty()
@@ -337,7 +338,12 @@ class ByteProgress:
             if total and done >= total:
                 self.close()
             return
-        pct = int(done * 100 / total) if total else 100
+        if not total:        # size unknown up front: a line every 100 MB
+            if done >= self.last_bytes + 100_000_000:
+                self.last_bytes = done
+                self.say(f"  {self.what}: {done / 1e9:.2f} GB so far")
+            return
+        pct = int(done * 100 / total)
         if (pct >= self.last + 5 or done == total) and pct != self.last:
             self.last = pct
             self.say(f"  {self.what}: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({pct} %)")

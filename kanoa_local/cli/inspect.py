@@ -186,7 +186,7 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
     if spec is not None:
         from ..runtimes.process import default_python
 
-        command = spec.docker_command() if runtime == "docker" else spec.process_command(default_python())
+        command = spec.docker_command() if runtime == "docker" else spec.process_command(default_python(spec.device))
     report = PlanReport(plan=result, launch=spec, command=command,
                         runtime=runtime if spec is not None else None)
     if as_json:

@@ -284,7 +284,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
     if where.runtime == "process":
         from ..runtimes.process import check_python, default_python
 
-        python = python or default_python()
+        python = python or default_python(candidate.device)
         check_python(python)
 
     def fetch(c: Candidate) -> None:

@@ -114,7 +114,7 @@ def choose_runtime(runtime: str, candidate: Any, image: str | None, target: Targ
         from ..runtimes.process import check_python, default_python
 
         try:
-            check_python(python or default_python())
+            check_python(python or default_python(candidate.device))
             return "process"
         except KanoaError:
             pass

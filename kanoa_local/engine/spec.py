@@ -36,6 +36,7 @@ class Mount(Model):
 
 class LaunchSpec(Model):
     runtime: Literal["docker", "process"]
+    device: Literal["gpu", "cpu"] = "gpu"
     image: str | None = None
     argv: list[str] = Field(description="arguments after the image's entrypoint")
     env: dict[str, str] = Field(default_factory=dict, description="values; secrets appear as names only")
@@ -166,7 +167,7 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
     }
     image = (s.image if c.device == "gpu" else (cpu_image or DEFAULT_CPU_IMAGE)) if runtime == "docker" else None
     return LaunchSpec(
-        runtime=runtime, image=image,
+        runtime=runtime, device=c.device, image=image,
         argv=vllm_args(c, model_ref=model_ref, served_name=c.model_id, host=bind,
                        port=CONTAINER_PORT if runtime == "docker" else port),
         env=env, secret_env=secret_env, mounts=mounts, host=host, port=port,

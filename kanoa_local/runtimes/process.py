@@ -32,13 +32,37 @@ from .base import ALIVE, Cleanup, Found, Launched, LaunchRequest, Liveness, Runt
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 LAUNCH_ENV, OWNER_ENV, NAME_ENV = "KANOA_LOCAL_LAUNCH", "KANOA_LOCAL_OWNER", "KANOA_LOCAL_DEPLOYMENT"
 
-INSTALL_HINT = ("install the engine for the process runtime: `pip install 'kanoa-local[cpu]'` "
-                "(CPU build) or `pip install 'kanoa-local[vllm]'` (GPU), or pass --python "
-                "PATH of an interpreter that has vLLM")
+INSTALL_HINT = ("set up the engine for the process runtime: `kanoa-local engine install --cpu` (vLLM's "
+                "CPU build in a venv of its own), or pass --python PATH of an interpreter that has "
+                "vLLM (GPU: `pip install 'kanoa-local[vllm]'`)")
 
 
-def default_python() -> str:
-    return os.environ.get("KANOA_VLLM_PYTHON") or sys.executable
+def default_python(device: str | None = None) -> str:
+    """The interpreter that runs the engine (see :func:`engine_python`)."""
+    return engine_python(device)[0]
+
+
+def engine_python(device: str | None = None) -> tuple[str, str]:
+    """(interpreter, why): $KANOA_VLLM_PYTHON, else this one when it has vLLM, else the CPU
+    engine `kanoa-local engine install --cpu` built (not for a GPU plan), else this one (then
+    :func:`check_python` says how to get an engine)."""
+    import importlib.util
+
+    if os.environ.get("KANOA_VLLM_PYTHON"):
+        return os.environ["KANOA_VLLM_PYTHON"], "$KANOA_VLLM_PYTHON"
+    try:
+        here = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        here = False
+    if here:
+        return sys.executable, "the interpreter running kanoa-local (it has vLLM)"
+    if device != "gpu":
+        from .engine_venv import find
+
+        rec = find()
+        if rec is not None:
+            return rec.python, f"the installed engine ({rec.package} {rec.version})"
+    return sys.executable, "the interpreter running kanoa-local (no engine installed)"
 
 
 def check_python(python: str) -> None:
@@ -208,7 +232,7 @@ class ProcessRuntime(Runtime):
     kind = "process"
 
     def launch(self, req: LaunchRequest, cleanup: Cleanup, **hooks: Any) -> Launched:
-        python = req.python or default_python()
+        python = req.python or default_python(req.spec.device)
         check_python(python)
         log = log_path(req.name)
         launch_id = uuid.uuid4().hex

@@ -106,7 +106,7 @@ def test_missing_model_dir_and_missing_vllm_are_one_line_errors(tmp_path, cpu_ve
     r = run_cli("up", "--model-path", str(tmp_path / "nope"))
     assert r.returncode == 2 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
     r = run_cli("up", "--model-path", str(tiny_model), "--python", sys.executable)
-    assert r.returncode == 6 and "has no vLLM" in r.stderr and "kanoa-local[cpu]" in r.stderr
+    assert r.returncode == 6 and "has no vLLM" in r.stderr and "kanoa-local engine install --cpu" in r.stderr
 
 
 def test_two_deployments_a_busy_port_and_a_killed_engine(cpu_venv, tiny_model):
