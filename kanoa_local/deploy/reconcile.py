@@ -109,6 +109,9 @@ def clear_for_up(name: str, pool: Pool, *, docker_hosts: list[str | None],
         else:
             pool[rec.runtime].stop(name, rec.place)
             state.remove(name)
+            from . import prices
+
+            prices.release({rec.served_model_name})      # its price too, unless another serves it
             notes.append(f"the earlier {name} had stopped ({lv.reason}): its leftovers are removed")
     elif broken is not None:
         if any(f.running for _, f in mine):
