@@ -169,7 +169,7 @@ def plan_report(report: Any, verbose: int = 0) -> None:
     rows = [("model", f"{c.model_name}  [dim]{v.source}[/]"),
             ("precision", (v.label if c.device == "gpu" else "float32 (the CPU engine casts the checkpoint)")
              + (f"  (--quantization {s.quantization})" if s.quantization else "")),
-            ("dtype", s.dtype), ("context", f"--max-model-len {s.max_model_len}")]
+            ("dtype", s.dtype), ("context", f"--max-model-len {s.max_model_len}" + _room(c))]
     if c.device == "gpu":
         rows += [("GPUs", f"{c.gpu_name}  (indices {', '.join(map(str, s.gpu_indices))})"),
                  ("memory use", f"--gpu-memory-utilization {s.gpu_memory_utilization:.2f}"),
@@ -218,6 +218,15 @@ def plan_report(report: Any, verbose: int = 0) -> None:
         out.print(at)
     if verbose:
         _rejected(out, [x for x in r.candidates if x.fits == "no"][:15])
+
+
+def _room(c: Any) -> str:
+    """How much the KV cache leaves beyond the planned context."""
+    m = c.memory
+    if m is None or not m.largest_context:
+        return ""
+    extra = f", {gib(m.headroom_bytes)} of KV cache to spare" if m.headroom_bytes and m.headroom_bytes > 0 else ""
+    return f"  [dim](one request could have up to {m.largest_context:,} tokens{extra})[/]"
 
 
 def _rejected(out: Any, cands: list[Any]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from . import EXIT_CODE_HELP, cli, emit_json, json_option, verbosity, wants_json
-from .options import (catalog_options, cluster_options, load_models, machine_options, resolve_machine, resolve_profile,
+from .options import (catalog_options, cluster_options, engine_options, load_models, machine_options, resolve_machine, resolve_profile,
                       trust_option)
 
 
@@ -105,8 +105,7 @@ def models(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: s
 @click.option("--max-context", type=click.IntRange(256), metavar="TOKENS", help="cap --max-model-len")
 @click.option("--quant", "precision", metavar="PRECISION",
               help="preferred precision: bf16 fp8 awq gptq w4a16 bnb-4bit ...")
-@click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default=None,
-              help="force the KV cache dtype (default: fp8 only where it is needed)")
+@engine_options
 @click.option("--cpu", "force_cpu", is_flag=True, help="plan for the CPU engine even with a GPU")
 @click.option("--offline", is_flag=True, default=None,
               help="no model hub: only local, cached or packaged weights (default: $HF_HUB_OFFLINE)")
@@ -118,9 +117,10 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
              gpu_name: str | None, vram_gb: float | None, gpu_count: int | None,
              models_files: tuple[str, ...], no_user_models: bool, model: str | None,
              vision: bool | None, min_context: int | None, max_context: int | None,
-             precision: str | None, kv_cache_dtype: str | None, force_cpu: bool,
+             precision: str | None, force_cpu: bool,
              offline: bool | None, port: int, strict: bool, trust_remote_code: bool = False,
-             nodes: int | None = None, gpus_per_node: int | None = None, cluster_file: str | None = None) -> None:
+             nodes: int | None = None, gpus_per_node: int | None = None, cluster_file: str | None = None,
+             **engine_args: Any) -> None:
     """Which model, precision and vLLM settings fit, why, and the command `up` would run.
 
     MODEL is a model id, alias or Hugging Face repo id from `kanoa-local models`, or a local
@@ -153,8 +153,8 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
 
         offline = hub_offline()
     request = PlanRequest(model=model, vision=vision, min_context=min_context,
-                          max_context=max_context, precision=precision,
-                          kv_cache_dtype=kv_cache_dtype, device="cpu" if force_cpu else "auto",
+                          max_context=max_context, precision=precision, **engine_args,
+                          device="cpu" if force_cpu else "auto",
                           offline=offline, nodes=cluster.nodes if cluster is not None else 1,
                           hf_token=bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")),
                           trust_remote_code=trust_remote_code)
@@ -210,6 +210,7 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
 @click.argument("model", required=False)
 @click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)")
 @click.option("--max-context", type=click.IntRange(256), metavar="TOKENS", help="cap --max-model-len")
+@engine_options
 @click.option("--vision/--text", "vision", default=None, help="require a model that reads images / text is enough")
 @click.option("--name", help="deployment name (default: the model id)")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -226,7 +227,7 @@ def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_fil
                no_user_models: bool, target: str, model: str | None, precision: str | None,
                max_context: int | None, vision: bool | None, name: str | None, port: int,
                image: str | None, namespace: str | None, storage: str, storage_class: str | None,
-               output: str | None, trust_remote_code: bool) -> None:
+               output: str | None, trust_remote_code: bool, **engine_args: Any) -> None:
     """Render the plan for another engine: per-node docker run lines, an sbatch script,
     Kubernetes manifests, a compose file, or values for vLLM's production-stack Helm chart.
 
@@ -246,7 +247,7 @@ def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_fil
                                        gpus_per_node)
     catalog, weights = load_models(models_files, no_user_models)
     request = PlanRequest(model=model, precision=precision, max_context=max_context, vision=vision,
-                          nodes=cluster.nodes if cluster is not None else 1, hf_token=True,
+                          nodes=cluster.nodes if cluster is not None else 1, hf_token=True, **engine_args,
                           trust_remote_code=trust_remote_code)
     result = plan(profile, catalog, request, checkpoints=weights)
     c = result.chosen

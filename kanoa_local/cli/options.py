@@ -116,6 +116,38 @@ def trust_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "(config.json auto_map); off: such a model is refused and its code not downloaded")(f)
 
 
+#: vLLM's own arguments `plan`, `up` and `export` take as given (PlanRequest's exact fields)
+ENGINE_ARGS = ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "max_num_seqs",
+               "limit_mm_per_prompt", "kv_cache_dtype")
+
+
+def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """vLLM's arguments, planned exactly as given: does this configuration fit, by how much,
+    and what is the longest context it leaves."""
+    opts: list[Callable[[Any], Any]] = [
+        click.option("--max-model-len", type=click.IntRange(16, 10_000_000), metavar="TOKENS",
+                     help="exactly this context (vLLM's --max-model-len): fits or not, and by how much"),
+        click.option("--gpu-memory-utilization", type=Figure(0.05, 1.0), metavar="FRACTION",
+                     help="the share of each GPU vLLM may use (default: what is free allows, at most 0.92)"),
+        click.option("--tensor-parallel-size", type=click.IntRange(1, 64), metavar="N",
+                     help="exactly N GPUs per node (default: the fewest that fit)"),
+        click.option("--max-num-seqs", type=click.IntRange(1, 65536), metavar="N",
+                     help="requests vLLM schedules at once (it profiles memory for that many)"),
+        click.option("--limit-mm-per-prompt", type=click.IntRange(0, 64), metavar="IMAGES",
+                     help="vision models: images per prompt (0: text only, no encoder profiling)"),
+        click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default=None,
+                     help="the KV cache dtype (default: fp8 only where it is needed)"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def engine_request(opts: dict[str, Any]) -> dict[str, Any]:
+    """Take the engine arguments out of a command's options, for PlanRequest / deploy.start."""
+    return {k: opts.pop(k) for k in ENGINE_ARGS if k in opts}
+
+
 def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Everything `up` takes besides MODEL and --name (shared with `session` and `doctor`)."""
     opts: list[Callable[[Any], Any]] = [
@@ -148,9 +180,6 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="interpreter with vLLM for the process runtime (default: $KANOA_VLLM_PYTHON "
                           "or this one)"),
         click.option("--quant", "precision", metavar="PRECISION", help="preferred precision (see `plan`)"),
-        click.option("--max-model-len", type=click.IntRange(256), metavar="TOKENS", help="cap the context"),
-        click.option("--gpu-memory-utilization", type=Figure(0.05, 0.99), metavar="FRACTION",
-                     help="override the planned share of GPU memory vLLM may use"),
         click.option("--cpu", "cpu", is_flag=True, help="the CPU engine even with a GPU"),
         click.option("--offline", is_flag=True, default=None, help="no model hub (default: $HF_HUB_OFFLINE)"),
         click.option("--timeout", type=Figure(10), default=1200, show_default=True,
@@ -167,7 +196,7 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for o in reversed(opts):
         f = o(f)
-    return cluster_options(catalog_options(f))
+    return engine_options(cluster_options(catalog_options(f)))
 
 
 def run_up(ctx: click.Context, as_json: bool, model: str | None, name: str | None,

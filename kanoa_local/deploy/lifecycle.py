@@ -43,7 +43,9 @@ class UpResult(BaseModel):
 def start(model: str | None = None, *, model_path: str | None = None, name: str | None = None,
           port: int = 8000, host: str = "127.0.0.1", runtime: str = "auto", target: str = "local",
           image: str | None = None, python: str | None = None, precision: str | None = None,
-          max_model_len: int | None = None, gpu_memory_utilization: float | None = None, cpu: bool = False,
+          max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
+          tensor_parallel_size: int | None = None, max_num_seqs: int | None = None,
+          limit_mm_per_prompt: int | None = None, kv_cache_dtype: str | None = None, cpu: bool = False,
           offline: bool | None = None, timeout: float = 1200, replace: bool = False, no_retry: bool = False,
           models_files: list[str] | None = None, user_models: bool = True, profile: Any = None,
           temperature: float | None = None, max_tokens: int | None = None,
@@ -77,8 +79,12 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
             profile = remote_profile(where.docker_hosts[0])  # type: ignore[arg-type]
         else:
             profile = probe(docker=False)
+    exact = {k: v for k, v in (("max_model_len", max_model_len), ("gpu_memory_utilization", gpu_memory_utilization),
+                               ("tensor_parallel_size", tensor_parallel_size), ("max_num_seqs", max_num_seqs),
+                               ("limit_mm_per_prompt", limit_mm_per_prompt), ("kv_cache_dtype", kv_cache_dtype))
+             if v is not None}
     cand, model_dir, fallbacks = plan_for_up(profile, model=model, model_path=model_path, precision=precision,
-                                             max_model_len=max_model_len, force_cpu=cpu, offline=offline,
+                                             engine_args=exact, force_cpu=cpu, offline=offline,
                                              models_files=models_files, user_models=user_models,
                                              nodes=len(where.docker_hosts) if where.multi else nodes,
                                              all_nodes=where.multi, trust_remote_code=trust_remote_code)
@@ -87,12 +93,6 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
         raise UsageError(f"{cand.label} spans {pp} nodes; `up` starts multi-node plans on Docker hosts, Slurm "
                          "or Kubernetes", remedy="give one --docker-host per node (the head first), or add "
                                                  "--target slurm or --target k8s")
-    if gpu_memory_utilization is not None and cand.device == "gpu":
-        def with_gmu(c: Candidate) -> Candidate:
-            assert c.settings is not None
-            return c.model_copy(update={"settings": c.settings.model_copy(
-                update={"gpu_memory_utilization": gpu_memory_utilization})})
-        cand, fallbacks = with_gmu(cand), [with_gmu(f) for f in fallbacks]
     defaults = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens),
                                   ("cost_per_mtok", cost_per_mtok)) if v is not None}
     if where.runtime == "k8s":

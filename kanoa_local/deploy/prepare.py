@@ -16,7 +16,7 @@ from ..settings import hub_offline
 
 def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | None = None,
                 models_files: list[str] | None = None, user_models: bool = True,
-                precision: str | None = None, max_model_len: int | None = None, force_cpu: bool = False,
+                precision: str | None = None, engine_args: dict[str, Any] | None = None, force_cpu: bool = False,
                 offline: bool | None = None, nodes: int = 1, all_nodes: bool = False,
                 trust_remote_code: bool = False) -> tuple[Candidate, str | None, list[Candidate]]:
     """Plan for `up`: the chosen candidate, the local weights directory (if any), and smaller
@@ -44,7 +44,7 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     if offline is None:
         offline = hub_offline()
     token = hf_token()
-    request = PlanRequest(model=model, precision=precision, max_context=max_model_len,
+    request = PlanRequest(model=model, precision=precision, **(engine_args or {}),
                           device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
                           all_nodes=all_nodes, hf_token=bool(token), trust_remote_code=trust_remote_code)
     result = plan(profile, catalog, request, checkpoints=weights)

@@ -40,13 +40,31 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
         arch = _stage_arch(arch, pp)
     w = mem.weights(entry, variant, dtype_bytes, pp, checkpoint)
     batched, seqs = mem.scheduler_defaults("cpu", 0)
-    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, 1, entry.max_images if entry.vision else 0)
+    seqs = req.max_num_seqs or seqs
+    images = (req.limit_mm_per_prompt if req.limit_mm_per_prompt is not None else entry.max_images) \
+        if entry.vision else 0
+    if req.max_model_len is not None and req.max_model_len > arch.max_context:
+        reasons.append(f"--max-model-len {req.max_model_len:,} is more than {entry.name}'s "
+                       f"{arch.max_context:,} tokens: vLLM refuses it")
+        return cand
+    if (req.tensor_parallel_size or 1) > 1:
+        reasons.append("--tensor-parallel-size is for GPUs: the CPU plan runs one engine")
+        return cand
+    if req.gpu_memory_utilization is not None:
+        warnings.append("--gpu-memory-utilization does not apply to the CPU engine (its KV cache is "
+                        "VLLM_CPU_KVCACHE_SPACE)")
+    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, 1, images)
     runtime = Term(name="runtime", bytes=mem.CPU_RUNTIME_BYTES, note="API server, engine and worker processes")
     budget = int(profile.ram_available * CPU_RAM_SHARE)
     lo, goal = _useful_context(entry, req, "cpu")
-    per_token = mem.kv_bytes_per_token(arch, dtype_bytes, 1, goal)
-    want = per_token * goal * req.concurrency * 1.1
+    target = req.max_model_len or goal
+    per_token = mem.kv_bytes_per_token(arch, dtype_bytes, 1, target)
+    want = per_token * target * req.concurrency * 1.1
     kv_gib = max(1, min(CPU_MAX_KV_GIB, math.ceil(want / GIB)))
+    if req.max_model_len is not None:      # at least one request of exactly that length
+        one = mem.kv_request_bytes(arch, target, kv_dtype_bytes=dtype_bytes, block_size=mem.CPU_BLOCK_SIZE,
+                                   in_flight_tokens=batched)
+        kv_gib = max(kv_gib, math.ceil(one / GIB))
     fixed = w.total + act.bytes + runtime.bytes
     while kv_gib > 1 and fixed + kv_gib * GIB > budget:
         kv_gib -= 1
@@ -62,12 +80,26 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
         return cand
     ceiling = min(arch.max_context, req.max_context or arch.max_context, goal if not req.min_context else arch.max_context)
     ceiling = max(ceiling, min(lo, arch.max_context))
-    def best_len(conc: float) -> int:
+    def best_len(conc: float, top: int = ceiling) -> int:
         return mem.max_len_for(arch, kv_bytes, conc, kv_dtype_bytes=dtype_bytes, tp=1,
-                               block_size=mem.CPU_BLOCK_SIZE, in_flight_tokens=batched, ceiling=ceiling)
+                               block_size=mem.CPU_BLOCK_SIZE, in_flight_tokens=batched, ceiling=top)
+    breakdown.largest_context = best_len(1.0, arch.max_context)
     max_len = best_len(req.concurrency)
     fit: FitClass = "good" if max_len >= goal else "tight"
-    if max_len < lo:
+    if req.max_model_len is not None:
+        max_len = req.max_model_len
+        need = mem.kv_request_bytes(arch, max_len, kv_dtype_bytes=dtype_bytes, block_size=mem.CPU_BLOCK_SIZE,
+                                    in_flight_tokens=batched)
+        breakdown.headroom_bytes = kv_bytes - need
+        if need > kv_bytes:
+            reasons.append(f"one request of {_tokens(max_len)} tokens needs {_gib(need)} of KV cache and "
+                           f"{kv_gib} GiB fits in RAM: the longest context that fits is "
+                           f"{_tokens(breakdown.largest_context)}")
+            return cand
+        conc = mem.kv_capacity(arch, kv_bytes, max_len, kv_dtype_bytes=dtype_bytes, block_size=mem.CPU_BLOCK_SIZE,
+                               in_flight_tokens=batched).concurrency
+        fit = "good" if conc >= req.concurrency else "tight"
+    elif max_len < lo:
         max_len = best_len(1.0)
         if max_len < lo:
             reasons.append(f"{kv_gib} GiB of KV cache holds {_tokens(max_len)} tokens; {_tokens(lo)} needed")
@@ -76,9 +108,12 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
     cap = mem.kv_capacity(arch, kv_bytes, max_len, kv_dtype_bytes=dtype_bytes, tp=1,
                           block_size=mem.CPU_BLOCK_SIZE, in_flight_tokens=batched)
     breakdown.kv_bytes, breakdown.kv = kv_bytes, cap
+    if breakdown.headroom_bytes is None:
+        breakdown.headroom_bytes = kv_bytes - mem.kv_request_bytes(
+            arch, max_len, kv_dtype_bytes=dtype_bytes, block_size=mem.CPU_BLOCK_SIZE, in_flight_tokens=batched)
     breakdown.kv_bytes_per_token = mem.kv_bytes_per_token(arch, dtype_bytes, 1, max_len)
-    terms.append(Term(name="KV cache", bytes=kv_bytes,
-                      note=f"VLLM_CPU_KVCACHE_SPACE={kv_gib}: {cap.tokens:,} tokens"))
+    breakdown.terms.append(Term(name="KV cache", bytes=kv_bytes,
+                                note=f"VLLM_CPU_KVCACHE_SPACE={kv_gib}: {cap.tokens:,} tokens"))
     cand.fits = fit
     cand.settings = Settings(image=None, vllm_version=None, dtype=dtype, max_model_len=max_len,
                              cpu_kv_cache_gib=kv_gib, pipeline_parallel_size=pp,
@@ -88,7 +123,8 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
                              # once and run the graph eagerly instead.
                              enforce_eager=pp == 1,
                              compilation_config=CPU_PIPELINE_COMPILATION if pp > 1 else None,
-                             limit_images=entry.max_images if entry.vision else None,
+                             limit_images=images if entry.vision else None,
+                             max_num_seqs=req.max_num_seqs,
                              trust_remote_code=entry.trust_remote_code, sampling=dict(entry.sampling))
     reasons.append(f"CPU engine in float32 (safe on every x86 CPU): weights {_gib(w.total)}, "
                    f"KV cache {kv_gib} GiB = {cap.tokens:,} tokens, {cap.concurrency:.1f} × {_tokens(max_len)}"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from ..catalog import STATUS_RANK, Catalog, ModelEntry, Variant
 from ..hardware import GIB, Gpu, HardwareProfile
 from .cpu import _cpu_candidate
-from .gpu import _gpu_candidate, _parallel_options, gpu_groups
+from .gpu import _gpu_candidate, _parallel_options, gpu_groups, tp_refusal
 from .memory import Weights
 # the planner's vocabulary lives in .models; importers of plan.fit keep finding it here
 from .models import (MIN_CONTEXT, PRECISION_RANK, Candidate, Device, FitClass, PlanRequest,  # noqa: F401
@@ -105,6 +105,12 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
                 model_cands.append(_cpu_candidate(entry, variant, profile, req, ck))
                 continue
             for group in gpu_groups(profile.model_copy(update={"gpus": gpus})):
+                refusal = tp_refusal(entry, len(group), req)
+                if refusal:
+                    model_cands.append(Candidate(model_id=entry.id, model_name=entry.name, family=entry.family,
+                                                 vision=entry.vision, variant=variant, device=device,
+                                                 gpu_name=group[0].name, fits="no", reasons=[refusal]))
+                    continue
                 for tp, pp in _parallel_options(entry, len(group), req):
                     for kv_fp8 in ((False, True) if req.kv_cache_dtype != "fp8" else (True,)):
                         if kv_fp8 and req.kv_cache_dtype == "auto":
@@ -165,7 +171,10 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
     if req.model:
         entry = catalog.get(req.model)
         needs = [c.needs for c in sorted((c for c in cands if c.needs), key=lambda c: c.needs_bytes or 0)]
-        first = cands[0].reasons[0] if cands and cands[0].reasons else "no variant fits"
+        # the variant that came closest speaks first (an exact context: the one least short)
+        short = [c for c in cands if c.memory is not None and c.memory.headroom_bytes is not None and c.reasons]
+        lead = max(short, key=lambda c: (c.memory.headroom_bytes or 0) if c.memory else 0) if short else (cands[0] if cands else None)
+        first = lead.reasons[0] if lead is not None and lead.reasons else "no variant fits"
         if first.startswith(OFFLINE_MISSING):
             return (f"{entry.name} is not downloaded: {first}",
                     f"`kanoa-local pull {entry.id}` while online, then `up --offline`; or serve a local "
@@ -173,6 +182,10 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
         if first.startswith(REMOTE_CODE):
             return (f"{entry.name} {first.rsplit(': only with', 1)[0]}, which kanoa-local runs only when asked",
                     f"add --trust-remote-code if you trust {entry.variants[0].source}")
+        if req.max_model_len and lead is not None and lead.memory is not None and lead.memory.largest_context:
+            return (f"{entry.name} does not fit {machine}: {first}",
+                    f"--max-model-len {lead.memory.largest_context} fits with {lead.variant.label}"
+                    + (f"; or {lead.needs}" if lead.needs else ""))
         return (f"{entry.name} does not fit {machine}: {first}",
                 (f"it would need {needs[0]}; " if needs else "") + "try `kanoa-local plan` for what fits here")
     closest = closest_miss(cands)

@@ -78,9 +78,31 @@ def _tp_options(entry: ModelEntry, n: int, limit: int | None) -> list[int]:
     for tp in (1, 2, 4, 8):
         if tp > n or (limit and tp > limit):
             break
-        if arch.heads % tp == 0 and (arch.kv_heads % tp == 0 or tp % arch.kv_heads == 0):
+        if tp_allowed(entry, tp):
             out.append(tp)
     return out
+
+
+def tp_allowed(entry: ModelEntry, tp: int) -> bool:
+    """vLLM's rule: attention heads divide evenly, KV heads divide or are replicated."""
+    arch = entry.arch
+    assert arch is not None
+    return arch.heads % tp == 0 and (arch.kv_heads % tp == 0 or tp % arch.kv_heads == 0)
+
+
+def tp_refusal(entry: ModelEntry, n: int, req: PlanRequest) -> str | None:
+    """Why ``req.tensor_parallel_size`` cannot be planned on a group of ``n`` GPUs, if it cannot."""
+    tp = req.tensor_parallel_size
+    if tp is None:
+        return None
+    arch = entry.arch
+    assert arch is not None
+    if not tp_allowed(entry, tp):
+        return (f"--tensor-parallel-size {tp}: {entry.name}'s {arch.heads} attention heads "
+                f"({arch.kv_heads} KV heads) do not split over {tp} GPUs")
+    if tp > n:
+        return f"--tensor-parallel-size {tp} needs {tp} identical GPUs; this machine has {n}"
+    return None
 
 
 def _parallel_options(entry: ModelEntry, n: int, req: PlanRequest) -> list[tuple[int, int]]:
@@ -89,6 +111,11 @@ def _parallel_options(entry: ModelEntry, n: int, req: PlanRequest) -> list[tuple
     PP = the nodes used (only whole nodes)."""
     if req.nodes > 1 and req.all_nodes:
         return [(n, req.nodes)] if n in _tp_options(entry, n, None) else []
+    if req.tensor_parallel_size is not None:
+        tp = req.tensor_parallel_size
+        if tp_refusal(entry, n, req):
+            return []
+        return [(tp, 1)] + ([(tp, pp) for pp in range(2, req.nodes + 1)] if req.nodes > 1 and tp == n else [])
     out = [(tp, 1) for tp in _tp_options(entry, n, req.max_gpus)]
     if req.nodes > 1 and n in _tp_options(entry, n, None):
         out += [(n, pp) for pp in range(2, req.nodes + 1)
@@ -159,9 +186,12 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     dtype_bytes = mem.DTYPE_BYTES[dtype]
     kv_dtype_bytes = 1 if kv_fp8 else dtype_bytes
     batched, seqs = mem.scheduler_defaults("gpu", total, g0.name)
-    if entry.max_num_seqs:
+    if req.max_num_seqs:
+        seqs = req.max_num_seqs
+    elif entry.max_num_seqs:
         seqs = min(seqs, entry.max_num_seqs)
-    images = entry.max_images if entry.vision else 0
+    images = (req.limit_mm_per_prompt if req.limit_mm_per_prompt is not None else entry.max_images) \
+        if entry.vision else 0
     # pipeline stages split the layers: per GPU, the weights are about 1/(TP × PP)
     w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint)
     act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images)
@@ -174,19 +204,31 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if graphs_inside:
         graphs = graphs.model_copy(update={"note": "estimated by vLLM and kept out of the KV cache"})
 
-    # gmu: vLLM's default unless what is free (after our own context) is less.
+    # gmu: vLLM's default unless what is free (after our own context) is less. vLLM's budget
+    # is a share of the total it reads itself, a little less than NVML's.
+    visible = mem.visible_total(total)
     margin = int(0.25 * GIB)
     room = free - ctx.bytes - margin - (0 if graphs_inside else graphs.bytes)
-    gmu = min(DEFAULT_GMU, math.floor(room / total * 100) / 100)
-    if gmu < MIN_GMU:
+    gmu = min(DEFAULT_GMU, math.floor(room / visible * 100) / 100)
+    if req.gpu_memory_utilization is not None:
+        gmu = req.gpu_memory_utilization
+        if free - ctx.bytes < gmu * visible:
+            # vLLM's start-up check, in its words
+            reasons.append(f"--gpu-memory-utilization {gmu:g} asks for {_gib(gmu * visible)} and "
+                           f"{_gib(max(free - ctx.bytes, 0))} is free on {g0.name} after the CUDA context: "
+                           "vLLM stops with \"Free memory on device ... is less than desired GPU memory "
+                           f"utilization\" (at most {max(math.floor((free - ctx.bytes) / visible * 100) / 100, 0):.2f} here)")
+            cand.needs = f"free GPU memory, or --gpu-memory-utilization below {gmu:g}"
+            return cand
+    elif gmu < MIN_GMU:
         reasons.append(f"only {_gib(free)} of {_gib(total)} is free on {g0.name}"
                        + (" (other processes hold the rest)" if total - free > 2 * GIB else ""))
         cand.needs = f"free GPU memory: stop the processes using {g0.name}"
         return cand
-    if gmu < DEFAULT_GMU - 0.02:
+    if req.gpu_memory_utilization is None and gmu < DEFAULT_GMU - 0.02:
         warnings.append(f"other processes hold {_gib(total - free)} on {g0.name}: "
                         f"--gpu-memory-utilization lowered to {gmu:.2f}")
-    budget = int(gmu * total)
+    budget = int(gmu * visible)
     fixed = w.total + act.bytes + non_torch.bytes + (graphs.bytes if graphs_inside else 0)
     kv_bytes = budget - fixed
     lo, goal = _useful_context(entry, req, "gpu")
@@ -201,14 +243,18 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     cand.memory = breakdown
     if kv_bytes <= 0:
         reasons.append(f"weights + overheads need {_gib(fixed)} per GPU; the budget is {_gib(budget)} "
-                       f"({gmu:.2f} × {_gib(total)})")
+                       f"({gmu:.2f} × {_gib(visible)} that vLLM sees)")
         cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
         return cand
 
     ceiling = min(arch.max_context, req.max_context or arch.max_context)
-    def best_len(conc: float) -> int:
+    def best_len(conc: float, top: int = ceiling) -> int:
         return mem.max_len_for(arch, kv_bytes, conc, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
-                               block_size=block, in_flight_tokens=in_flight, ceiling=ceiling)
+                               block_size=block, in_flight_tokens=in_flight, ceiling=top)
+    breakdown.largest_context = best_len(1.0, arch.max_context)
+    if req.max_model_len is not None:
+        return _exact_len(cand, arch, entry, req, kv_bytes, fixed, kv_dtype_bytes, tp, pp, block, in_flight,
+                          image, dtype, dtype_note, variant, w, gmu, gpus, images)
     good_len = best_len(req.concurrency)
     one_len = best_len(1.0)
     if one_len < lo:
@@ -226,23 +272,68 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     else:
         fit, max_len = "tight", one_len
         warnings.append(f"room for one request of {_tokens(one_len)} tokens at a time")
-    # Settle on a round length, then report what vLLM will say about it.
+    return _settle(cand, arch, entry, req, kv_bytes, max_len, fit, kv_dtype_bytes, tp, pp, block, in_flight,
+                   image, dtype, dtype_note, variant, w, gmu, gpus, images)
+
+
+def _exact_len(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes: int, fixed: int,
+               kv_dtype_bytes: int, tp: int, pp: int, block: int, in_flight: int, image: ImageLine, dtype: str,
+               dtype_note: str, variant: Variant, w: Weights, gmu: float, gpus: list[Gpu], images: int) -> Candidate:
+    """`--max-model-len N` as given: vLLM's own start-up check (one request of N tokens must
+    fit the KV cache), by how much, and the longest context there is room for."""
+    n = req.max_model_len
+    assert n is not None and cand.memory is not None
+    largest = cand.memory.largest_context
+    if n > arch.max_context:
+        cand.reasons.append(f"--max-model-len {n:,} is more than {entry.name}'s {arch.max_context:,} tokens: "
+                            "vLLM refuses it")
+        return cand
+    need = mem.kv_request_bytes(arch, n, kv_dtype_bytes=kv_dtype_bytes, tp=tp, block_size=block,
+                                in_flight_tokens=in_flight)
+    cand.memory.headroom_bytes = kv_bytes - need
+    if need > kv_bytes:
+        cand.reasons.append(f"one request of {_tokens(n)} tokens needs {_gib(need)} of KV cache and "
+                            f"{_gib(max(kv_bytes, 0))} is left after {_gib(fixed)} of weights and overheads"
+                            + (f": the longest context that fits is {_tokens(largest)}" if largest else ""))
+        cand.needs, cand.needs_bytes = _needs(fixed, n, arch, kv_dtype_bytes, tp, gmu_default=gmu, pp=pp)
+        return cand
+    cap = mem.kv_capacity(arch, kv_bytes, n, kv_dtype_bytes=kv_dtype_bytes, tp=tp, block_size=block,
+                          in_flight_tokens=in_flight)
+    fit: FitClass = "good" if cap.concurrency >= req.concurrency else "tight"
+    if fit == "tight":
+        cand.warnings.append(f"{cap.concurrency:.1f} requests of {_tokens(n)} at once (goal {req.concurrency})")
+    return _settle(cand, arch, entry, req, kv_bytes, n, fit, kv_dtype_bytes, tp, pp, block, in_flight,
+                   image, dtype, dtype_note, variant, w, gmu, gpus, images)
+
+
+def _settle(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes: int, max_len: int,
+            fit: FitClass, kv_dtype_bytes: int, tp: int, pp: int, block: int, in_flight: int, image: ImageLine,
+            dtype: str, dtype_note: str, variant: Variant, w: Weights, gmu: float, gpus: list[Gpu],
+            images: int) -> Candidate:
+    """A fitting candidate: what vLLM will say about its KV cache, and the settings `up` passes."""
+    warnings, reasons = cand.warnings, cand.reasons
+    breakdown = cand.memory
+    assert breakdown is not None
     cap = mem.kv_capacity(arch, kv_bytes, max_len, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
                           block_size=block, in_flight_tokens=in_flight)
     breakdown.kv_bytes = kv_bytes
     breakdown.kv = cap
     breakdown.kv_bytes_per_token = mem.kv_bytes_per_token(arch, kv_dtype_bytes, tp, max_len)
-    terms.append(Term(name="KV cache", bytes=kv_bytes,
-                      note=f"{cap.tokens:,} tokens; {cap.concurrency:.1f} × {_tokens(max_len)}"))
+    if breakdown.headroom_bytes is None:
+        breakdown.headroom_bytes = kv_bytes - mem.kv_request_bytes(
+            arch, max_len, kv_dtype_bytes=kv_dtype_bytes, tp=tp, block_size=block, in_flight_tokens=in_flight)
+    breakdown.terms.append(Term(name="KV cache", bytes=kv_bytes,
+                                note=f"{cap.tokens:,} tokens; {cap.concurrency:.1f} × {_tokens(max_len)}"))
     cand.fits = fit
     cand.settings = Settings(
         image=image.image, vllm_version=image.vllm, dtype=dtype,
-        quantization=variant.quantization, kv_cache_dtype="fp8" if kv_fp8 else "auto",
+        quantization=variant.quantization, kv_cache_dtype="fp8" if kv_dtype_bytes == 1 else "auto",
         max_model_len=max_len, gpu_memory_utilization=gmu, tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
         gpu_indices=sorted(g.index for g in gpus), gpu_uuids=[g.uuid for g in sorted(gpus, key=lambda g: g.index)],
         limit_images=images if entry.vision else None,
-        max_num_seqs=entry.max_num_seqs, trust_remote_code=entry.trust_remote_code, sampling=dict(entry.sampling))
+        max_num_seqs=req.max_num_seqs or entry.max_num_seqs, trust_remote_code=entry.trust_remote_code,
+        sampling=dict(entry.sampling))
     if dtype_note:
         warnings.append(dtype_note)
     if variant.plugin and image.vllm != GPU_IMAGES[0].vllm:

@@ -172,6 +172,23 @@ def kv_capacity(arch: Arch, kv_bytes: int, max_model_len: int, *, kv_dtype_bytes
                       concurrency=concurrency, tokens=int(concurrency * max_model_len))
 
 
+def kv_request_bytes(arch: Arch, max_model_len: int, *, kv_dtype_bytes: int, tp: int = 1,
+                     block_size: int = GPU_BLOCK_SIZE, in_flight_tokens: int = 2048) -> int:
+    """KV cache one request of ``max_model_len`` tokens takes: what vLLM checks at start-up
+    ("To serve at least one request with the model's max seq len ... GiB KV cache is needed")."""
+    cap = kv_capacity(arch, 0, max_model_len, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
+                      block_size=block_size, in_flight_tokens=in_flight_tokens)
+    tensors = kv_groups(arch)[0]
+    return cap.blocks_per_request * block_size * kv_bytes_per_token_layer(arch, kv_dtype_bytes, tp) * tensors
+
+
+def visible_total(nvml_total: int) -> int:
+    """The GPU total vLLM itself reads (torch.cuda.mem_get_info), which its budget is a share
+    of: NVML's total less what the driver keeps, 0.27-0.62 GiB in public logs (24-80 GB cards).
+    Erring toward the larger reserve: a slightly smaller budget costs a little context."""
+    return nvml_total - max(int(0.27 * GIB), int(0.0078 * nvml_total))
+
+
 def max_len_for(arch: Arch, kv_bytes: int, concurrency: float, *, kv_dtype_bytes: int, tp: int,
                 block_size: int, in_flight_tokens: int, ceiling: int, step: int = 256) -> int:
     """The largest max_model_len (a multiple of ``step``, at most ``ceiling``) at which

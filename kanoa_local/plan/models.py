@@ -44,6 +44,13 @@ class PlanRequest(Model):
     hf_token: bool | None = Field(None, description="whether HF_TOKEN is set (None: unknown)")
     trust_remote_code: bool = Field(False, description="allow models whose repository's own Python code "
                                                        "vLLM must run (--trust-remote-code)")
+    # The exact question: vLLM's own arguments, as given. Each one set is planned as it is
+    # (no search over it): does this configuration fit, by how much, what context it leaves.
+    max_model_len: int | None = Field(None, ge=16, description="exactly this --max-model-len")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="exactly this share")
+    tensor_parallel_size: int | None = Field(None, ge=1, le=64)
+    max_num_seqs: int | None = Field(None, ge=1, le=65536)
+    limit_mm_per_prompt: int | None = Field(None, ge=0, le=64, description="images per prompt")
 
 
 class Settings(Model):
@@ -85,6 +92,9 @@ class MemoryBreakdown(Model):
     kv_bytes: int = 0
     kv_bytes_per_token: float = Field(0, description="per device, averaged over a max-length request")
     kv: KvCapacity | None = None
+    largest_context: int = Field(0, description="the longest single request the KV cache holds (tokens)")
+    headroom_bytes: int | None = Field(None, description="KV cache beyond one request of max_model_len "
+                                                         "(negative: short by that much)")
 
 
 class Candidate(Model):

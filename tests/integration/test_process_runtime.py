@@ -292,10 +292,16 @@ def test_replace_is_a_swap_and_a_failed_replacement_keeps_the_old(cpu_venv, tiny
     assert load_record("sw").place.launch_id == a.deployment.place.launch_id
     OpenAI(base_url=a.base_url, api_key=key_a).completions.create(model=a.deployment.served_model_name,
                                                                  prompt="x", max_tokens=1)
-    r = up(cpu_venv, tiny_model, "--name", "sw", "--port", str(free_port()), "--replace", "--max-model-len", "1024")
+    # vLLM's own arguments go through exactly as given (the engine reports the context it got)
+    r = up(cpu_venv, tiny_model, "--name", "sw", "--port", str(free_port()), "--replace", "--max-model-len", "1000",
+           "--max-num-seqs", "8")
     assert r.returncode == 0, r.stderr[-1500:]
     b = UpResult.model_validate_json(r.stdout)
     assert any("once the new one was ready" in n for n in b.notes), b.notes
+    argv = b.deployment.spec.argv
+    assert argv[argv.index("--max-num-seqs") + 1] == "8"
+    models = OpenAI(base_url=b.base_url, api_key=open(b.api_key_file).read().strip()).models.list()
+    assert models.data[0].model_extra["max_model_len"] == 1000
     assert not members(a.deployment.place) and running(b.deployment)
     assert "Application startup complete" in run_cli("logs", "sw").stdout
     run_cli("down", "sw")

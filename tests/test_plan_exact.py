@@ -1,0 +1,123 @@
+"""`plan` answers the exact question: vLLM's own arguments planned as given (--max-model-len,
+--gpu-memory-utilization, --tensor-parallel-size, --max-num-seqs, --limit-mm-per-prompt,
+--kv-cache-dtype) — fits or not, by how much, and the longest context it leaves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kanoa_local.catalog import load_catalog
+from kanoa_local.engine.spec import vllm_args
+from kanoa_local.hardware import GIB
+from kanoa_local.plan import PlanRequest, plan
+from kanoa_local.probe import load_preset
+from tests.conftest import run_cli
+
+CAT = load_catalog(user=False)
+
+
+def one(gpu: str, **req):
+    r = plan(load_preset(gpu), CAT, PlanRequest(**req))
+    return r, (r.chosen or r.candidates[0])
+
+
+def test_an_exact_context_is_planned_as_given_with_its_room():
+    r, c = one("l4", model="llama-3.1-8b", max_model_len=20000)
+    assert c.settings.max_model_len == 20000                     # not rounded to a step
+    m = c.memory
+    assert m.largest_context >= 20000 and m.headroom_bytes > 0
+    assert [t.name for t in m.terms][-1] == "KV cache"           # the KV cache is in the breakdown
+    args = vllm_args(c, model_ref="m", served_name="m", host="127.0.0.1", port=8000)
+    assert args[args.index("--max-model-len") + 1] == "20000"
+
+
+def test_an_exact_context_that_does_not_fit_says_the_longest_that_does():
+    r, c = one("rtx3060-gen2", model="llama-3.1-8b", max_model_len=131072)
+    assert r.chosen is None
+    why = next(x for x in r.candidates if "longest context that fits" in " ".join(x.reasons))
+    assert "needs" in why.reasons[0] and why.memory.headroom_bytes < 0
+    # the planner's own answer for one request is what it then accepts
+    longest = why.memory.largest_context
+    assert longest > 0
+    r2 = plan(load_preset("rtx3060-gen2"), CAT, PlanRequest(model="llama-3.1-8b", max_model_len=longest,
+                                                             precision=why.variant.precision))
+    assert any(x.fits != "no" and x.variant.precision == why.variant.precision for x in r2.candidates)
+
+
+def test_a_context_beyond_the_models_is_refused_in_vllms_terms():
+    r, c = one("h100", model="llama-3.1-8b", max_model_len=200_000)
+    assert r.chosen is None and "vLLM refuses it" in c.reasons[0]
+
+
+def test_a_memory_share_more_than_is_free_is_vllms_startup_failure():
+    prof = load_preset("l4")
+    g = prof.gpus[0]
+    busy = prof.model_copy(update={"gpus": [g.model_copy(update={"memory_free": int(g.memory_total * 0.6)})]})
+    r = plan(busy, CAT, PlanRequest(model="llama-3.1-8b", gpu_memory_utilization=0.9))
+    assert r.chosen is None
+    assert any("Free memory on device" in x.reasons[0] for x in r.candidates)
+    # without the flag the planner lowers the share itself (and says so)
+    auto = plan(busy, CAT, PlanRequest(model="llama-3.1-8b"))
+    assert auto.chosen is not None and auto.chosen.settings.gpu_memory_utilization < 0.6
+
+
+def test_a_given_memory_share_reaches_vllm_unrounded():
+    r, c = one("l4", model="llama-3.1-8b", gpu_memory_utilization=0.855)
+    assert c.settings.gpu_memory_utilization == 0.855
+    args = vllm_args(c, model_ref="m", served_name="m", host="127.0.0.1", port=8000)
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.855"
+    smaller = one("l4", model="llama-3.1-8b", gpu_memory_utilization=0.6)[1]
+    assert smaller.memory.budget < c.memory.budget
+
+
+def test_tensor_parallel_as_given_or_why_not():
+    r, c = one("2x-rtx4090", model="llama-3.1-8b", tensor_parallel_size=2)
+    assert c.settings.tensor_parallel_size == 2
+    r, c = one("l4", model="llama-3.1-8b", tensor_parallel_size=2)
+    assert r.chosen is None and "needs 2 identical GPUs" in c.reasons[0]
+    r, c = one("2x-rtx4090", model="llama-3.1-8b", tensor_parallel_size=3)
+    assert r.chosen is None and "do not split over 3 GPUs" in c.reasons[0]
+
+
+def test_max_num_seqs_and_images_per_prompt_change_the_profile_and_reach_vllm():
+    base = one("l4", model="qwen2.5-vl-7b", max_model_len=8192)[1]
+    few = one("l4", model="qwen2.5-vl-7b", max_model_len=8192, max_num_seqs=4)[1]
+    def act(c):
+        return next(t.bytes for t in c.memory.terms if t.name == "activations")
+    assert act(few) < act(base)
+    args = vllm_args(few, model_ref="m", served_name="m", host="127.0.0.1", port=8000)
+    assert args[args.index("--max-num-seqs") + 1] == "4"
+    text_only = one("l4", model="qwen2.5-vl-7b", max_model_len=8192, limit_mm_per_prompt=0)[1]
+    assert act(text_only) < act(base)
+    args = vllm_args(text_only, model_ref="m", served_name="m", host="127.0.0.1", port=8000)
+    assert json.loads(args[args.index("--limit-mm-per-prompt") + 1]) == {"image": 0}
+
+
+def test_the_cpu_engine_sizes_its_kv_space_for_an_exact_context():
+    r, c = one("no-driver", model="gemma-3-270m", device="cpu", max_model_len=32768)
+    assert c.settings.max_model_len == 32768 and c.memory.kv_bytes >= c.settings.cpu_kv_cache_gib * GIB
+    assert c.memory.headroom_bytes >= 0
+    r, c = one("no-driver", model="gemma-3-270m", device="cpu", tensor_parallel_size=2)
+    assert r.chosen is None and "for GPUs" in c.reasons[0]
+
+
+@pytest.mark.parametrize("flag,value", [("--max-model-len", "0"), ("--gpu-memory-utilization", "1.5"),
+                                        ("--gpu-memory-utilization", "nan"), ("--tensor-parallel-size", "0"),
+                                        ("--max-num-seqs", "-1"), ("--limit-mm-per-prompt", "x")])
+def test_bad_engine_arguments_are_usage_errors(flag, value):
+    r = run_cli("plan", "--gpu", "l4", flag, value)
+    assert r.returncode == 2 and r.stderr.startswith("Error: ") and flag in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plan_up_and_export_take_the_same_engine_arguments():
+    for cmd in ("plan", "up", "export", "session"):
+        h = run_cli(cmd, "--help").stdout
+        for flag in ("--max-model-len", "--gpu-memory-utilization", "--tensor-parallel-size", "--max-num-seqs",
+                     "--limit-mm-per-prompt", "--kv-cache-dtype"):
+            assert flag in h, (cmd, flag)
+    r = run_cli("plan", "llama-3.1-8b", "--gpu", "rtx3060-gen2", "--max-model-len", "131072", "--strict")
+    assert r.returncode == 5 and "longest context that fits" in r.stderr
+    r = run_cli("plan", "llama-3.1-8b", "--gpu", "l4", "--max-model-len", "20000", "--json")
+    assert json.loads(r.stdout)["plan"]["chosen"]["settings"]["max_model_len"] == 20000
