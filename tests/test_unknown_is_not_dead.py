@@ -175,7 +175,7 @@ def test_up_over_a_dead_record_takes_its_price_out_too(kanoa_pricing_file):
     gone = subprocess.Popen(["true"])
     gone.wait()
     c = plan(load_preset("no-driver"), load_catalog(user=False), PlanRequest(device="cpu")).chosen
-    spec = launch_spec(c, deployment="ghost", runtime="process")
+    spec = launch_spec(c, deployment="ghost", runtime="process", model_dir="/nonexistent/ghost")
     _, key_file = state.new_api_key("ghost")
     state.save(state.Deployment(
         name="ghost", place=state.ProcessPlace(pid=gone.pid, started_at=1.0, launch_id="x" * 32,

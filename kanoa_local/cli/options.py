@@ -118,7 +118,15 @@ def trust_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 #: vLLM's own arguments `plan`, `up` and `export` take as given (PlanRequest's exact fields)
 ENGINE_ARGS = ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "max_num_seqs",
-               "limit_mm_per_prompt", "kv_cache_dtype")
+               "limit_mm_per_prompt", "kv_cache_dtype", "vllm_version")
+
+
+def _release(_ctx: Any, param: Any, value: str | None) -> str | None:
+    import re
+
+    if value is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)?", value):
+        raise click.BadParameter(f"{value!r} is not a release number like 0.19 or 0.19.1", param=param)
+    return value
 
 
 def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -137,6 +145,8 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="vision models: images per prompt (0: text only, no encoder profiling)"),
         click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default=None,
                      help="the KV cache dtype (default: fp8 only where it is needed)"),
+        click.option("--vllm-version", "vllm_version", metavar="X.Y[.Z]", callback=_release,
+                     help="plan for the image of this vLLM release (or the nearest after it kanoa-local knows; default: the newest)"),
     ]
     for o in reversed(opts):
         f = o(f)

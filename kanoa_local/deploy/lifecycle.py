@@ -45,7 +45,8 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
           image: str | None = None, python: str | None = None, precision: str | None = None,
           max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
           tensor_parallel_size: int | None = None, max_num_seqs: int | None = None,
-          limit_mm_per_prompt: int | None = None, kv_cache_dtype: str | None = None, cpu: bool = False,
+          limit_mm_per_prompt: int | None = None, kv_cache_dtype: str | None = None,
+          vllm_version: str | None = None, cpu: bool = False,
           offline: bool | None = None, timeout: float = 1200, replace: bool = False, no_retry: bool = False,
           models_files: list[str] | None = None, user_models: bool = True, profile: Any = None,
           temperature: float | None = None, max_tokens: int | None = None,
@@ -81,7 +82,8 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
             profile = probe(docker=False)
     exact = {k: v for k, v in (("max_model_len", max_model_len), ("gpu_memory_utilization", gpu_memory_utilization),
                                ("tensor_parallel_size", tensor_parallel_size), ("max_num_seqs", max_num_seqs),
-                               ("limit_mm_per_prompt", limit_mm_per_prompt), ("kv_cache_dtype", kv_cache_dtype))
+                               ("limit_mm_per_prompt", limit_mm_per_prompt), ("kv_cache_dtype", kv_cache_dtype),
+                               ("vllm_version", vllm_version))
              if v is not None}
     cand, model_dir, fallbacks = plan_for_up(profile, model=model, model_path=model_path, precision=precision,
                                              engine_args=exact, force_cpu=cpu, offline=offline,

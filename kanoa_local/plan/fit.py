@@ -22,7 +22,8 @@ from __future__ import annotations
 from ..catalog import STATUS_RANK, Catalog, ModelEntry, Variant
 from ..hardware import GIB, Gpu, HardwareProfile
 from .cpu import _cpu_candidate
-from .gpu import _gpu_candidate, _parallel_options, gpu_groups, tp_refusal
+from .gpu import _gpu_candidate, gpu_groups
+from .parallel import _parallel_options, tp_refusal
 from .memory import Weights
 # the planner's vocabulary lives in .models; importers of plan.fit keep finding it here
 from .models import (MIN_CONTEXT, PRECISION_RANK, Candidate, Device, FitClass, PlanRequest,  # noqa: F401

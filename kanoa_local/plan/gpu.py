@@ -23,13 +23,21 @@ def gpu_groups(profile: HardwareProfile) -> list[list[Gpu]]:
     return sorted(groups.values(), key=lambda gs: (-gs[0].memory_total * len(gs), gs[0].index))
 
 
-def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc: int) -> tuple[ImageLine | None, str]:
+def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc: int,
+               pin: str | None = None) -> tuple[ImageLine | None, str]:
     """The newest GPU image the driver starts, with kernels for this GPU, that still serves
-    this model and precision; or None and why."""
+    this model and precision (no newer than the ``pin`` release); or None and why."""
     if profile.cuda_driver_version is None:
         return None, "no NVIDIA driver answered, so no GPU image can run"
+    lines = list(GPU_IMAGES)
+    if pin is not None:
+        # that release's image, or the nearest kanoa-local knows: the oldest at or after it
+        # (the newest when the pin is newer still)
+        at_or_after = [ln.vllm for ln in GPU_IMAGES if version_tuple(ln.vllm) >= version_tuple(pin)]
+        release = at_or_after[-1] if at_or_after else GPU_IMAGES[0].vllm
+        lines = [ln for ln in GPU_IMAGES if ln.vllm == release]
     why = []
-    for line in GPU_IMAGES:
+    for line in lines:
         if profile.cuda_driver_version < line.cuda:
             why.append(f"{line.tag} needs CUDA {line.cuda_text}")
             continue
@@ -69,58 +77,6 @@ def _dtype_for(entry: ModelEntry, cc: int) -> tuple[str, str]:
 
 
 FP16_UNSTABLE = {"gemma2", "gemma3"}
-
-
-def _tp_options(entry: ModelEntry, n: int, limit: int | None) -> list[int]:
-    arch = entry.arch
-    assert arch is not None
-    out = []
-    for tp in (1, 2, 4, 8):
-        if tp > n or (limit and tp > limit):
-            break
-        if tp_allowed(entry, tp):
-            out.append(tp)
-    return out
-
-
-def tp_allowed(entry: ModelEntry, tp: int) -> bool:
-    """vLLM's rule: attention heads divide evenly, KV heads divide or are replicated."""
-    arch = entry.arch
-    assert arch is not None
-    return arch.heads % tp == 0 and (arch.kv_heads % tp == 0 or tp % arch.kv_heads == 0)
-
-
-def tp_refusal(entry: ModelEntry, n: int, req: PlanRequest) -> str | None:
-    """Why ``req.tensor_parallel_size`` cannot be planned on a group of ``n`` GPUs, if it cannot."""
-    tp = req.tensor_parallel_size
-    if tp is None:
-        return None
-    arch = entry.arch
-    assert arch is not None
-    if not tp_allowed(entry, tp):
-        return (f"--tensor-parallel-size {tp}: {entry.name}'s {arch.heads} attention heads "
-                f"({arch.kv_heads} KV heads) do not split over {tp} GPUs")
-    if tp > n:
-        return f"--tensor-parallel-size {tp} needs {tp} identical GPUs; this machine has {n}"
-    return None
-
-
-def _parallel_options(entry: ModelEntry, n: int, req: PlanRequest) -> list[tuple[int, int]]:
-    """(tensor parallel, pipeline parallel) to try on ``req.nodes`` nodes of ``n`` GPUs: within
-    one node any TP the heads allow; across nodes vLLM's rule, TP = every GPU of a node and
-    PP = the nodes used (only whole nodes)."""
-    if req.nodes > 1 and req.all_nodes:
-        return [(n, req.nodes)] if n in _tp_options(entry, n, None) else []
-    if req.tensor_parallel_size is not None:
-        tp = req.tensor_parallel_size
-        if tp_refusal(entry, n, req):
-            return []
-        return [(tp, 1)] + ([(tp, pp) for pp in range(2, req.nodes + 1)] if req.nodes > 1 and tp == n else [])
-    out = [(tp, 1) for tp in _tp_options(entry, n, req.max_gpus)]
-    if req.nodes > 1 and n in _tp_options(entry, n, None):
-        out += [(n, pp) for pp in range(2, req.nodes + 1)
-                if not req.max_gpus or n * pp <= req.max_gpus]
-    return out
 
 
 def _useful_context(entry: ModelEntry, req: PlanRequest, device: Device) -> tuple[int, int]:
@@ -173,7 +129,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         return cand
     if variant.precision == "fp8" and cc < 89:
         warnings.append("FP8 runs weight-only (Marlin) below compute capability 8.9: slower than on Ada/Hopper")
-    image, why = _image_for(entry, variant, profile, cc)
+    image, why = _image_for(entry, variant, profile, cc, req.vllm_version)
     if image is None:
         reasons.append(why)
         return cand
@@ -195,7 +151,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     # pipeline stages split the layers: per GPU, the weights are about 1/(TP × PP)
     w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint)
     act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images)
-    non_torch = mem.non_torch_bytes(tp)
+    non_torch = mem.non_torch_bytes(tp, custom_allreduce="geforce" not in g0.name.lower())
     graphs = mem.cuda_graph_bytes(arch, seqs, tp)
     ctx = Term(name="CUDA context", bytes=mem.CUDA_CONTEXT_BYTES, note="driver + torch, per GPU")
     # vLLM >= 0.20 estimates CUDA-graph memory and takes it from the budget; older releases
@@ -228,19 +184,35 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if req.gpu_memory_utilization is None and gmu < DEFAULT_GMU - 0.02:
         warnings.append(f"other processes hold {_gib(total - free)} on {g0.name}: "
                         f"--gpu-memory-utilization lowered to {gmu:.2f}")
+    if req.gpu_memory_utilization is not None and not graphs_inside \
+            and free - ctx.bytes < gmu * visible + graphs.bytes:
+        reasons.append(f"vLLM {image.vllm} captures {_gib(graphs.bytes)} of CUDA graphs after the KV cache, outside "
+                       f"the {gmu:g} share: {_gib(free - ctx.bytes - gmu * visible)} is left beside it on {g0.name}")
+        cand.needs = "a lower --gpu-memory-utilization, or --enforce-eager"
+        return cand
     budget = int(gmu * visible)
     fixed = w.total + act.bytes + non_torch.bytes + (graphs.bytes if graphs_inside else 0)
     kv_bytes = budget - fixed
     lo, goal = _useful_context(entry, req, "gpu")
     block = mem.GPU_BLOCK_SIZE
     in_flight = (2 if new_engine else 1) * batched     # async scheduling keeps two batches in flight
+    need = mem.kv_request_bytes(arch, req.max_model_len or lo, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
+                                block_size=block, in_flight_tokens=in_flight)
+    eager = graphs_inside and kv_bytes < need <= kv_bytes + graphs.bytes
+    if eager:
+        # only the CUDA graphs are in the way: run without them (slower decode) rather than not at all
+        fixed -= graphs.bytes
+        kv_bytes += graphs.bytes
+        warnings.append(f"CUDA graphs off (--enforce-eager) to leave {_gib(graphs.bytes)} for the KV cache: "
+                        "decoding is slower")
     terms = [Term(name="weights", bytes=w.total, note=_weights_note(w, variant, dtype, tp * pp)), act, non_torch]
-    if graphs_inside:
+    if graphs_inside and not eager:
         terms.append(graphs)
     breakdown = MemoryBreakdown(device="gpu", per_device_total=total, per_device_free=free,
                                 budget=budget, terms=terms, weights=w,
                                 outside_budget=[ctx] if graphs_inside else [ctx, graphs])
     cand.memory = breakdown
+    cand.eager = eager
     if kv_bytes <= 0:
         reasons.append(f"weights + overheads need {_gib(fixed)} per GPU; the budget is {_gib(budget)} "
                        f"({gmu:.2f} × {_gib(visible)} that vLLM sees)")
@@ -333,7 +305,7 @@ def _settle(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes
         gpu_indices=sorted(g.index for g in gpus), gpu_uuids=[g.uuid for g in sorted(gpus, key=lambda g: g.index)],
         limit_images=images if entry.vision else None,
         max_num_seqs=req.max_num_seqs or entry.max_num_seqs, trust_remote_code=entry.trust_remote_code,
-        sampling=dict(entry.sampling))
+        sampling=dict(entry.sampling), enforce_eager=cand.eager)
     if dtype_note:
         warnings.append(dtype_note)
     if variant.plugin and image.vllm != GPU_IMAGES[0].vllm:

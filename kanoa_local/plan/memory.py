@@ -224,48 +224,78 @@ def scheduler_defaults(device: Literal["gpu", "cpu"], total_bytes: int, gpu_name
     return 2048, 256
 
 
+#: Image tokens vLLM's profiling feeds the encoder per image: the largest image each family's
+#: processor allows (Qwen2.5-VL / Qwen3-VL: max_pixels → 16,384 tokens after the 2×2 merge;
+#: Gemma 3: one 896 px crop, 256; InternVL: 12 tiles + a thumbnail of 256; Llama 4: 16 tiles +
+#: a global view of 144; Molmo: crops of 144 plus pooling). vLLM V1 logs "Encoder cache will be
+#: initialized with a budget of N tokens, and profiled with K image items of the maximum feature
+#: size".
+IMAGE_TOKENS = {"qwen2_5_vl": 16384, "qwen3_vl": 16384, "qwen3_vl_moe": 16384, "gemma3": 256,
+                "internvl": 3328, "llama4": 2448, "molmo": 1300}
+#: encoder activations per image token at profiling: Qwen2.5-VL 7B's 16,384-token dummy image
+#: costs about 5 GiB beyond its tower's own share (the 24 GB and H100 logs of the calibration set)
+ENCODER_BYTES_PER_IMAGE_TOKEN = int(0.31 * 2**20)
+
+
 def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtype_bytes: int,
                      tp: int = 1, images: int = 1) -> Term:
     """Peak of vLLM's profiling pass beyond the weights.
 
     The pass runs ``batched_tokens`` tokens through the model and samples ``max_seqs`` rows:
     the widest activations are the fused gate/up MLP output (2 × intermediate per rank) and
-    the hidden states around it, plus float32 logits for the sampled rows. A vision model also
-    encodes its dummy images (the encoder's own activations).
+    the hidden states around it, plus float32 logits for the sampled rows over the *whole*
+    vocabulary (each rank gathers them: vLLM 0.19 on H100s showed 1.96 GiB at TP 2 and 1.97 at
+    TP 4 for Llama 3.3 70B). A mixture of experts adds the fused-MoE workspace (every token ×
+    its top-k experts × the expert's gate/up/down widths). A vision model also encodes its
+    dummy images at the largest size its processor allows.
     """
     arch = entry.arch
     assert arch is not None
     inter = (arch.intermediate or 4 * arch.hidden) // tp
+    moe = 0
     if arch.experts:
-        inter *= min(arch.experts_per_token or 2, 4)  # routed tokens are gathered per expert
+        k = arch.experts_per_token or 2
+        inter *= min(k, 4)                      # routed tokens are gathered per expert
+        moe = batched_tokens * k * (3 * (arch.intermediate or 0) // tp + arch.hidden) * dtype_bytes
     hidden_states = batched_tokens * (2 * inter + 4 * arch.hidden) * dtype_bytes
-    logits = max_seqs * (arch.vocab // tp) * 4 * 2
+    logits = max_seqs * arch.vocab * 4 * 2
     vision = 0
     if entry.vision and images and entry.vision_profile_gib:
         # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
         scale = max_seqs / entry.max_num_seqs if entry.max_num_seqs else 1.0
         vision = int(entry.vision_profile_gib * scale * GIB)
     elif entry.vision and images:
-        # Dummy images at the largest size the processor allows; the encoder's activations
-        # grow with its width. Measured peaks in public logs are 0.5-2 GiB for 0.3-0.7 B towers.
-        vision = int((0.4 + 1.6 * min(arch.vision_params_b, 1.0)) * GIB)
-    total = hidden_states + logits + vision
+        # the tower's own activations (0.5-2 GiB for 0.3-0.9 B towers in public logs) and the
+        # encoder run over the largest dummy image(s)
+        tokens = IMAGE_TOKENS.get(entry.family or "", 4096) * max(1, images)
+        vision = int((0.4 + 1.6 * min(arch.vision_params_b, 1.0)) * GIB) + tokens * ENCODER_BYTES_PER_IMAGE_TOKEN
+    total = hidden_states + logits + moe + vision
     note = f"{batched_tokens} tokens × MLP/hidden + {max_seqs} × vocab logits"
+    if moe:
+        note += " + fused-MoE workspace"
     if vision:
         note += f" + vision encoder ({images} image{'s' if images > 1 else ''})"
     return Term(name="activations", bytes=total, note=note)
 
 
-def non_torch_bytes(tp: int) -> Term:
-    """cuBLAS/cuDNN workspaces and, with tensor parallelism, NCCL + custom all-reduce buffers."""
-    base = int(0.25 * GIB) + (int(0.35 * GIB) if tp > 1 else 0)
-    return Term(name="non-torch", bytes=base, note="cuBLAS workspaces" + (" + NCCL buffers" if tp > 1 else ""))
+def non_torch_bytes(tp: int, custom_allreduce: bool = True) -> Term:
+    """Memory torch does not track: cuBLAS/cuDNN workspaces, and with tensor parallelism NCCL
+    and custom all-reduce buffers (vLLM 0.19 on H100: "non-torch forward increase memory"
+    0.25-0.27 GiB at TP 1, 2.07-2.21 GiB at TP 2 and 4). vLLM's custom all-reduce needs P2P
+    or NVLink; on GeForce cards (no P2P) it is off and NCCL's buffers remain."""
+    if tp == 1:
+        base, note = int(0.27 * GIB), "cuBLAS workspaces"
+    elif custom_allreduce:
+        base, note = int(2.25 * GIB), "cuBLAS workspaces + NCCL and custom all-reduce buffers"
+    else:
+        base, note = int(1.0 * GIB), "cuBLAS workspaces + NCCL buffers (no P2P: no custom all-reduce)"
+    return Term(name="non-torch", bytes=base, note=note)
 
 
 def cuda_graph_bytes(arch: Arch, max_seqs: int, tp: int = 1) -> Term:
-    """CUDA graphs captured after the KV cache: a fixed pool plus a share per layer and per
-    captured batch size (up to 512 sequences). Public logs show 0.2-1.5 GiB."""
-    sizes = min(max_seqs, 512)
-    per_layer = 2.5e6 * (sizes / 256) * max(1.0, arch.hidden / 4096)
-    total = int(0.12 * GIB + arch.layers * per_layer / max(1, tp) ** 0.5)
+    """CUDA graphs for the batch sizes vLLM captures (up to 512 sequences): vLLM 0.19 on H100
+    logged 0.93-1.85 GiB of graph pool at 1,024 sequences (27-80 layers), nearly the same at
+    TP 2 and TP 4; fewer captured sizes, fewer graphs."""
+    share = min(max_seqs, 512) / 512
+    total = int((0.3 + (0.7 + 0.011 * arch.layers) * share) * GIB)
     return Term(name="CUDA graphs", bytes=total, note="captured after the KV cache; outside the budget")

@@ -51,6 +51,8 @@ class PlanRequest(Model):
     tensor_parallel_size: int | None = Field(None, ge=1, le=64)
     max_num_seqs: int | None = Field(None, ge=1, le=65536)
     limit_mm_per_prompt: int | None = Field(None, ge=0, le=64, description="images per prompt")
+    vllm_version: str | None = Field(None, pattern=r"^\d+\.\d+(\.\d+)?$",
+                                     description="plan for the image of this vLLM release (or the nearest known after it)")
 
 
 class Settings(Model):
@@ -112,6 +114,7 @@ class Candidate(Model):
     warnings: list[str] = []
     needs: str | None = Field(None, description="the hardware it would need, when it does not fit")
     needs_bytes: int | None = Field(None, description="GPU memory in all that it would need")
+    eager: bool = Field(False, description="planned without CUDA graphs (--enforce-eager) to fit", exclude=True)
     rank: list[float] = []
 
     @property

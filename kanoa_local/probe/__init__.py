@@ -73,7 +73,28 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+    return sorted({p.stem for p in PRESET_DIR.glob("*.json")} | set(_gpu_table()))
+
+
+def _gpu_table() -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:          # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    return dict(tomllib.loads((PRESET_DIR.parent / "gpus.toml").read_text()))
+
+
+def _from_gpu_table(key: str, row: dict[str, Any]) -> HardwareProfile:
+    """A constructed profile: one idle GPU of the table's kind in the l4 profile's host."""
+    from ..hardware import GIB
+
+    base = load_preset("l4")
+    total = int(row["memory_mib"]) * 1024 * 1024
+    used = int(0.3 * GIB)              # an idle GPU's NVML "used" (the driver's reserve)
+    g = base.gpus[0].model_copy(update={"name": row["name"], "memory_total": total, "memory_used": used,
+                                        "memory_free": total - used, "uuid": f"GPU-{key}-constructed",
+                                        "compute_capability": tuple(row["cc"]), "processes": []})
+    return base.model_copy(update={"gpus": [g], "source": f"gpu-table:{key} (constructed)"})
 
 
 def load_profile(path: str | Path) -> HardwareProfile:
@@ -132,6 +153,8 @@ def load_preset(name: str) -> HardwareProfile:
 
     key = name.lower().replace("_", "-")
     path = PRESET_DIR / f"{key}.json"
+    if not path.is_file() and key in _gpu_table():
+        return _from_gpu_table(key, _gpu_table()[key])
     if not path.is_file():
         import difflib
 
