@@ -188,8 +188,14 @@ def test_plan_what_if_and_strict():
     r = run_cli("plan", "llama-3.1-405b", "--gpu", "t4", "--strict")
     assert r.returncode == 5
     assert r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
-    r = run_cli("plan", "llama-3.1-405b", "--vram", "16", "--json")
-    assert r.returncode == 0 and '"chosen": null' in r.stdout
+    r = run_cli("plan", "llama-3.1-405b", "--vram", "16", "--json")   # one model asked: nothing-fits code
+    assert r.returncode == 5 and '"chosen": null' in r.stdout
+    # a precision asked for that cannot be had: said in the default view, what fits instead, exit 5
+    r = run_cli("plan", "--gpu", "l4", "--quant", "nvfp4")
+    assert r.returncode == 5 and "NVFP4 (Blackwell) is not possible here; instead:" in r.stdout
+    assert r.stderr.startswith("Error: NVFP4 (Blackwell) is not possible on") and "compute capability" in r.stderr
+    r = run_cli("plan", "--gpu", "l4", "--quant", "nvfp4", "--json")
+    assert r.returncode == 5 and json.loads(r.stdout)["plan"]["unmet"].startswith("NVFP4")
 
 
 def test_plan_errors_are_one_line():

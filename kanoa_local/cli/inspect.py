@@ -195,10 +195,14 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         from .. import render
 
         render.plan_report(report, verbose=verbosity(ctx, sub_verbose))
-    if strict and result.chosen is None:
+    # nothing fits (--strict), or what was asked for (a model, a precision) cannot be had: exit 5
+    if (strict and result.chosen is None) or result.unmet:
         if as_json:
             ctx.exit(NoFitError.exit_code)
-        raise NoFitError(result.summary, remedy=result.remedy)
+        if result.chosen is None:
+            raise NoFitError(result.summary, remedy=result.remedy)
+        raise NoFitError(result.unmet or result.summary,
+                         remedy=f"what fits instead is shown above ({result.chosen.label})")
 
 
 @cli.command(name="export", epilog=EXIT_CODE_HELP)

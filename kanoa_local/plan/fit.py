@@ -125,8 +125,17 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
     out.sort(key=lambda c: c.rank)
     chosen = next((c for c in out if c.fits != "no"), None)
     summary, remedy = _summary(chosen, out, req, device, machine, catalog)
+    unmet = None
+    if chosen is None and req.model:
+        unmet = summary
+    elif chosen is not None and req.precision and chosen.variant.precision != req.precision:
+        asked = [c for c in out if c.variant.precision == req.precision]
+        label = asked[0].variant.label if asked else req.precision
+        why = asked[0].reasons[0] if asked and asked[0].reasons else "no model of the matrix publishes it"
+        unmet = f"{label} is not possible on {machine}: {why}"
+        summary = f"{label} is not possible here; instead: {summary}"
     return PlanResult(request=req, machine=machine, chosen=chosen, candidates=out, summary=summary,
-                      remedy=remedy)
+                      remedy=remedy, unmet=unmet)
 
 
 REMOTE_CODE = "runs its repository's own Python code"

@@ -129,6 +129,8 @@ class PlanResult(Model):
     candidates: list[Candidate] = Field(description="every candidate, best first")
     summary: str
     remedy: str | None = None
+    unmet: str | None = Field(None, description="what was asked for (a model, a precision) and cannot be had "
+                                                "here, with why; the plan then shows what fits instead")
 
     def alternatives(self, n: int = 8, per_model: int = 1) -> list[Candidate]:
         """The next best fitting candidates, at most ``per_model`` of each model."""
