@@ -175,7 +175,11 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
         s = chosen.settings
         assert s is not None
         where = f"on {chosen.gpu_name}" if device == "gpu" else "on the CPU engine"
-        form = chosen.variant.label if device == "gpu" else "float32"
+        # what really runs: the activation dtype of an unquantised model (float16 before Ampere,
+        # float32 on the CPU engine), and an FP8 KV cache when the plan takes one
+        form = (chosen.variant.label if chosen.variant.is_quantised else s.dtype) if device == "gpu" else "float32"
+        if s.kv_cache_dtype == "fp8":
+            form += ", FP8 KV cache"
         return (f"{chosen.model_name} ({form}) {where}, context "
                 f"{_tokens(s.max_model_len)}" + (" — tight" if chosen.fits == "tight" else ""), None)
     if req.model:

@@ -312,7 +312,9 @@ def _settle(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes
         warnings.append(f"{variant.label} needs {variant.plugin} in current vLLM: planned on the "
                         f"{image.tag} image, which has it built in")
     elif image is not GPU_IMAGES[0]:
-        warnings.append(f"runs on the older {image.tag} image ({image.note})")
+        same = image.vllm == GPU_IMAGES[0].vllm
+        warnings.append(f"runs on the {image.tag} build of the same release ({image.note})" if same
+                        else f"runs on the older {image.tag} image ({image.note})")
     reasons.append(_fit_sentence(cand, w, kv_bytes, cap, max_len, tp * pp))
     if pp > 1:
         warnings.append(f"spans {pp} nodes (pipeline parallel {pp}, tensor parallel {tp} each): "
@@ -342,7 +344,7 @@ def _needs(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_def
     total = per_gpu * gpus
     for size in (12, 16, 24, 32, 48, 80, 141):
         if per_gpu * 1.0 <= size * GIB * 0.995:
-            card = f"a {size} GB GPU" if gpus == 1 else (
+            card = f"{'an' if str(size)[0] == '8' else 'a'} {size} GB GPU" if gpus == 1 else (
                 f"{pp} nodes × {tp} × {size} GB GPUs" if pp > 1 else f"{tp} × {size} GB GPUs")
             return f"{card} for {_tokens(context)} tokens ({total / GIB:.0f} GiB in all)", int(total)
     n = 1
