@@ -1,0 +1,79 @@
+"""Every command a plan prints is one vLLM accepts: the argv of every fitting plan of the matrix
+on every GPU profile (recorded, constructed and named ones), parsed by the engine's own parser
+(`make_arg_parser` + `EngineArgs.from_cli_args`) from the CPU engine's venv — for the plans
+whose image is that release or newer. Plans on older images (v0.8.5, v0.10.2, v0.19.1) are not
+parsed here: their argument lists would come from those releases' own wheels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from kanoa_local.catalog import load_catalog, version_tuple
+from kanoa_local.engine.spec import vllm_args
+from kanoa_local.plan import PlanRequest, plan
+from kanoa_local.probe import load_preset, preset_names
+
+pytestmark = pytest.mark.engine
+
+PARSE = r'''
+import contextlib, importlib, io, json, sys
+for name in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.openai.cli_args"):
+    try:
+        cli_args = importlib.import_module(name)
+        break
+    except ImportError:
+        pass
+try:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+except ImportError:
+    from vllm.utils import FlexibleArgumentParser
+from vllm.engine.arg_utils import EngineArgs
+import vllm
+bad = []
+for label, argv in json.load(sys.stdin):
+    parser = cli_args.make_arg_parser(FlexibleArgumentParser())
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            EngineArgs.from_cli_args(parser.parse_args(argv))
+    except SystemExit:
+        bad.append([label, err.getvalue().strip().splitlines()[-1:]])
+    except Exception as exc:
+        bad.append([label, [f"{type(exc).__name__}: {exc}"]])
+print(json.dumps({"vllm": vllm.__version__, "bad": bad}))
+'''
+
+
+def plans_on(release: str) -> list[tuple[str, list[str]]]:
+    catalog = load_catalog(user=False)
+    out = []
+    for profile in preset_names():
+        prof = load_preset(profile)
+        for model in catalog.models:
+            result = plan(prof, catalog, PlanRequest(model=model, trust_remote_code=True))
+            for c in result.candidates:
+                s = c.settings
+                if c.fits == "no" or s is None or c.device != "gpu" or not s.vllm_version:
+                    continue
+                if version_tuple(s.vllm_version) < version_tuple(release):
+                    continue
+                argv = vllm_args(c, model_ref=c.variant.source or "m", served_name=c.model_id,
+                                 host="127.0.0.1", port=8000)
+                out.append((f"{profile}/{c.label}", argv))
+    return out
+
+
+def test_every_plan_parses_with_the_engines_own_parser(cpu_venv):
+    release = json.loads((cpu_venv / "kanoa-local-engine.json").read_text())["version"]
+    argvs = plans_on(release)
+    assert len(argvs) >= 50, len(argvs)
+    canary = ("canary", ["--model", "m", "--max-model-len", "4096", "--no-such-flag"])   # the check bites
+    r = subprocess.run([str(cpu_venv / "bin" / "python"), "-c", PARSE], input=json.dumps(argvs + [canary]),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [b[0] for b in out["bad"]] == ["canary"], out["bad"][:10]
+    assert "--no-such-flag" in out["bad"][0][1][0]
