@@ -120,7 +120,8 @@ def model_verdicts_table(rows: list[Any], verbose: bool = False) -> Any:
         if not m.best and m.needs:
             detail += f"  [dim](needs {m.needs})[/]"
         flags = ("  [dim]gated[/]" if m.gated else "") + ("  [dim]remote code[/]" if m.trust_remote_code else "")
-        row = [f"{m.id}{flags}", params, "✓" if m.vision else "-", m.status, " ".join(m.precisions)]
+        status = m.status + (f" [green](verified on {', '.join(m.verified_on)})[/]" if m.verified_on else "")
+        row = [f"{m.id}{flags}", params, "✓" if m.vision else "-", status, " ".join(m.precisions)]
         if verbose:
             row.append(f"{m.seed_vram_gb:g} GB {m.seed_precision or ''}".strip() if m.seed_vram_gb else "-")
         t.add_row(*row, _FIT[m.fits], detail)
@@ -176,6 +177,18 @@ def plan_report(report: Any, verbose: int = 0) -> None:
                  ("KV cache", s.kv_cache_dtype), ("image", s.image or "-")]
     else:
         rows += [("KV cache", f"VLLM_CPU_KVCACHE_SPACE={s.cpu_kv_cache_gib} GiB")]
+    if c.confidence:
+        rows.append(("figures", f"weights {c.confidence.get('weights', '-')}, "
+                                f"KV cache {c.confidence.get('kv_cache', '-')}"))
+    if c.measured:
+        import time as _time
+
+        mz = c.measured
+        when = _time.strftime("%Y-%m-%d", _time.localtime(mz["recorded_at"]))
+        said = [f"weights {mz['weights_gib']:.2f} GiB" if mz.get("weights_gib") else "",
+                f"KV cache {mz['kv_tokens']:,} tokens" if mz.get("kv_tokens") else "",
+                f"at --max-model-len {mz['max_model_len']}"]
+        rows.append(("measured", f"the engine here said on {when}: " + ", ".join(x for x in said if x)))
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()

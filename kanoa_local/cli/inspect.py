@@ -8,8 +8,16 @@ from typing import Any
 import click
 
 from . import EXIT_CODE_HELP, cli, emit_json, json_option, verbosity, wants_json
+
 from .options import (catalog_options, cluster_options, engine_options, load_models, machine_options, resolve_machine, resolve_profile,
                       trust_option)
+
+
+def load_runs() -> list[Any]:
+    """The engine's reported figures from earlier starts (kanoa_local/runs.py)."""
+    from ..runs import load_all
+
+    return load_all()
 
 
 @cli.command(epilog=EXIT_CODE_HELP)
@@ -49,7 +57,9 @@ def check(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: st
     from ..plan import PlanRequest
 
     # a hardware verdict: whether it fits, not whether its code may run (`models` flags that)
-    models = verdicts(plan(profile, catalog, PlanRequest(trust_remote_code=True), checkpoints=weights), catalog)
+    runs = load_runs()
+    models = verdicts(plan(profile, catalog, PlanRequest(trust_remote_code=True), checkpoints=weights, runs=runs),
+                      catalog, runs)
     report = run_check(profile, bandwidth=bw, models=models)
     if as_json:
         emit_json(report)
@@ -80,8 +90,9 @@ def models(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: s
     as_json = wants_json(ctx, as_json)
     profile = resolve_profile(hardware_file, gpu_name, vram_gb, gpu_count, docker=False)
     catalog, weights = load_models(models_files, no_user_models)
-    result = plan(profile, catalog, PlanRequest(trust_remote_code=True), checkpoints=weights)
-    rows = [v for v in verdicts(result, catalog)
+    runs = load_runs()
+    result = plan(profile, catalog, PlanRequest(trust_remote_code=True), checkpoints=weights, runs=runs)
+    rows = [v for v in verdicts(result, catalog, runs)
             if (vision is None or v.vision == vision) and (not fits_only or v.fits != "no")]
     report = ModelsReport(machine=result.machine, models=rows, sources=catalog.sources)
     if as_json:
@@ -158,7 +169,7 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
                           offline=offline, nodes=cluster.nodes if cluster is not None else 1,
                           hf_token=bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")),
                           trust_remote_code=trust_remote_code)
-    result = plan(profile, catalog, request, checkpoints=weights)
+    result = plan(profile, catalog, request, checkpoints=weights, runs=load_runs())
     spec = None
     if result.chosen is not None:
         from ..settings import packaged_models_dir
@@ -253,7 +264,7 @@ def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_fil
     request = PlanRequest(model=model, precision=precision, max_context=max_context, vision=vision,
                           nodes=cluster.nodes if cluster is not None else 1, hf_token=True, **engine_args,
                           trust_remote_code=trust_remote_code)
-    result = plan(profile, catalog, request, checkpoints=weights)
+    result = plan(profile, catalog, request, checkpoints=weights, runs=load_runs())
     c = result.chosen
     if c is None:
         raise NoFitError(result.summary, remedy=result.remedy)

@@ -124,7 +124,24 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
                 fallbacks=[] if model_dir else fallbacks, caches=engine_caches(), defaults=defaults,
                 docker_hosts=where.docker_hosts, on_status=on_status, **hooks)
     result.notes[:0] = where.notes
+    _record_run(cand, result)
     return _priced(result)
+
+
+def _record_run(cand: Candidate, result: UpResult) -> None:
+    """What the engine reported, for the next plan of this model, precision, GPU and release."""
+    if result.reused or result.ready is None:
+        return
+    from .. import runs
+
+    planned = result.deployment.max_model_len
+    c, s = cand, cand.settings
+    if s is not None and planned and planned != s.max_model_len:   # a retry changed it
+        c = cand.model_copy(update={"settings": s.model_copy(update={"max_model_len": planned})})
+    try:
+        runs.record(c, result.ready.figures)
+    except Exception as exc:  # noqa: BLE001 - the server runs: a record is never worth failing `up`
+        result.notes.append(f"the engine's figures were not recorded: {getattr(exc, 'message', exc)}")
 
 
 def _priced(result: UpResult) -> UpResult:

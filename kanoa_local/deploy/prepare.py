@@ -47,7 +47,9 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     request = PlanRequest(model=model, precision=precision, **(engine_args or {}),
                           device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
                           all_nodes=all_nodes, hf_token=bool(token), trust_remote_code=trust_remote_code)
-    result = plan(profile, catalog, request, checkpoints=weights)
+    from ..runs import load_all as load_runs
+
+    result = plan(profile, catalog, request, checkpoints=weights, runs=load_runs())
     first = result.candidates[0].reasons[0] if result.candidates and result.candidates[0].reasons else ""
     if result.chosen is None and model and first.startswith(REMOTE_CODE):
         raise UsageError(result.summary, remedy=result.remedy or "")

@@ -19,8 +19,11 @@ on pre-Ampere GPUs, models a release dropped or a plugin moved out of the stock 
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..catalog import STATUS_RANK, Catalog, ModelEntry, Variant
 from ..hardware import GIB, Gpu, HardwareProfile
+from .confidence import label as label_confidence
 from .cpu import _cpu_candidate
 from .gpu import _gpu_candidate, gpu_groups
 from .parallel import _parallel_options, tp_refusal
@@ -64,11 +67,13 @@ def _usable_gpus(profile: HardwareProfile) -> list[Gpu]:
 
 
 def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None = None,
-         checkpoints: dict[tuple[str, str], Weights] | None = None) -> PlanResult:
+         checkpoints: dict[tuple[str, str], Weights] | None = None, runs: list[Any] | None = None) -> PlanResult:
     """Every candidate for ``request`` on ``profile``, best first, with the chosen one.
 
     ``checkpoints`` maps (model id, variant source) to weights read from real checkpoint files
     (see :mod:`kanoa_local.checkpoint`); everything else is estimated from the catalog.
+    ``runs`` are what the engine reported after earlier starts (:mod:`kanoa_local.runs`): the
+    figures of a matching plan are then labelled measured.
     """
     req = request or PlanRequest()
     checkpoints = checkpoints or {}
@@ -118,6 +123,7 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
                             continue
                         model_cands.append(_gpu_candidate(entry, variant, group, tp, kv_fp8, profile, req, ck, pp=pp))
         for c in model_cands:
+            label_confidence(c, runs or [])
             c.rank = _rank(c, entry, req)
             if c.fits != "no":
                 c.warnings.extend(_source_warnings(entry, c.variant, profile, req))

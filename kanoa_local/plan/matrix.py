@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from ..catalog import Catalog
@@ -25,6 +27,8 @@ class ModelVerdict(Model):
     best: str | None = Field(None, description="the best variant here: precision, GPUs, context")
     reason: str = Field(description="why it fits, or the first reason it does not")
     needs: str | None = None
+    verified_on: list[str] = Field(default_factory=list, description="GPUs (or the CPU engine) where "
+                                   "kanoa-local started it and the engine reported its figures")
 
 
 class ModelsReport(Model):
@@ -45,7 +49,7 @@ def _best_text(c: Candidate) -> str:
     return f"{form} ({where}{s.max_model_len // 1024}k context{kv})"
 
 
-def verdicts(result: PlanResult, catalog: Catalog) -> list[ModelVerdict]:
+def verdicts(result: PlanResult, catalog: Catalog, runs: list[Any] | None = None) -> list[ModelVerdict]:
     out: list[ModelVerdict] = []
     by_model: dict[str, list[Candidate]] = {}
     for c in result.candidates:
@@ -67,5 +71,6 @@ def verdicts(result: PlanResult, catalog: Catalog) -> list[ModelVerdict]:
             seed_vram_gb=entry.seed_vram_gb, seed_precision=entry.seed_precision,
             precisions=sorted({v.precision for v in entry.variants}),
             fits=best.fits if best else "no", best=_best_text(best) if best else None,
-            reason=reason, needs=None if best else (closest.needs if closest else None)))
+            reason=reason, needs=None if best else (closest.needs if closest else None),
+            verified_on=sorted({r.gpu for r in runs or [] if r.model_id == entry.id})))
     return out

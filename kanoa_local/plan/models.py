@@ -115,6 +115,10 @@ class Candidate(Model):
     needs: str | None = Field(None, description="the hardware it would need, when it does not fit")
     needs_bytes: int | None = Field(None, description="GPU memory in all that it would need")
     eager: bool = Field(False, description="planned without CUDA graphs (--enforce-eager) to fit", exclude=True)
+    confidence: dict[str, str] = Field(default_factory=dict, description="weights / kv_cache: measured "
+                                       "(this machine's engine said so), calibrated or derived")
+    measured: dict[str, Any] | None = Field(None, description="what the engine reported on this machine for "
+                                            "this model, precision, GPU and release (a run record)")
     rank: list[float] = []
 
     @property

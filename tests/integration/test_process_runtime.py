@@ -42,6 +42,14 @@ def test_lifecycle_on_the_process_runtime(cpu_venv, tiny_model):
     key = open(res.api_key_file).read().strip()
     assert key not in r.stdout and key not in r.stderr          # the key is never printed
 
+    # what the engine reported is recorded, and the next plan of it says "measured"
+    from kanoa_local import runs
+
+    told = res.ready.figures
+    assert told.kv_tokens and [x.kv_tokens for x in runs.load_all() if x.model_id == dep.model_id] == [told.kv_tokens]
+    chosen = json.loads(run_cli("plan", str(tiny_model), "--cpu", "--json").stdout)["plan"]["chosen"]
+    assert chosen["confidence"]["kv_cache"] == "measured" and chosen["measured"]["kv_tokens"] == told.kv_tokens
+
     # a real chat through the openai client, and 401 without the key
     from openai import OpenAI
 

@@ -1,0 +1,41 @@
+"""How much each figure of a plan can be trusted: *measured* (this machine's engine reported
+it for this model, precision, GPU and release: kanoa_local/runs.py), *calibrated* (the
+family on that vLLM line is in the calibration set, where the estimate was checked against
+public start-up logs: benchmarks/estimator.py) or *derived* (from architecture numbers and
+vLLM's rules only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .models import Candidate
+
+#: (family, vLLM line) the calibration set covers with rows the estimate met within 5 % (the
+#: estimator's run of 2026-12-01; "cpu" is the CPU engine's own line)
+CALIBRATED = {("llama", "0.19"), ("mixtral", "0.19"), ("llama4", "0.19"), ("qwen2_5_vl", "0.8"),
+              ("gemma3", "cpu"), ("llama", "cpu")}
+
+
+def _line(version: str | None) -> str:
+    return ".".join(version.split(".")[:2]) if version else "cpu"
+
+
+def label(c: Candidate, runs: list[Any]) -> None:
+    """Set ``c.confidence`` (weights, KV cache) and ``c.measured`` from the newest matching run."""
+    s = c.settings
+    if s is None:
+        return
+    gpu = c.gpu_name or "CPU engine"
+    rec = next((r for r in runs if (r.model_id, r.precision, r.gpu, r.vllm_version)
+                == (c.model_id, c.variant.precision, gpu, s.vllm_version)), None)
+    if rec is not None:
+        c.measured = {"weights_gib": rec.weights_gib, "kv_avail_gib": rec.kv_avail_gib,
+                      "kv_tokens": rec.kv_tokens, "max_model_len": rec.max_model_len,
+                      "recorded_at": rec.recorded_at}
+        c.confidence = {"weights": "measured" if rec.weights_gib else "derived",
+                        "kv_cache": "measured" if rec.kv_tokens else "derived"}
+        return
+    tier = "calibrated" if (c.family, _line(s.vllm_version)) in CALIBRATED else "derived"
+    weights_from_files = c.memory is not None and c.memory.weights is not None \
+        and c.memory.weights.source == "checkpoint"
+    c.confidence = {"weights": "calibrated" if weights_from_files else tier, "kv_cache": tier}

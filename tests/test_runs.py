@@ -1,0 +1,49 @@
+"""Run records: what the engine reported after a good `up` labels the next plan of the same
+model, precision, GPU and release *measured*, and `models` says where it was verified."""
+
+from __future__ import annotations
+
+import json
+
+from kanoa_local import runs
+from kanoa_local.catalog import load_catalog
+from kanoa_local.engine.vllm_log import StartupFigures
+from kanoa_local.plan import PlanRequest, plan
+from kanoa_local.probe import load_preset
+from tests.conftest import run_cli
+
+CAT = load_catalog(user=False)
+
+
+def test_a_recorded_run_labels_the_same_plan_measured_and_no_other():
+    prof = load_preset("l4")
+    c = plan(prof, CAT, PlanRequest(model="llama-3.1-8b")).chosen
+    assert c.confidence == {"weights": "derived", "kv_cache": "derived"} and c.measured is None
+    path = runs.record(c, StartupFigures(weights_gib=8.49, kv_avail_gib=9.1, kv_tokens=74528))
+    assert path is not None and oct(path.stat().st_mode & 0o777) == "0o600"
+    again = plan(prof, CAT, PlanRequest(model="llama-3.1-8b"), runs=runs.load_all()).chosen
+    assert again.confidence == {"weights": "measured", "kv_cache": "measured"}
+    assert again.measured["kv_tokens"] == 74528 and again.measured["max_model_len"] == c.settings.max_model_len
+    # another release's image, another GPU: not measured
+    old = plan(prof, CAT, PlanRequest(model="llama-3.1-8b", vllm_version="0.19"), runs=runs.load_all()).chosen
+    assert old.measured is None
+    other = plan(load_preset("h100"), CAT, PlanRequest(model="llama-3.1-8b"), runs=runs.load_all()).chosen
+    assert other.measured is None
+
+
+def test_the_cli_shows_it_and_damaged_records_are_skipped():
+    prof = load_preset("l4")
+    c = plan(prof, CAT, PlanRequest(model="llama-3.1-8b")).chosen
+    runs.record(c, StartupFigures(weights_gib=8.49, kv_tokens=74528))
+    (runs.runs_dir() / "broken.json").write_text("{not json")
+    r = run_cli("plan", "llama-3.1-8b", "--gpu", "l4")
+    assert r.returncode == 0 and "measured" in r.stdout and "74,528 tokens" in r.stdout, r.stdout
+    m = json.loads(run_cli("models", "--gpu", "l4", "--json").stdout)
+    row = next(x for x in m["models"] if x["id"] == "llama-3.1-8b")
+    assert row["verified_on"] == ["NVIDIA L4"]
+    assert "verified on NVIDIA L4" in run_cli("models", "--gpu", "l4").stdout
+
+
+def test_nothing_reported_means_no_record():
+    c = plan(load_preset("l4"), CAT, PlanRequest(model="llama-3.1-8b")).chosen
+    assert runs.record(c, StartupFigures()) is None and runs.load_all() == []
