@@ -16,14 +16,15 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from .hardware import Model
 from .settings import state_dir
 
 Confidence = Literal["measured", "calibrated", "derived"]
 
 
-class RunRecord(BaseModel):
+class RunRecord(Model):
     model_id: str
     precision: str
     device: Literal["gpu", "cpu"]
