@@ -103,7 +103,7 @@ def test_offline_and_not_downloaded_is_not_does_not_fit():
     _one_line(r, 9, "not downloaded", "kanoa-local pull llama-3.1-8b")
     assert "does not fit" not in r.stderr
     plan = run_cli("plan", "llama-3.1-8b", "--gpu", "l4", "--offline", "--json")
-    assert "not downloaded" in json.loads(plan.stdout)["plan"]["summary"]
+    assert plan.returncode == 9 and "not downloaded" in json.loads(plan.stdout)["plan"]["summary"]
 
 
 def _checkpoint(folder, weights: bytes) -> None:

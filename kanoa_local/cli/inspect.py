@@ -206,12 +206,22 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         from .. import render
 
         render.plan_report(report, verbose=verbosity(ctx, sub_verbose))
-    # nothing fits (--strict), or what was asked for (a model, a precision) cannot be had: exit 5
+    # nothing fits (--strict), or what was asked for (a model, a precision) cannot be had: the
+    # exit code `up` would give (5 nothing fits; 2 remote code not allowed; 9 not downloaded)
     if (strict and result.chosen is None) or result.unmet:
+        from ..errors import UsageError as Refused, WeightsUnavailable
+        from ..plan.fit import OFFLINE_MISSING, REMOTE_CODE
+
+        first = result.candidates[0].reasons[0] if result.candidates and result.candidates[0].reasons else ""
+        cls: type[NoFitError] | type[Refused] | type[WeightsUnavailable] = NoFitError
+        if result.chosen is None and request.model and first.startswith(REMOTE_CODE):
+            cls = Refused
+        elif result.chosen is None and request.model and first.startswith(OFFLINE_MISSING):
+            cls = WeightsUnavailable
         if as_json:
-            ctx.exit(NoFitError.exit_code)
+            ctx.exit(cls.exit_code)
         if result.chosen is None:
-            raise NoFitError(result.summary, remedy=result.remedy)
+            raise cls(result.summary, remedy=result.remedy)
         raise NoFitError(result.unmet or result.summary,
                          remedy=f"what fits instead is shown above ({result.chosen.label})")
 

@@ -337,7 +337,7 @@ def test_remote_code_runs_only_when_asked(cpu_venv, tiny_model, tmp_path):
     py = str(cpu_venv / "bin" / "python")
     env = {"KANOA_TEST_MARKER": str(marker), "HF_MODULES_CACHE": str(tmp_path / "modules")}
     plan = run_cli("plan", str(model), "--json", env=env)
-    assert plan.returncode == 0 and json.loads(plan.stdout)["plan"]["chosen"] is None
+    assert plan.returncode == 2 and json.loads(plan.stdout)["plan"]["chosen"] is None   # as `up` refuses it
     r = run_cli("up", "--model-path", str(model), "--python", py, "--name", "rc", "--port", str(free_port()), env=env)
     assert r.returncode == 2, r.stderr
     [line] = r.stderr.strip().splitlines()[:1]
