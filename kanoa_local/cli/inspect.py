@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from . import EXIT_CODE_HELP, cli, emit_json, json_option, verbosity, wants_json
-
 from .options import (catalog_options, cluster_options, engine_options, load_models, machine_options, resolve_machine, resolve_profile,
                       trust_option)
 
@@ -209,21 +208,13 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
     # nothing fits (--strict), or what was asked for (a model, a precision) cannot be had: the
     # exit code `up` would give (5 nothing fits; 2 remote code not allowed; 9 not downloaded)
     if (strict and result.chosen is None) or result.unmet:
-        from ..errors import UsageError as Refused, WeightsUnavailable
-        from ..plan.fit import OFFLINE_MISSING, REMOTE_CODE
+        from ..deploy.prepare import no_plan_error
 
-        first = result.candidates[0].reasons[0] if result.candidates and result.candidates[0].reasons else ""
-        cls: type[NoFitError] | type[Refused] | type[WeightsUnavailable] = NoFitError
-        if result.chosen is None and request.model and first.startswith(REMOTE_CODE):
-            cls = Refused
-        elif result.chosen is None and request.model and first.startswith(OFFLINE_MISSING):
-            cls = WeightsUnavailable
+        err = no_plan_error(result, request.model) if result.chosen is None else NoFitError(
+            result.unmet or result.summary, remedy=f"what fits instead is shown above ({result.chosen.label})")
         if as_json:
-            ctx.exit(cls.exit_code)
-        if result.chosen is None:
-            raise cls(result.summary, remedy=result.remedy)
-        raise NoFitError(result.unmet or result.summary,
-                         remedy=f"what fits instead is shown above ({result.chosen.label})")
+            ctx.exit(err.exit_code)
+        raise err
 
 
 @cli.command(name="export", epilog=EXIT_CODE_HELP)

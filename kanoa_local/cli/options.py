@@ -116,11 +116,6 @@ def trust_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "(config.json auto_map); off: such a model is refused and its code not downloaded")(f)
 
 
-#: vLLM's own arguments `plan`, `up` and `export` take as given (PlanRequest's exact fields)
-ENGINE_ARGS = ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "max_num_seqs",
-               "limit_mm_per_prompt", "kv_cache_dtype", "vllm_version")
-
-
 def _release(_ctx: Any, param: Any, value: str | None) -> str | None:
     import re
 
@@ -130,8 +125,9 @@ def _release(_ctx: Any, param: Any, value: str | None) -> str | None:
 
 
 def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """vLLM's arguments, planned exactly as given: does this configuration fit, by how much,
-    and what is the longest context it leaves."""
+    """vLLM's own arguments (PlanRequest's exact fields) that `plan`, `up`, `export` and
+    `session` take, planned exactly as given: does this configuration fit, by how much, and
+    what is the longest context it leaves."""
     opts: list[Callable[[Any], Any]] = [
         click.option("--max-model-len", type=click.IntRange(16, 10_000_000), metavar="TOKENS",
                      help="exactly this context (vLLM's --max-model-len): fits or not, and by how much"),
@@ -151,11 +147,6 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for o in reversed(opts):
         f = o(f)
     return f
-
-
-def engine_request(opts: dict[str, Any]) -> dict[str, Any]:
-    """Take the engine arguments out of a command's options, for PlanRequest / deploy.start."""
-    return {k: opts.pop(k) for k in ENGINE_ARGS if k in opts}
 
 
 def up_options(f: Callable[..., Any]) -> Callable[..., Any]:

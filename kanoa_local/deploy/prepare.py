@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import UsageError, WeightsUnavailable
+from ..errors import KanoaError, UsageError, WeightsUnavailable
 from ..plan.fit import Candidate
 from ..hub import hf_token
 from ..settings import hub_offline
@@ -23,9 +23,7 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     plans of the same model to fall back to. A model that would run its repository's code is
     refused (a usage error, not "does not fit") unless ``trust_remote_code``."""
     from ..checkpoint import load_enriched
-    from ..errors import NoFitError
     from ..plan import PlanRequest, plan
-    from ..plan.fit import OFFLINE_MISSING, REMOTE_CODE
 
     if model and model_path:
         raise UsageError("give MODEL or --model-path, not both", remedy="see `kanoa-local up --help`")
@@ -50,13 +48,8 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     from ..runs import load_all as load_runs
 
     result = plan(profile, catalog, request, checkpoints=weights, runs=load_runs())
-    first = result.candidates[0].reasons[0] if result.candidates and result.candidates[0].reasons else ""
-    if result.chosen is None and model and first.startswith(REMOTE_CODE):
-        raise UsageError(result.summary, remedy=result.remedy or "")
-    if result.chosen is None and model and first.startswith(OFFLINE_MISSING):
-        raise WeightsUnavailable(result.summary, remedy=result.remedy or "")
     if result.chosen is None:
-        raise NoFitError(result.summary, remedy=result.remedy)
+        raise no_plan_error(result, model)
     c = result.chosen
     _check_gated(catalog, c, has_token=bool(token))
     if c.variant.package and model_dir is None:
@@ -70,6 +63,21 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
                  and (x.memory and c.memory and x.memory.weights and c.memory.weights
                       and x.memory.weights.total < c.memory.weights.total)]
     return c, model_dir, fallbacks
+
+
+def no_plan_error(result: Any, model: str | None) -> KanoaError:
+    """Why a plan has nothing to start, as the error `up` raises and `plan` exits with: a model
+    that would run its repository's code (usage, 2), weights that are not here while offline
+    (9), else nothing fits (5)."""
+    from ..errors import NoFitError
+    from ..plan.fit import OFFLINE_MISSING, REMOTE_CODE
+
+    first = result.candidates[0].reasons[0] if result.candidates and result.candidates[0].reasons else ""
+    if model and first.startswith(REMOTE_CODE):
+        return UsageError(result.summary, remedy=result.remedy or "")
+    if model and first.startswith(OFFLINE_MISSING):
+        return WeightsUnavailable(result.summary, remedy=result.remedy or "")
+    return NoFitError(result.summary, remedy=result.remedy)
 
 
 def _check_gated(catalog: Any, c: Candidate, *, has_token: bool) -> None:

@@ -77,10 +77,8 @@ def preset_names() -> list[str]:
 
 
 def _gpu_table() -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:          # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    from ..catalog import tomllib
+
     return dict(tomllib.loads((PRESET_DIR.parent / "gpus.toml").read_text()))
 
 
@@ -153,9 +151,10 @@ def load_preset(name: str) -> HardwareProfile:
 
     key = name.lower().replace("_", "-")
     path = PRESET_DIR / f"{key}.json"
-    if not path.is_file() and key in _gpu_table():
-        return _from_gpu_table(key, _gpu_table()[key])
     if not path.is_file():
+        table = _gpu_table()
+        if key in table:
+            return _from_gpu_table(key, table[key])
         import difflib
 
         close = difflib.get_close_matches(key, preset_names(), n=1)
