@@ -16,6 +16,11 @@ def is_remote(host: str | None) -> bool:
     return bool(host) and str(host).startswith(("tcp://", "ssh://"))
 
 
+def is_ssh(host: str | None) -> bool:
+    """Whether ``host`` is reached over SSH (ssh://): a server there can stay on its loopback."""
+    return bool(host) and str(host).startswith("ssh://")
+
+
 def bind_address(host: str) -> str:
     """The one address of a remote Docker host to publish a server on: the address in its URL,
     or what its name resolves to here (the address this machine reaches it by). ValueError when

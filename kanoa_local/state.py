@@ -35,8 +35,9 @@ from .statefiles import (NameBusy, StateDirError, _state_error, check_writable, 
 #: the estimate the kanoa docs give for a local model: about $0.10 per million tokens (in + out)
 DEFAULT_COST_PER_MTOK = 0.10
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
-#: 1: flat records (pid, container_id, job_id, k8s_* on the record); 2: a ``place`` per runtime
-SCHEMA_VERSION = 2
+#: 1: flat records (pid, container_id, job_id, k8s_* on the record); 2: a ``place`` per runtime;
+#: 3: a Docker place may carry the SSH tunnel it is reached through
+SCHEMA_VERSION = 3
 
 
 # ----------------------------------------------------------------------------- places
@@ -62,11 +63,25 @@ class DockerNode(Model):
     machine: str = Field("", description="for a local daemon (unix://): the host it is local to")
 
 
+class SshTunnel(Model):
+    """The `ssh -L` process on this machine that reaches a server kept on an ssh:// host's
+    loopback: its pid and start time are its identity, as for a server process."""
+
+    pid: int
+    started_at: float
+    local_port: int = Field(description="the port on this machine's loopback that leads to the server")
+    remote_port: int
+    docker_host: str = Field(description="the ssh:// Docker host it leads to")
+    log_file: str
+    machine: str = Field("", description="the host the tunnel process runs on")
+
+
 class DockerPlace(Model):
     """One container per node, the head first; a single-node deployment has one."""
 
     kind: Literal["docker"] = "docker"
     nodes: list[DockerNode]
+    tunnel: SshTunnel | None = Field(None, description="ssh:// hosts: how the head's loopback is reached from here")
 
     @property
     def head(self) -> DockerNode:
@@ -131,7 +146,13 @@ class Deployment(Model):
         return self.place.head.docker_host if isinstance(self.place, DockerPlace) else None
 
     @property
+    def tunnel(self) -> SshTunnel | None:
+        return self.place.tunnel if isinstance(self.place, DockerPlace) else None
+
+    @property
     def base_url(self) -> str:
+        if self.tunnel is not None:
+            return f"http://127.0.0.1:{self.tunnel.local_port}/v1"
         return f"http://{url_host(reach_address(self.host, self.docker_host))}:{self.port}/v1"
 
     @property

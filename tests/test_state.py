@@ -35,7 +35,7 @@ def test_key_is_private_and_round_trips():
     assert os.stat(dep.api_key_file).st_mode & 0o777 == 0o600
     state.save(dep)
     again = state.load("a")
-    assert state.read_api_key(again) == key and again.runtime == "process" and again.schema_version == 2
+    assert state.read_api_key(again) == key and again.runtime == "process" and again.schema_version == state.SCHEMA_VERSION
     assert key.startswith("kl-") and len(key) > 30
     assert key not in state.record_path("a").read_text()
 

@@ -91,8 +91,12 @@ def test_a_remote_docker_host_is_published_on_the_address_named_only():
 
     t = resolve_target(docker_host="tcp://10.1.2.3:2375")
     assert t.listen == "10.1.2.3" and "10.1.2.3 of 10.1.2.3 only" in t.notes[0]
-    t = resolve_target(docker_host="ssh://me@localhost")
-    assert t.listen in ("127.0.0.1", "::1")
+    # ssh:// hosts keep the server on their loopback, reached by an SSH tunnel from here
+    t = resolve_target(docker_host="ssh://me@10.1.2.3")
+    assert t.listen == "127.0.0.1" and t.tunnel and "SSH tunnel" in t.notes[0]
+    t = resolve_target(docker_host="ssh://me@10.1.2.3", host="10.1.2.3")
+    assert t.listen == "10.1.2.3" and not t.tunnel and not t.notes
+    assert not resolve_target(docker_host="tcp://10.1.2.3:2375").tunnel
     t = resolve_target(docker_host="tcp://10.1.2.3:2375", host="10.9.9.9")
     assert t.listen == "10.9.9.9" and not t.notes
     # every address only when asked, and said

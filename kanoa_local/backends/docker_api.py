@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DockerUnavailable, EngineError, GpuRuntimeMissing, ImageUnavailable, NameTaken
-from ..dockerhosts import LOCAL_SOCKET, classify_unreachable, host_address, is_remote  # noqa: F401 - part of this boundary's surface
+from ..dockerhosts import LOCAL_SOCKET, classify_unreachable, host_address, is_remote, is_ssh  # noqa: F401 - part of this boundary's surface
 from ..hardware import DockerFacts
 
 #: What the daemon answers when a GPU is requested and no NVIDIA runtime is registered.

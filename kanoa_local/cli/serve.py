@@ -1,4 +1,4 @@
-"""`pull`, `up`, `down`, `ps`, `status`, `env`, `logs`: deployments."""
+"""`pull`, `up`, `down`, `ps`, `status`, `tunnel`, `env`, `logs`: deployments."""
 
 from __future__ import annotations
 
@@ -135,6 +135,25 @@ def status(ctx: click.Context, as_json: bool, sub_verbose: int, name: str | None
     from .. import render
 
     render.status_report(report)
+
+
+@cli.command()
+@json_option
+@click.argument("name")
+@click.pass_context
+def tunnel(ctx: click.Context, as_json: bool, sub_verbose: int, name: str) -> None:
+    """Reopen the SSH tunnel of a deployment kept on an ssh:// host's loopback.
+
+    `up` opens it and `down` closes it; after a reboot or a dropped connection this (or any
+    hand-off: env, session) opens it again.
+    """
+    from .. import deploy
+
+    report = deploy.reopen_tunnel(name)
+    if wants_json(ctx, as_json):
+        emit_json(report)
+        return
+    click.echo((report.note or f"the SSH tunnel to {report.docker_host} is open") + f": {report.base_url}")
 
 
 @cli.command(name="env")

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from ..state import log_path
 from .health import GpuUse, Metrics, StatusReport, follow_logs, gpu_use, log_lines, parse_metrics, served_cost, status
-from .inventory import DownResult, PsReport, PsRow, connect, down, ps
+from .inventory import DownResult, PsReport, PsRow, TunnelReport, connect, down, ps, reopen_tunnel
 from .lifecycle import UpResult, pick_port, port_free, start, up
 from .prepare import PullResult, hf_token, plan_for_up, pull
 from .retry import MEMORY_FAILURES, next_attempt
 from .targets import Target, check_docker_hosts, choose_runtime, node_addresses, resolve_target, smallest_node
 
 __all__ = ["DownResult", "GpuUse", "MEMORY_FAILURES", "Metrics", "PsReport", "PsRow", "PullResult", "StatusReport",
-           "Target", "UpResult", "check_docker_hosts", "choose_runtime", "connect", "down", "follow_logs", "gpu_use",
+           "Target", "TunnelReport", "UpResult", "check_docker_hosts", "choose_runtime", "connect", "down", "follow_logs", "gpu_use",
            "hf_token", "log_lines", "log_path", "next_attempt", "node_addresses", "parse_metrics", "pick_port",
-           "plan_for_up", "port_free", "ps", "pull", "resolve_target", "served_cost", "smallest_node", "start",
+           "plan_for_up", "port_free", "ps", "pull", "reopen_tunnel", "resolve_target", "served_cost", "smallest_node", "start",
            "status", "up"]

@@ -114,14 +114,21 @@ def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
         lv = pool[dep.runtime].liveness(dep)
     root = dep.base_url.rsplit("/v1", 1)[0]
     key = state.read_api_key(dep) if Path(dep.api_key_file).exists() else ""
-    code, _ = _get(f"{root}/health") if lv.alive else (0, "")
+    closed = ""
+    if lv.alive and dep.tunnel is not None:
+        from ..runtimes.tunnel import is_open
+
+        if not is_open(dep.tunnel):
+            closed = (f"the SSH tunnel to {dep.tunnel.docker_host} is closed: `kanoa-local tunnel {dep.name}` "
+                      "(or any hand-off: env, session, connect) reopens it")
+    code, _ = _get(f"{root}/health") if lv.alive and not closed else (0, "")
     metrics = None
     if code == 200:
         mcode, text = _get(f"{root}/metrics", key=key)
         metrics = parse_metrics(text) if mcode == 200 else None
     served = None if metrics is None or metrics.prompt_tokens is None else (
         metrics.prompt_tokens + (metrics.generation_tokens or 0))
-    word = lv.state if not lv.alive else ("running" if code == 200 else "starting")
+    word = lv.state if not lv.alive else ("running" if code == 200 or closed else "starting")
     stage = None
     if word == "starting":
         from ..engine.ready import last_stage
@@ -134,7 +141,7 @@ def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
         finally:
             rt.close()
     return StatusReport(cost_usd=served_cost(served, dep.cost_per_mtok), name=dep.name, state=word,  # type: ignore[arg-type]
-                        reason=lv.reason, stage=stage, healthy=code == 200, model=dep.model_id, base_url=dep.base_url,
+                        reason=closed or lv.reason, stage=stage, healthy=code == 200, model=dep.model_id, base_url=dep.base_url,
                         runtime=dep.runtime, api_key_hint=(key[:6] + "…") if key else "(missing)",
                         uptime_s=round(time.time() - dep.created_at, 1) if lv.alive else None,
                         metrics=metrics, deployment=dep,

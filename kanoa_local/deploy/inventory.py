@@ -156,7 +156,45 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
 
 
 def connect(name: str | None = None) -> Deployment:
-    """A running deployment: ``name``, or the only one running."""
+    """A running deployment: ``name``, or the only one running; one on an ssh:// host comes
+    with its SSH tunnel open (reopened when it had closed)."""
+    dep = _connect(name)
+    if dep.tunnel is not None:
+        from ..runtimes.tunnel import is_open
+
+        if not is_open(dep.tunnel):
+            reopen_tunnel(dep.name)
+            dep = state.load(dep.name)
+    return dep
+
+
+class TunnelReport(BaseModel):
+    name: str
+    base_url: str
+    local_port: int
+    docker_host: str
+    reopened: bool
+    note: str = ""
+
+
+def reopen_tunnel(name: str) -> TunnelReport:
+    """The SSH tunnel of ``name`` (a deployment on an ssh:// host) open: kept when it listens,
+    else started again, under the name's lock."""
+    from ..runtimes.tunnel import reopen
+
+    name = state.check_name(name)
+    with state.lock(name, wait=60):
+        dep = state.load(name)
+        if dep.tunnel is None:
+            raise UsageError(f"{name!r} has no SSH tunnel (it is not kept on an ssh:// host's loopback)",
+                             remedy=f"`kanoa-local status {name}` shows where it is reached")
+        dep, note = reopen(dep)
+    assert dep.tunnel is not None
+    return TunnelReport(name=name, base_url=dep.base_url, local_port=dep.tunnel.local_port,
+                        docker_host=dep.tunnel.docker_host, reopened=bool(note), note=note)
+
+
+def _connect(name: str | None) -> Deployment:
     with Pool() as pool:
         if name is not None:
             dep = state.load(state.check_name(name))

@@ -257,8 +257,12 @@ def _up_locked(candidate: Candidate, *, name: str, port: int, where: Target, pyt
                 if defaults:
                     existing = existing.model_copy(update=defaults)
                     state.save(existing)
+                from ..runtimes.tunnel import reopen
+
+                existing, reopened = reopen(existing)
                 return UpResult(deployment=existing, reused=True, base_url=existing.base_url,
-                                api_key_file=existing.api_key_file, notes=[f"{name} is already running this plan"])
+                                api_key_file=existing.api_key_file,
+                                notes=[f"{name} is already running this plan"] + ([reopened] if reopened else []))
             if not replace:
                 raise UsageError(f"deployment {name!r} already runs a different plan",
                                  remedy=f"add --replace, or `kanoa-local down {name}`, or choose another --name")
@@ -371,7 +375,8 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
 def _runtime_for(where: Target, *, on_pull: Any, on_stage: Any) -> Runtime:
     if where.runtime == "docker":
         addrs: list[str | None] = list(node_addresses(where.docker_hosts)) if where.multi else [None]
-        return for_kind("docker", nodes=list(zip(where.docker_hosts, addrs)), listen=where.listen, on_pull=on_pull)
+        return for_kind("docker", nodes=list(zip(where.docker_hosts, addrs)), listen=where.listen, on_pull=on_pull,
+                        tunnel=where.tunnel)
     if where.runtime == "slurm":
         return for_kind("slurm", on_stage=on_stage)
     return for_kind(where.runtime)

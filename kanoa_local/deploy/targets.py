@@ -12,10 +12,11 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from ..dockerhosts import bind_address, host_address, is_remote
+from ..dockerhosts import bind_address, host_address, is_remote, is_ssh
 from ..errors import DockerUnavailable, KanoaError, UsageError
 
 LOCAL_DOCKER = ("local", "unix://", "npipe://")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Target(BaseModel):
@@ -34,6 +35,12 @@ class Target(BaseModel):
     @property
     def multi(self) -> bool:
         return len(self.docker_hosts) > 1
+
+    @property
+    def tunnel(self) -> bool:
+        """The head is an ssh:// host and the server stays on its loopback: reached from here
+        through an SSH tunnel kanoa-local opens (and closes with the deployment)."""
+        return self.runtime == "docker" and is_ssh(self.docker_hosts[0]) and self.listen in LOOPBACK
 
 
 def resolve_target(*, runtime: str = "auto", target: str = "local", host: str = "127.0.0.1",
@@ -71,7 +78,12 @@ def resolve_target(*, runtime: str = "auto", target: str = "local", host: str = 
             raise UsageError("a remote or multi-node Docker target runs containers: the process runtime is local only",
                              remedy="drop --runtime process, or --docker-host")
         runtime = "docker"
-    if remote_head and host in ("127.0.0.1", "localhost", "::1"):
+    if is_ssh(hosts[0]) and host in LOOPBACK:
+        host = "127.0.0.1"
+        notes.append(f"the server stays on the loopback of {host_address(hosts[0] or '')}; kanoa-local reaches it "
+                     "through an SSH tunnel from this machine's loopback, closed with the deployment "
+                     "(--host ADDR publishes on an address of that machine instead)")
+    elif remote_head and host in LOOPBACK:
         # the remote host's loopback cannot be reached from here: its one address we reach it by
         assert hosts[0] is not None
         try:

@@ -50,10 +50,12 @@ class DockerRuntime(Runtime):
     kind = "docker"
 
     def __init__(self, nodes: list[tuple[str | None, str | None]] | None = None, listen: str = "127.0.0.1",
-                 on_pull: Any = None) -> None:
+                 on_pull: Any = None, tunnel: bool = False) -> None:
         #: (Docker host, node address) of each node to launch on, the head first
         self.nodes = nodes or [(None, None)]
         self.listen, self.on_pull = listen, on_pull
+        #: the head is an ssh:// host whose loopback the server stays on: reach it by SSH tunnel
+        self.tunnel = tunnel
         self.clients = Clients()
 
     def close(self) -> None:
@@ -91,6 +93,14 @@ class DockerRuntime(Runtime):
             started.append(DockerNode(rank=rank, docker_host=host, address=address if multi else None,
                                       container_id=box["id"], machine="" if dk.is_remote(host) else this_machine()))
         place = DockerPlace(nodes=started)
+        if self.tunnel:
+            from . import tunnel
+
+            head_host = self.nodes[0][0]
+            assert head_host is not None
+            t = tunnel.open_tunnel(head_host, req.spec.port, name=req.name)
+            cleanup.add(f"the SSH tunnel to {head_host}", lambda: tunnel.close(req.name, t))
+            place = DockerPlace(nodes=started, tunnel=t)
         followers = [(n.rank, dk.ContainerLogFollower(self.clients.get(n.docker_host), n.container_id))
                      for n in started]
 
@@ -149,6 +159,10 @@ class DockerRuntime(Runtime):
                     dk.stop_remove(c, cid)
             except EngineError as exc:       # unreachable, or the daemon refused: try the other hosts
                 failed.append(f"{where(host)} ({exc.message})")
+        if place.tunnel is not None or (name and any(dk.is_ssh(h) for h in place.hosts)):
+            from . import tunnel
+
+            tunnel.close(name, place.tunnel)   # useless without the server; `up` opens a new one
         if failed:
             raise Unreachable("could not remove the containers on " + "; ".join(failed),
                               remedy="the record is kept: run `kanoa-local down` again once the host answers")

@@ -161,6 +161,40 @@ def members(place: ProcessPlace) -> list[psutil.Process]:
     return sorted(out, key=lambda p: p.info.get("create_time") or 0)
 
 
+def same_process(pid: int, started_at: float, arg: str) -> psutil.Process | None:
+    """``pid`` while it is still the live process started at ``started_at`` with ``arg`` in its
+    command line (a helper such as an SSH tunnel): a reused pid is None."""
+    try:
+        p = psutil.Process(pid)
+        ok = abs(p.create_time() - started_at) <= START_SLACK_S and arg in p.cmdline()
+        return p if ok and p.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
+        return None
+
+
+def listens(p: psutil.Process, port: int) -> bool:
+    """Whether ``p`` listens on TCP ``port`` (psutil < 6 names the call connections)."""
+    conns = getattr(p, "net_connections", None) or p.connections
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr[1] == port for c in conns(kind="tcp"))
+    except psutil.Error:
+        return False
+
+
+def marked(pairs: dict[str, str]) -> list[psutil.Process]:
+    """This user's live processes whose environment has every one of ``pairs``."""
+    uid, out = os.getuid(), []
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if (uid == 0 or not p.info["uids"] or p.info["uids"].real == uid) and p.status() != psutil.STATUS_ZOMBIE:
+                env = _environ(p)
+                if all(env.get(k) == v for k, v in pairs.items()):
+                    out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
 def _running(p: psutil.Process | None) -> bool:
     try:
         return p is not None and p.is_running() and p.status() != psutil.STATUS_ZOMBIE

@@ -98,24 +98,71 @@ def test_an_unreachable_docker_host_is_one_line(remote_docker, tiny_model, cpu_i
 
 
 def test_the_same_host_over_ssh(remote_docker_facts, tiny_model, cpu_image, tmp_path):
-    """ssh://root@ADDR: docker-py over SSH (paramiko), a key and known_hosts in the user's ~/.ssh."""
+    """ssh://root@ADDR: docker-py over SSH (paramiko), a key and known_hosts in the user's ~/.ssh.
+    The server stays on the remote host's loopback (nobody on its network reaches the port) and
+    is reached through an SSH tunnel (OpenSSH, $KANOA_LOCAL_SSH naming the test's config) that
+    `up` opens, the hand-off reopens after it is killed, and `down` closes."""
+    import socket
+
+    import docker
+    import psutil
+
     ssh_dir = tmp_path / "home" / ".ssh"
     ssh_dir.mkdir(parents=True)
     addr = remote_docker_facts["KANOA_REMOTE_ADDR"]
     (ssh_dir / "known_hosts").write_text(remote_docker_facts["KANOA_REMOTE_SSH_KNOWN_HOSTS"] + "\n")
-    (ssh_dir / "config").write_text(f"Host {addr}\n  IdentityFile {remote_docker_facts['KANOA_REMOTE_SSH_KEY']}\n")
-    env = {"HOME": str(tmp_path / "home")}
+    (ssh_dir / "config").write_text(f"Host {addr}\n  IdentityFile {remote_docker_facts['KANOA_REMOTE_SSH_KEY']}\n"
+                                    f"  UserKnownHostsFile {ssh_dir}/known_hosts\n")
+    # OpenSSH reads the passwd entry's home, not $HOME: the test's config is named explicitly
+    env = {"HOME": str(tmp_path / "home"), "KANOA_LOCAL_SSH": f"ssh -F {ssh_dir}/config"}
     url = remote_docker_facts["KANOA_REMOTE_SSH"]
     port = free_port()
     r = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--docker-host", url,
                 "--name", "viassh", "--port", str(port), "--json", env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     up = UpResult.model_validate_json(r.stdout)
-    assert up.base_url == f"http://{addr}:{port}/v1" and up.deployment.docker_host == url
+    t = up.deployment.tunnel
+    assert t is not None and up.deployment.docker_host == url and t.remote_port == port
+    assert up.base_url == f"http://127.0.0.1:{t.local_port}/v1"
+    assert any("SSH tunnel" in n for n in up.notes)
+    far = docker.DockerClient(base_url=remote_docker_facts["KANOA_REMOTE_DOCKER"], timeout=10)
+    ctr = far.containers.get(up.deployment.place.head.container_id)
+    assert ctr.attrs["HostConfig"]["PortBindings"]["8000/tcp"][0]["HostIp"] == "127.0.0.1"
+    with pytest.raises(OSError):                    # not on the host's network address
+        socket.create_connection((addr, port), timeout=3).close()
+    from kanoa_local.state import read_api_key
+    from tests.conftest import assert_closed_but_health
+
+    assert_closed_but_health(up.base_url.removesuffix("/v1"), read_api_key(up.deployment))
     st = StatusReport.model_validate_json(run_cli("status", "viassh", "--json", env=env).stdout)
-    assert st.state == "running" and st.healthy
+    assert st.state == "running" and st.healthy and st.base_url == up.base_url
+    # the tunnel dies (a dropped connection): status says so; `env` (a hand-off) reopens it
+    psutil.Process(t.pid).kill()
+    psutil.Process(t.pid).wait(10)
+    st = StatusReport.model_validate_json(run_cli("status", "viassh", "--json", env=env).stdout)
+    assert st.state == "running" and not st.healthy and "tunnel" in st.reason
+    exports = json.loads(run_cli("env", "viassh", "--json", env=env).stdout)
+    assert exports["OPENAI_BASE_URL"].startswith("http://127.0.0.1:")
+    st = StatusReport.model_validate_json(run_cli("status", "viassh", "--json", env=env).stdout)
+    assert st.healthy and st.deployment.tunnel is not None and st.deployment.tunnel.pid != t.pid
+    again = run_cli("tunnel", "viassh", "--json", env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)["reopened"] is False
+    new_pid = st.deployment.tunnel.pid
     down = run_cli("down", "viassh", "--json", env=env)
     assert down.returncode == 0 and json.loads(down.stdout)["removed"] == ["viassh"]
+    assert not psutil.pid_exists(new_pid) or psutil.Process(new_pid).status() == psutil.STATUS_ZOMBIE
+    assert far.containers.list(all=True) == []
+    # docker-py gets in but the tunnel cannot (its ssh does not know the host key): one line,
+    # the container removed again, no record, no ssh process left
+    no_tunnel = {**env, "KANOA_LOCAL_SSH": f"ssh -F /dev/null -o IdentityFile={remote_docker_facts['KANOA_REMOTE_SSH_KEY']} "
+                                           "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes"}
+    r = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--docker-host", url,
+                "--name", "viassh3", "--port", str(port), env=no_tunnel, timeout=300)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert r.returncode != 0 and len(errors) == 1 and "SSH tunnel" in errors[0] and "Traceback" not in r.stderr, r.stderr
+    assert far.containers.list(all=True) == []
+    assert json.loads(run_cli("ps", "--json", env=env).stdout)["deployments"] == []
+    assert not [p for p in psutil.process_iter(["cmdline"]) if f":127.0.0.1:{port}" in " ".join(p.info["cmdline"] or [])]
     # a host that refuses the key: one line
     (ssh_dir / "config").write_text(f"Host {addr}\n  IdentityFile {tmp_path}/no-such-key\n")
     (tmp_path / "no-such-key").write_text("")
