@@ -49,6 +49,7 @@ start() {
   done
   echo "KANOA_REMOTE_DOCKER=tcp://$NS_ADDR:2375"
   echo "KANOA_REMOTE_ADDR=$NS_ADDR"
+  echo "KANOA_REMOTE_NETNS=/var/run/netns/$NS"
   echo "KANOA_REMOTE_DOCKERD_PID=$(cat "$RUN/dockerd.pid")"
   echo "KANOA_REMOTE_SSH=ssh://root@$NS_ADDR"
   echo "KANOA_REMOTE_SSH_KEY=$RUN/ssh/client_key"

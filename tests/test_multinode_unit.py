@@ -59,3 +59,12 @@ def test_export_takes_docker_urls_as_node_addresses_but_not_the_local_daemon():
     assert lay.hosts == ["gpu-a", "10.0.0.2"]
     with pytest.raises(UsageError, match="this machine's Docker daemon"):
         layout_for(c, 2, ["local", "tcp://10.0.0.2:2375"])
+
+
+def test_each_api_port_has_its_own_master_port_in_range():
+    from kanoa_local.engine.spec import master_port
+
+    assert master_port(8000) == 29501                    # vLLM's default for the usual port
+    ports = [master_port(p) for p in range(1024, 65536)]
+    assert all(1024 <= m <= 65535 for m in ports)
+    assert master_port(50000) != master_port(50001) and master_port(65535) == 44034

