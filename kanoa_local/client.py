@@ -12,8 +12,12 @@ from .state import Deployment, read_api_key
 
 
 def env_exports(dep: Deployment) -> dict[str, str]:
-    return {"OPENAI_BASE_URL": dep.base_url, "OPENAI_API_KEY": read_api_key(dep),
-            "KANOA_LOCAL_MODEL": dep.served_model_name}
+    out = {"OPENAI_BASE_URL": dep.base_url, "OPENAI_API_KEY": read_api_key(dep),
+           "KANOA_LOCAL_MODEL": dep.served_model_name}
+    if dep.spec.tls is not None:
+        # the certificate to trust (its own file; a tool decides whether to add it to its CAs)
+        out["KANOA_LOCAL_CA_FILE"] = dep.spec.tls.certfile
+    return out
 
 
 def openai_client(dep: Deployment, *, async_: bool = False, **kwargs: Any) -> Any:
@@ -25,4 +29,11 @@ def openai_client(dep: Deployment, *, async_: bool = False, **kwargs: Any) -> An
 
         raise ConfigError("the openai package is missing", remedy="pip install openai") from exc
     cls = openai.AsyncOpenAI if async_ else openai.OpenAI
+    if dep.spec.tls is not None and "http_client" not in kwargs:
+        # HTTPS: trust the system's CAs and the deployment's own certificate (a self-signed one)
+        from .engine.tls import client_context
+
+        ctx = client_context(dep.spec.tls)
+        assert ctx is not None
+        kwargs["http_client"] = (openai.DefaultAsyncHttpxClient if async_ else openai.DefaultHttpxClient)(verify=ctx)
     return cls(base_url=dep.base_url, api_key=read_api_key(dep), **kwargs)

@@ -225,5 +225,10 @@ def interpreter(dep: Deployment, **overrides: Any) -> Any:
         kwargs["temperature"] = dep.temperature
     kwargs.update(overrides)
     interp = cls(**kwargs)
+    if dep.spec.tls is not None and hasattr(getattr(interp, "backend", None), "client"):
+        # kanoa builds a plain OpenAI client; HTTPS to this server needs one that trusts its certificate
+        from .client import openai_client
+
+        interp.backend.client = openai_client(dep)
     interp.deployment = dep
     return interp

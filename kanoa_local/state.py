@@ -151,9 +151,10 @@ class Deployment(Model):
 
     @property
     def base_url(self) -> str:
+        scheme = "https" if self.spec.tls is not None else "http"
         if self.tunnel is not None:
-            return f"http://127.0.0.1:{self.tunnel.local_port}/v1"
-        return f"http://{url_host(reach_address(self.host, self.docker_host))}:{self.port}/v1"
+            return f"{scheme}://127.0.0.1:{self.tunnel.local_port}/v1"
+        return f"{scheme}://{url_host(reach_address(self.host, self.docker_host))}:{self.port}/v1"
 
     @property
     def endpoint(self) -> str:

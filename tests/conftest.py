@@ -230,6 +230,10 @@ def tiny_model(cpu_venv) -> Path:
 # ----------------------------------------------------------------------------- engine
 
 
+#: the SSL context `http` uses for https:// URLs (a test serving TLS sets it; None: the system's)
+HTTPS_CONTEXT: list = [None]
+
+
 def http(method: str, url: str, body: dict | None = None, api_key: str | None = None,
          timeout: float = 30) -> tuple[int, str]:
     """One real HTTP request with the standard library: (status, text); status 0 = no answer."""
@@ -244,12 +248,23 @@ def http(method: str, url: str, body: dict | None = None, api_key: str | None = 
     if api_key:
         req.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout,
+                                    context=HTTPS_CONTEXT[0] if url.startswith("https:") else None) as r:
             return r.status, r.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
         return 0, repr(exc)
+
+
+def tls_pair(folder: Path, names: str = "IP:127.0.0.1,DNS:localhost") -> tuple[Path, Path]:
+    """A self-signed certificate for ``names`` (subjectAltName) and its key, made with OpenSSL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=kanoa-local-test",
+                    "-addext", f"subjectAltName={names}"], check=True, capture_output=True)
+    return cert, key
 
 
 def served_routes(root: str, api_key: str) -> list[tuple[str, str]]:

@@ -165,8 +165,8 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--no-wait", "no_wait", is_flag=True,
                      help="k8s: return once the pods are scheduled, without waiting for readiness"),
         click.option("--docker-host", "docker_host", metavar="URL", multiple=True,
-                     help="run on another machine's Docker daemon: tcp://ADDR:2375 or ssh://user@host "
-                          "(its port is published there, on all its addresses unless --host says). "
+                     help="run on another machine's Docker daemon: tcp://ADDR:2375 (published on that "
+                          "address) or ssh://user@host (kept on its loopback, reached through an SSH tunnel). "
                           "Repeat it to serve one model across several hosts, the head first "
                           "(`local` = this machine's daemon)"),
         click.option("--runtime", type=click.Choice(["auto", "docker", "process"]), default="auto",
@@ -191,6 +191,9 @@ def up_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="the handed clients' default temperature"),
         click.option("--max-tokens", type=click.IntRange(1), metavar="N",
                      help="the handed clients' default answer length"),
+        click.option("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (vLLM's own TLS; "
+                                                           "process and Docker targets); with --ssl-keyfile"),
+        click.option("--ssl-keyfile", metavar="PEM", help="the certificate's private key (unencrypted)"),
         click.option("--cost-per-mtok", type=Figure(0), metavar="USD",
                      help="estimated cost per million tokens, input + output (default 0.10)"),
         trust_option,

@@ -8,6 +8,7 @@ from typing import Any
 from .. import state
 from ..engine.ready import ReadyReport, first_token, wait_until_ready
 from ..engine.spec import LaunchSpec
+from ..engine.tls import client_context
 from ..plan.fit import Candidate
 from ..runtimes import Cleanup, LaunchRequest, Runtime, Unreachable, interrupted_error
 from ..state import Deployment
@@ -36,9 +37,9 @@ def attempt(rt: Runtime, cand: Candidate, spec: LaunchSpec, *, name: str, where:
                          device=cand.device, plan_hash=state.plan_hash(spec), api_key_file=str(key_file), spec=spec,
                          gpu_uuids=s.gpu_uuids, vision=cand.vision, max_model_len=s.max_model_len, **defaults)
         state.save(dep)
-        base_url = dep.base_url
+        base_url, ctx = dep.base_url, client_context(spec.tls)
         report = wait_until_ready(read_lines=launched.read_lines, alive=launched.alive,
-                                  probe=lambda: first_token(base_url, key, spec.served_model_name)[0],
+                                  probe=lambda: first_token(base_url, key, spec.served_model_name, context=ctx)[0],
                                   timeout=timeout, stall=stall if launched.log_readable else timeout + 1,
                                   on_stage=on_stage, exit_info=launched.exit_info)
     except KeyboardInterrupt as exc:

@@ -51,10 +51,10 @@ class StatusReport(BaseModel):
     deployment: Deployment
 
 
-def _get(url: str, timeout: float = 5, key: str | None = None) -> tuple[int, str]:
+def _get(url: str, timeout: float = 5, key: str | None = None, context: Any = None) -> tuple[int, str]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status, r.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, ""
@@ -121,10 +121,13 @@ def status(name: str | None = None, *, nvml: Any = None) -> StatusReport:
         if not is_open(dep.tunnel):
             closed = (f"the SSH tunnel to {dep.tunnel.docker_host} is closed: `kanoa-local tunnel {dep.name}` "
                       "(or any hand-off: env, session, connect) reopens it")
-    code, _ = _get(f"{root}/health") if lv.alive and not closed else (0, "")
+    from ..engine.tls import client_context
+
+    ctx = client_context(dep.spec.tls)
+    code, _ = _get(f"{root}/health", context=ctx) if lv.alive and not closed else (0, "")
     metrics = None
     if code == 200:
-        mcode, text = _get(f"{root}/metrics", key=key)
+        mcode, text = _get(f"{root}/metrics", key=key, context=ctx)
         metrics = parse_metrics(text) if mcode == 200 else None
     served = None if metrics is None or metrics.prompt_tokens is None else (
         metrics.prompt_tokens + (metrics.generation_tokens or 0))

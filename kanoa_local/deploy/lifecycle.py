@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from .. import state
 from ..engine.ready import ReadyReport, StageEvent
 from ..engine.spec import LaunchSpec, launch_spec
+from ..engine.tls import TlsFiles
 from ..errors import EngineError, EngineStartError, UsageError
 from ..plan.fit import Candidate
 from ..runtimes import Pool, Runtime, for_kind, interruptible
@@ -53,6 +54,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
           cost_per_mtok: float | None = None, docker_host: str | None = None, nodes: int = 1,
           docker_hosts: list[str | None] | None = None, cluster_hosts: list[str] | None = None,
           namespace: str | None = None, wait: bool = True, trust_remote_code: bool = False,
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
           on_plan: Callable[[Candidate, str], None] | None = None,
           on_status: Callable[[str], None] | None = None, **hooks: Any) -> UpResult:
     """Resolve where, plan, fetch the weights and start: what `kanoa-local up` does, option for
@@ -61,10 +63,17 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     ``on_download`` report progress.
 
     ``docker_hosts`` (two or more Docker host URLs, None for the local daemon, the head first)
-    serves one model across them: one container per host, pipeline parallel = hosts."""
+    serves one model across them: one container per host, pipeline parallel = hosts.
+    ``ssl_certfile``/``ssl_keyfile``: the server speaks HTTPS with them (process and Docker)."""
+    from ..engine import tls
     from ..probe import probe
     from ..settings import engine_caches
 
+    tls_files = tls.check(ssl_certfile, ssl_keyfile)
+    if tls_files is not None and (runtime in ("slurm", "k8s") or target in ("slurm", "k8s")):
+        raise UsageError("--ssl-certfile on Slurm or Kubernetes: kanoa-local serves HTTPS itself on the process "
+                         "and Docker targets only", remedy="terminate TLS at the cluster's ingress, or use an "
+                                                           "ssh:// Docker host (its SSH tunnel)")
     if runtime in ("slurm", "k8s"):
         target, runtime = runtime, "auto"
     where = resolve_target(runtime=runtime, target=target, host=host, docker_host=docker_host,
@@ -122,7 +131,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     result = up(cand, name=name, port=port, host=where.listen, runtime=kind, python=python, model_dir=model_dir,
                 image=image, timeout=timeout, replace=replace, no_retry=no_retry, offline=bool(offline),
                 fallbacks=[] if model_dir else fallbacks, caches=engine_caches(), defaults=defaults,
-                docker_hosts=where.docker_hosts, on_status=on_status, **hooks)
+                docker_hosts=where.docker_hosts, on_status=on_status, tls=tls_files, **hooks)
     result.notes[:0] = where.notes
     _record_run(cand, result)
     return _priced(result)
@@ -191,7 +200,7 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
        offline: bool = False, on_download: Callable[[int, int], None] | None = None,
        on_status: Callable[[str], None] | None = None, fallbacks: list[Candidate] | None = None,
        defaults: dict[str, Any] | None = None, docker_host: str | None = None,
-       docker_hosts: list[str | None] | None = None) -> UpResult:
+       docker_hosts: list[str | None] | None = None, tls: TlsFiles | None = None) -> UpResult:
     """Start ``candidate`` (a fitting plan) on ``runtime`` and wait until one token comes back.
 
     When vLLM says the context does not fit and names the length that would, `up` retries once
@@ -203,7 +212,7 @@ def up(candidate: Candidate, *, name: str | None = None, port: int = 8000, host:
         raise UsageError("this plan does not fit, so it cannot be started",
                          remedy="`kanoa-local plan` shows what fits")
     hosts: list[str | None] = list(docker_hosts or [docker_host])
-    where = Target(runtime=runtime, docker_hosts=hosts, listen=host)
+    where = Target(runtime=runtime, docker_hosts=hosts, listen=host, tls=tls)
     if where.multi:
         s = candidate.settings
         if s.pipeline_parallel_size != len(hosts):
@@ -234,6 +243,11 @@ def _make_spec(cand: Candidate, *, name: str, port: int, where: Target, model_di
                        model_dir=model_dir, cpu_image=image, **caches)
     if image and where.runtime == "docker":
         spec = spec.model_copy(update={"image": image})
+    if where.tls is not None:
+        from ..engine import tls
+
+        spec = spec.model_copy(update={"argv": spec.argv + tls.args(where.tls, in_container=where.runtime == "docker"),
+                                       "tls": where.tls})
     if cand.variant.repo and not model_dir and not where.remote:
         # the weights are in the host's cache already (downloaded first): keep vLLM off the hub
         spec = spec.model_copy(update={"env": {**spec.env, "HF_HUB_OFFLINE": "1"}})

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field
 
 from ..dockerhosts import bind_address, host_address, is_remote, is_ssh
+from ..engine.tls import TlsFiles
 from ..errors import DockerUnavailable, KanoaError, UsageError
 
 LOCAL_DOCKER = ("local", "unix://", "npipe://")
@@ -26,6 +27,7 @@ class Target(BaseModel):
     docker_hosts: list[str | None] = Field(default_factory=lambda: list[str | None]([None]),
                                            description="one per node, the head first; None: this machine's daemon")
     listen: str = "127.0.0.1"
+    tls: TlsFiles | None = Field(None, description="serve HTTPS with this certificate and key (vLLM's --ssl-*)")
     notes: list[str] = []
 
     @property

@@ -42,18 +42,24 @@ def shell_writer(folder: str) -> str:
             + source() + "KANOA_LOCAL_GUARD_EOF\n")
 
 
-def tar_archive(folder: str = CONTAINER_DIR) -> bytes:
-    """The module at ``folder``/kanoa_local_guard.py as a tar to unpack at ``/`` of a created
-    container (folders included: the image need not have them)."""
-    data = source().encode()
+def tar_archive(folder: str = CONTAINER_DIR, extra: dict[str, tuple[bytes, int]] | None = None) -> bytes:
+    """The module at ``folder``/kanoa_local_guard.py (and ``extra``: absolute path -> content,
+    mode) as a tar to unpack at ``/`` of a created container (folders included: the image need
+    not have them)."""
+    files = {f"{folder.rstrip('/')}/{FILE}": (source().encode(), 0o444), **(extra or {})}
     buf = io.BytesIO()
-    parts = [p for p in folder.strip("/").split("/") if p]
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    dirs: dict[str, None] = {}
+    for path in files:
+        parts = [p for p in path.strip("/").split("/") if p][:-1]
         for i in range(1, len(parts) + 1):
-            d = tarfile.TarInfo("/".join(parts[:i]))
-            d.type, d.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(d)
-        info = tarfile.TarInfo("/".join([*parts, FILE]))
-        info.size, info.mode = len(data), 0o444
-        tar.addfile(info, io.BytesIO(data))
+            dirs["/".join(parts[:i])] = None
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for path, (data, mode) in files.items():
+            info = tarfile.TarInfo(path.strip("/"))
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()

@@ -13,11 +13,13 @@ import json
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
+from ..errors import EngineError
 from . import vllm_log
 from .diagnose import Diagnosis, diagnose
 
@@ -59,18 +61,29 @@ class ReadyReport(BaseModel):
     log_tail: list[str] = []
 
 
-def first_token(base_url: str, api_key: str, model: str, timeout: float = 30) -> tuple[bool, str]:
-    """One 1-token completion: (came back, what the server said)."""
+def first_token(base_url: str, api_key: str, model: str, timeout: float = 30,
+                context: Any = None) -> tuple[bool, str]:
+    """One 1-token completion: (came back, what the server said). ``context``: the SSL context
+    for an HTTPS server; a certificate that does not verify is an error at once, not a wait."""
     body = json.dumps({"model": model, "prompt": "Hello", "max_tokens": 1}).encode()
     req = urllib.request.Request(f"{base_url}/completions", data=body, method="POST",
                                  headers={"Content-Type": "application/json",
                                           "Authorization": f"Bearer {api_key}"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status == 200, ""
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        from .tls import verify_failure
+
+        bad = verify_failure(exc)
+        if bad is not None:
+            host = urllib.parse.urlsplit(base_url).hostname
+            raise EngineError(f"the server's certificate does not verify for {host}: "
+                              f"{bad.verify_message or bad.reason or bad}",
+                              remedy=f"give a certificate that names {host} (subjectAltName) and that this machine "
+                                     "trusts or that is the one given (self-signed works)") from None
         return False, str(exc)
 
 

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field
 
 from . import guard
+from .tls import TlsFiles
 from ..hardware import Model
 from ..images import CPU_REPO
 from ..plan.fit import Candidate, PlanResult
@@ -51,6 +52,7 @@ class LaunchSpec(Model):
     served_model_name: str
     guard_dir: str | None = Field(None, description="where the key guard module is placed for the engine "
                                                     "(inside the container; on this machine for a process)")
+    tls: TlsFiles | None = Field(None, description="the certificate and key it serves HTTPS with (paths here)")
 
     def docker_command(self) -> str:
         """The equivalent `docker run` line, for people who want to run it by hand."""

@@ -21,6 +21,15 @@ def where(host: str | None) -> str:
     return str(host) if dk.is_remote(host) else "this machine's Docker daemon"
 
 
+def _container_files(spec: Any) -> bytes | None:
+    """The tar unpacked in a created container: the key guard, and the TLS files when given."""
+    from ..engine import guard, tls
+
+    if not spec.guard_dir:
+        return None
+    return guard.tar_archive(spec.guard_dir, extra=tls.container_files(spec.tls) if spec.tls else None)
+
+
 class Clients:
     """One docker-py client per Docker host for the length of a command."""
 
@@ -61,7 +70,6 @@ class DockerRuntime(Runtime):
     # -------------------------------------------------------------------------------- launch
 
     def launch(self, req: LaunchRequest, cleanup: Cleanup, **hooks: Any) -> Launched:
-        from ..engine import guard
         from ..engine.spec import master_port, node_launches
 
         labels = {**req.labels, dk.OWNER_LABEL: owner_id()}
@@ -86,7 +94,7 @@ class DockerRuntime(Runtime):
                           secrets_env={"VLLM_API_KEY": req.key}, extra_labels=labels, on_pull=self.on_pull,
                           gpu_uuids=None if multi else req.gpu_uuids, remote=dk.is_remote(host),
                           where=where(host), node=node, on_created=created,
-                          files=guard.tar_archive(node_spec.guard_dir) if node_spec.guard_dir else None)
+                          files=_container_files(node_spec))
             started.append(DockerNode(rank=rank, docker_host=host, address=address if multi else None,
                                       container_id=box["id"], machine="" if dk.is_remote(host) else this_machine()))
         place = DockerPlace(nodes=started)

@@ -351,3 +351,56 @@ def test_remote_code_runs_only_when_asked(cpu_venv, tiny_model, tmp_path):
         assert "--trust-remote-code" in UpResult.model_validate_json(r.stdout).deployment.spec.argv
     finally:
         assert run_cli("down", "rc").returncode == 0
+
+
+def test_https_with_the_users_certificate(cpu_venv, tiny_model, tmp_path):
+    """`up --ssl-certfile/--ssl-keyfile`: vLLM serves HTTPS itself; readiness, status, the
+    guard, and the handed clients (OpenAI and kanoa's interpreter) verify it against that
+    certificate; plain HTTP gets nothing; a certificate that does not name the address is one
+    line and leaves nothing running."""
+    import ssl
+
+    from kanoa_local import connect
+    from kanoa_local.state import read_api_key
+    from tests.conftest import HTTPS_CONTEXT, assert_closed_but_health, tls_pair
+
+    cert, key = tls_pair(tmp_path / "good")
+    port = free_port()
+    r = up(cpu_venv, tiny_model, "--name", "tls", "--port", str(port), "--ssl-certfile", str(cert),
+           "--ssl-keyfile", str(key), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = UpResult.model_validate_json(r.stdout)
+    assert res.base_url == f"https://127.0.0.1:{port}/v1"
+    assert "--ssl-certfile" in res.deployment.spec.argv
+    try:
+        st = StatusReport.model_validate_json(run_cli("status", "tls", "--json").stdout)
+        assert st.healthy and st.metrics is not None         # /health and /metrics over HTTPS, verified
+        assert http("GET", f"http://127.0.0.1:{port}/health")[0] == 0      # no plain HTTP
+        ctx = ssl.create_default_context(cafile=str(cert))
+        HTTPS_CONTEXT[0] = ctx
+        assert_closed_but_health(f"https://127.0.0.1:{port}", read_api_key(res.deployment))
+        dep = connect("tls")
+        chat = dep.openai().chat.completions.create(model=dep.model, max_tokens=3,
+                                                    messages=[{"role": "user", "content": "hi"}])
+        assert chat.usage.completion_tokens >= 1
+        answer = dep.interpreter(max_tokens=4).interpret(data="x = [1, 2, 3]", stream=False, display_result=False)
+        assert answer.text and answer.usage is not None and answer.usage.output_tokens > 0
+        env = json.loads(run_cli("env", "tls", "--json").stdout)
+        assert env["OPENAI_BASE_URL"].startswith("https://") and env["KANOA_LOCAL_CA_FILE"] == str(cert)
+    finally:
+        HTTPS_CONTEXT[0] = None
+        assert run_cli("down", "tls").returncode == 0
+    # a certificate for another name: one line at the first probe, nothing left behind
+    wcert, wkey = tls_pair(tmp_path / "wrong", names="DNS:other.invalid")
+    bad = run_cli("up", "--model-path", str(tiny_model), "--python", str(cpu_venv / "bin" / "python"),
+                  "--name", "tlsbad", "--port", str(port),
+                  "--ssl-certfile", str(wcert), "--ssl-keyfile", str(wkey), timeout=600)
+    errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("Error:")]
+    assert bad.returncode != 0 and len(errors) == 1 and "certificate" in errors[0] and "127.0.0.1" in errors[0], bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments == []
+    # a key that is not the certificate's: refused before anything starts
+    mism = run_cli("up", "--model-path", str(tiny_model), "--python", str(cpu_venv / "bin" / "python"),
+                   "--name", "tlsbad", "--ssl-certfile", str(cert),
+                   "--ssl-keyfile", str(wkey))
+    assert mism.returncode == 2 and "cannot serve TLS" in mism.stderr

@@ -339,3 +339,43 @@ def test_a_docker_host_that_stops_answering_is_unknown_and_nothing_is_lost(remot
         os.kill(pid, signal.SIGCONT)
     assert StatusReport.model_validate_json(run_cli("status", "blip", "--json").stdout).state == "running"
     assert run_cli("down", "blip").returncode == 0 and not state.record_path("blip").exists()
+
+
+def test_https_on_a_remote_docker_host(remote_docker_facts, tiny_model, cpu_image, tmp_path):
+    """tcp:// with --ssl-certfile/--ssl-keyfile: the files are copied into the container before
+    it starts (the key 0400; no file of this machine is mounted there), vLLM serves HTTPS on
+    the host's address, and status and the handed client verify it."""
+    import io
+    import tarfile
+
+    import docker
+
+    from kanoa_local import connect
+    from tests.conftest import tls_pair
+
+    addr, url = remote_docker_facts["KANOA_REMOTE_ADDR"], remote_docker_facts["KANOA_REMOTE_DOCKER"]
+    cert, key = tls_pair(tmp_path, names=f"IP:{addr}")
+    port = free_port()
+    r = run_cli("up", "--model-path", str(tiny_model), "--image", cpu_image, "--docker-host", url,
+                "--name", "fartls", "--port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+                "--json", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    up = UpResult.model_validate_json(r.stdout)
+    assert up.base_url == f"https://{addr}:{port}/v1"
+    far = docker.DockerClient(base_url=url, timeout=10)
+    try:
+        ctr = far.containers.get(up.deployment.place.head.container_id)
+        assert not [m for m in ctr.attrs["Mounts"] if str(tmp_path) in m.get("Source", "")]
+        stream, _ = ctr.get_archive("/opt/kanoa-local/tls/key.pem")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.getmembers()[0]
+            assert member.mode & 0o777 == 0o400 and tar.extractfile(member).read() == key.read_bytes()
+        st = StatusReport.model_validate_json(run_cli("status", "fartls", "--json").stdout)
+        assert st.healthy and st.metrics is not None
+        dep = connect("fartls")
+        chat = dep.openai().chat.completions.create(model=dep.model, max_tokens=3,
+                                                    messages=[{"role": "user", "content": "hi"}])
+        assert chat.usage.completion_tokens >= 1
+    finally:
+        assert run_cli("down", "fartls").returncode == 0
+    assert far.containers.list(all=True) == []
