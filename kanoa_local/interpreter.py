@@ -14,9 +14,7 @@ What it adds, through kanoa's own extension points only:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -116,16 +114,14 @@ def _ensure_price(path: Path, served_name: str, usd_per_mtok: float) -> None:
 def _pricing_lock(path: Path) -> Iterator[None]:
     """Read-modify-write of kanoa's pricing file by one kanoa-local at a time: the lock is the
     folder's own flock (no lock file is left in kanoa's folder); kanoa itself only reads."""
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        yield                      # no folder (nothing to protect yet) or unreadable: as before
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    from .statefiles import flocked
+
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(flocked(path.parent, folder=True))
+        except OSError:
+            pass                   # no folder (nothing to protect yet) or unreadable: as before
         yield
-    finally:
-        os.close(fd)
 
 
 def default_max_tokens(dep: Deployment) -> int:

@@ -66,8 +66,9 @@ def _run(argv: list[str], what: str, env: dict[str, str] | None = None, timeout:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EngineError(f"{what} failed: {exc}", remedy="run again with --debug") from exc
     if r.returncode != 0:
-        lines = [ln for ln in (r.stderr or r.stdout).splitlines()
-                 if ln.strip() and "is ignored: it is neither" not in ln]
+        from .runtimes.engine_venv import PIP_NOISE
+
+        lines = [ln for ln in (r.stderr or r.stdout).splitlines() if ln.strip() and PIP_NOISE not in ln]
         last = lines[-1].strip() if lines else f"exit code {r.returncode}"
         raise EngineError(f"{what} failed: {last[:300]}",
                           remedy="check the network for PyPI, or pass --python PATH of an interpreter "

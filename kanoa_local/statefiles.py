@@ -94,33 +94,48 @@ class NameBusy(UsageError):
 
 
 @contextlib.contextmanager
-def lock(name: str, *, wait: float = 0, on_wait: Any = None) -> Iterator[None]:
-    """Hold the lock of deployment ``name`` (one name, one lock) around check → start → save.
-    A second holder waits up to ``wait`` seconds (``on_wait()`` is called once when it starts
-    waiting), then gets :class:`NameBusy`. The lock is the kernel's (flock): a killed holder
-    releases it."""
-    folder = state_dir() / "locks"
-    path = folder / f"{name}.lock"
+def flocked(path: Path, *, wait: float | None = None, on_wait: Any = None, busy: Any = None,
+            folder: bool = False) -> Iterator[None]:
+    """Hold the kernel's exclusive flock on ``path``: a lock file (created 0600), or with
+    ``folder`` the folder itself (no file is left in it). ``wait`` None blocks until it is
+    free; else after ``wait`` seconds ``busy()`` is raised. ``on_wait()`` is called once when
+    it starts waiting. A killed holder releases it. Opening raises OSError."""
+    fd = os.open(path, os.O_RDONLY) if folder else os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise _state_error(exc, path) from exc
-    try:
-        deadline = time.monotonic() + wait
+        deadline = None if wait is None else time.monotonic() + wait
         told = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise NameBusy(f"another kanoa-local is starting or stopping {name!r} right now",
-                                   remedy="wait for it to finish (`kanoa-local ps`), or use another --name") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise busy() from None
                 if not told and on_wait is not None:
                     on_wait()
                     told = True
+                if deadline is None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    break
                 time.sleep(0.2)
         yield
     finally:
         os.close(fd)      # closing releases the flock
+
+
+@contextlib.contextmanager
+def lock(name: str, *, wait: float = 0, on_wait: Any = None) -> Iterator[None]:
+    """Hold the lock of deployment ``name`` (one name, one lock) around check → start → save.
+    A second holder waits up to ``wait`` seconds (``on_wait()`` is called once when it starts
+    waiting), then gets :class:`NameBusy`."""
+    folder = state_dir() / "locks"
+    path = folder / f"{name}.lock"
+    with contextlib.ExitStack() as held:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            held.enter_context(flocked(path, wait=wait, on_wait=on_wait, busy=lambda: NameBusy(
+                f"another kanoa-local is starting or stopping {name!r} right now",
+                remedy="wait for it to finish (`kanoa-local ps`), or use another --name")))
+        except OSError as exc:
+            raise _state_error(exc, path) from exc
+        yield

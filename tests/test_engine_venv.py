@@ -103,3 +103,11 @@ def test_unpacking_without_torch_says_how_to_get_the_engine_before_downloading(t
     assert r.returncode == 6 and "has no torch and transformers" in r.stderr, r.stderr
     assert "kanoa-local engine install --cpu" in r.stderr and "Traceback" not in r.stderr
     assert not models.exists() or not any(models.rglob("*.whl"))       # nothing fetched in vain
+
+
+def test_a_failing_record_step_is_one_line(tmp_path):
+    from kanoa_local.errors import EngineError
+    from kanoa_local.runtimes import engine_venv
+
+    with pytest.raises(EngineError, match="could not record vllm"):
+        engine_venv._alias(str(tmp_path / "no-python"), "0.32.0")

