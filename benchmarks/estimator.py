@@ -58,9 +58,11 @@ def ask(row: dict, how: dict, catalog) -> dict:
     # what the row ran: its share, or that release's default (0.92 from 0.20, 0.9 before)
     gmu = row.get("gpu_memory_utilization") or (0.92 if version and tuple(map(int, version.split("."))) >= (0, 20)
                                                   else 0.9)
+    # vLLM's default KV cache is the model's dtype ("auto"): a row that names none ran that
+    kv = "fp8" if kvd and str(kvd).startswith("fp8") else "auto"
     req = PlanRequest(model=how["model"], precision=how["precision"], max_model_len=row.get("max_model_len"),
                       gpu_memory_utilization=gmu, tensor_parallel_size=tp, vllm_version=version,
-                      max_num_seqs=row.get("max_num_seqs"), kv_cache_dtype=kvd if kvd in ("auto", "fp8") else None,
+                      max_num_seqs=row.get("max_num_seqs"), kv_cache_dtype=kv,
                       limit_mm_per_prompt=mm if isinstance(mm, int) else None)
     result = plan(profile, catalog, req)
     mine = [c for c in result.candidates if c.variant.precision == how["precision"]]
@@ -70,7 +72,10 @@ def ask(row: dict, how: dict, catalog) -> dict:
     w = m.weights.total if m and m.weights else None
     rule_need = (w or 0) * 1.2 + 2 * GIB
     rule_kv = gmu * total - rule_need
-    return {"fits": c.fits != "no", "why": c.reasons[0] if c.reasons else "", "weights": w / GIB if w else None,
+    # a plan that fits only without CUDA graphs says the row's own configuration (graphs on,
+    # vLLM's default, unless the row ran --enforce-eager) does not
+    fits = c.fits != "no" and not (c.eager and not row.get("enforce_eager"))
+    return {"fits": fits, "why": c.reasons[0] if c.reasons else "", "weights": w / GIB if w else None,
             "kv_gib": (m.kv_bytes / GIB) if m and m.kv_bytes else None,
             "tokens": m.kv.tokens if m and m.kv else None, "largest": m.largest_context if m else None,
             "rule_fits": rule_kv > 0, "rule_kv_gib": rule_kv / GIB,

@@ -10,6 +10,7 @@ from ..hardware import GIB, Gpu, HardwareProfile
 from ..images import GPU_IMAGES, ImageLine
 from . import memory as mem
 from .memory import KvCapacity, Term, Weights
+from .parallel import p2p_likely
 from .models import (CPU_CONTEXT, DEFAULT_GMU, GOOD_CONTEXT, MIN_CONTEXT, MIN_GMU, Candidate, Device, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
 
 
@@ -150,22 +151,31 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         if entry.vision else 0
     # pipeline stages split the layers: per GPU, the weights are about 1/(TP × PP)
     w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint)
-    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images)
+    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=image.vllm)
     non_torch = mem.non_torch_bytes(tp, custom_allreduce="geforce" not in g0.name.lower())
-    graphs = mem.cuda_graph_bytes(arch, seqs, tp)
+    graphs = mem.cuda_graph_bytes(arch, seqs, tp, batched, vllm=image.vllm, p2p=p2p_likely(g0.name))
     ctx = Term(name="CUDA context", bytes=mem.CUDA_CONTEXT_BYTES, note="driver + torch, per GPU")
     # vLLM >= 0.20 estimates CUDA-graph memory and takes it from the budget; older releases
     # capture the graphs after sizing the KV cache, in the slack above the budget.
     graphs_inside = new_engine
     if graphs_inside:
         graphs = graphs.model_copy(update={"note": "estimated by vLLM and kept out of the KV cache"})
+    # Graphs captured after the KV cache take the room the profiling pass had used; the sampler's
+    # warm-up that follows needs its peak again, beyond what the budget kept for activations.
+    warm = 0 if graphs_inside else max(0, mem.sampler_bytes(arch.vocab, seqs, image.vllm) - act.bytes)
+    beside = 0 if graphs_inside else graphs.bytes + warm
+    eager_beside = False
 
     # gmu: vLLM's default unless what is free (after our own context) is less. vLLM's budget
     # is a share of the total it reads itself, a little less than NVML's.
     visible = mem.visible_total(total)
     margin = int(0.25 * GIB)
-    room = free - ctx.bytes - margin - (0 if graphs_inside else graphs.bytes)
+    room = free - ctx.bytes - margin - beside
     gmu = min(DEFAULT_GMU, math.floor(room / visible * 100) / 100)
+    # without graphs beside the budget (--enforce-eager) a larger share is free
+    gmu_eager = min(DEFAULT_GMU, math.floor((room + beside - warm) / visible * 100) / 100)
+    if req.gpu_memory_utilization is None and gmu < MIN_GMU <= gmu_eager:
+        eager_beside, gmu = True, gmu_eager
     if req.gpu_memory_utilization is not None:
         gmu = req.gpu_memory_utilization
         if free - ctx.bytes < gmu * visible:
@@ -185,11 +195,16 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         warnings.append(f"other processes hold {_gib(total - free)} on {g0.name}: "
                         f"--gpu-memory-utilization lowered to {gmu:.2f}")
     if req.gpu_memory_utilization is not None and not graphs_inside \
-            and free - ctx.bytes < gmu * visible + graphs.bytes:
-        reasons.append(f"vLLM {image.vllm} captures {_gib(graphs.bytes)} of CUDA graphs after the KV cache, outside "
-                       f"the {gmu:g} share: {_gib(free - ctx.bytes - gmu * visible)} is left beside it on {g0.name}")
-        cand.needs = "a lower --gpu-memory-utilization, or --enforce-eager"
-        return cand
+            and free - ctx.bytes < gmu * visible + beside:
+        left = free - ctx.bytes - gmu * visible
+        if left >= warm:
+            eager_beside = True     # only the graphs are in the way, as below for newer releases
+        else:
+            reasons.append(f"vLLM {image.vllm} warms its sampler up with {seqs} dummy requests after the KV cache, "
+                           f"outside the {gmu:g} share: it needs {_gib(warm)} more than the profiling run kept "
+                           f"and {_gib(max(left, 0))} is left beside it on {g0.name}")
+            cand.needs = "a lower --gpu-memory-utilization or --max-num-seqs"
+            return cand
     budget = int(gmu * visible)
     fixed = w.total + act.bytes + non_torch.bytes + (graphs.bytes if graphs_inside else 0)
     kv_bytes = budget - fixed
@@ -198,6 +213,14 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     in_flight = (2 if new_engine else 1) * batched     # async scheduling keeps two batches in flight
     need = mem.kv_request_bytes(arch, req.max_model_len or lo, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
                                 block_size=block, in_flight_tokens=in_flight)
+    if req.gpu_memory_utilization is None and not eager_beside and kv_bytes < need <= int(gmu_eager * visible) - fixed:
+        # the graphs beside the budget would leave too little KV cache: eager, at the larger share
+        eager_beside, gmu = True, gmu_eager
+        budget = int(gmu * visible)
+        kv_bytes = budget - fixed
+        for i, note in enumerate(warnings):     # the share named in "... lowered to X" is now larger
+            if "lowered to" in note:
+                warnings[i] = f"{note.rsplit(' ', 1)[0]} {gmu:.2f}"
     eager = graphs_inside and kv_bytes < need <= kv_bytes + graphs.bytes
     if eager:
         # only the CUDA graphs are in the way: run without them (slower decode) rather than not at all
@@ -205,12 +228,16 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         kv_bytes += graphs.bytes
         warnings.append(f"CUDA graphs off (--enforce-eager) to leave {_gib(graphs.bytes)} for the KV cache: "
                         "decoding is slower")
+    elif eager_beside:
+        eager = True
+        warnings.append(f"CUDA graphs off (--enforce-eager): vLLM {image.vllm} would capture {_gib(graphs.bytes)} "
+                        f"of them beside the {gmu:g} share, more than {g0.name} has left: decoding is slower")
     terms = [Term(name="weights", bytes=w.total, note=_weights_note(w, variant, dtype, tp * pp)), act, non_torch]
     if graphs_inside and not eager:
         terms.append(graphs)
     breakdown = MemoryBreakdown(device="gpu", per_device_total=total, per_device_free=free,
                                 budget=budget, terms=terms, weights=w,
-                                outside_budget=[ctx] if graphs_inside else [ctx, graphs])
+                                outside_budget=[ctx] if graphs_inside or eager else [ctx, graphs])
     cand.memory = breakdown
     cand.eager = eager
     if kv_bytes <= 0:

@@ -8,7 +8,8 @@ vLLM sizes itself like this (V1 engine, read from its worker and kv_cache_utils 
   it subtracts the weights, the peak of a profiling forward pass (activations, sampler logits,
   the vision encoder's dummy images) and memory that torch does not track (cuBLAS workspaces,
   NCCL buffers). What is left is the KV cache. CUDA graphs are captured after that and live in
-  the slack above the budget, next to the CUDA context.
+  the slack above the budget, next to the CUDA context; the sampler's warm-up then runs again
+  (before 0.20; later releases estimate the graphs and keep them inside the budget).
 * CPU: the KV cache is exactly ``VLLM_CPU_KVCACHE_SPACE`` GiB; weights, the runtime and the KV
   cache must all fit in RAM.
 
@@ -34,7 +35,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..catalog import Arch, ModelEntry, Variant
+from ..catalog import Arch, ModelEntry, Variant, version_tuple
 from ..hardware import GIB, Model
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
@@ -237,8 +238,48 @@ IMAGE_TOKENS = {"qwen2_5_vl": 16384, "qwen3_vl": 16384, "qwen3_vl_moe": 16384, "
 ENCODER_BYTES_PER_IMAGE_TOKEN = int(0.31 * 2**20)
 
 
+def _release(vllm: str | None) -> tuple[int, ...]:
+    """A release as a tuple; None (not pinned) is the newest."""
+    return version_tuple(vllm) if vllm else (99,)
+
+
+#: Bytes per element of the ``max_num_seqs × vocab`` logits at the sampler's peak when its top-k/top-p
+#: sorts the whole vocabulary (PyTorch path): bf16 logits 2 + their float32 copy 4 + sorted values 4 and
+#: int64 indices 8 + the radix sort's double buffers and index input (4 + 8 + 8) ≈ 38, with the softmax /
+#: cumsum of the sorted row on top. vLLM#32558 measured 1.25 GB for 256 × 131,072 (37 B); llm-d-benchmark's
+#: H100 logs at 1,024 sequences show a torch peak of 4.76 GiB (Llama 3.1 8B), 5.56 (Qwen3 0.6B), 5.64
+#: (Qwen3 32B), 7.38 (gpt-oss 20B): 38-39 B per element whatever the model's size.
+SORT_SAMPLER_BYTES = 40
+#: The same without the sort (FlashInfer or Triton top-k/top-p): vLLM 0.19 on H100 at 1,024 sequences
+#: peaked at 14.5-15.8 B per element (Llama 3.1 8B 1.89 GiB, Qwen2.5 72B 2.29, gpt-oss 20B 2.87, Gemma 3 3.89).
+LIGHT_SAMPLER_BYTES = 16
+#: What the profiling pass is charged per element beside the MLP activations (calibrated on vLLM 0.19:
+#: the two terms do not peak at once, and their sum matches the logged torch peak within a few %).
+LOGITS_BYTES = 8
+
+
+def sampler_sorts(vllm: str | None) -> bool:
+    """Whether this release's default top-k/top-p sampler sorts the whole vocabulary: V0, and V1 up to
+    0.8 (FlashInfer >= 0.2.3 was switched off: "FlashInfer>=v0.2.3 is not backward compatible. Falling
+    back to the PyTorch-native implementation"); again from 0.11.1, when vLLM#26859 disabled the FlashInfer
+    sampler by default, until the Triton kernel (vLLM#33538, merged February 2026; 0.17.1 logs show the
+    lighter peak). 0.21 turned FlashInfer back on (vLLM#40376)."""
+    v = _release(vllm)
+    return v < (0, 9) or (0, 11, 1) <= v < (0, 17)
+
+
+def sampler_bytes(vocab: int, max_seqs: int, vllm: str | None = None) -> int:
+    """Peak of vLLM's sampler over ``max_seqs`` dummy requests (``_dummy_sampler_run``: top-k = vocab - 1,
+    top-p 0.9, both in profiling and in the warm-up after the KV cache is allocated). V1's profiling run
+    of 0.8 also held ``prompt_token_ids=torch.ones_like(logits, dtype=torch.int64)``: 8 B more."""
+    per = SORT_SAMPLER_BYTES if sampler_sorts(vllm) else LIGHT_SAMPLER_BYTES
+    if (0, 8) <= _release(vllm) < (0, 9):
+        per += 8
+    return max_seqs * vocab * per
+
+
 def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtype_bytes: int,
-                     tp: int = 1, images: int = 1) -> Term:
+                     tp: int = 1, images: int = 1, vllm: str | None = None) -> Term:
     """Peak of vLLM's profiling pass beyond the weights.
 
     The pass runs ``batched_tokens`` tokens through the model and samples ``max_seqs`` rows:
@@ -247,7 +288,9 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
     vocabulary (each rank gathers them: vLLM 0.19 on H100s showed 1.96 GiB at TP 2 and 1.97 at
     TP 4 for Llama 3.3 70B). A mixture of experts adds the fused-MoE workspace (every token ×
     its top-k experts × the expert's gate/up/down widths). A vision model also encodes its
-    dummy images at the largest size its processor allows.
+    dummy images at the largest size its processor allows. Releases whose sampler sorts the vocabulary
+    (:func:`sampler_sorts`) are charged at least its whole peak (:data:`SORT_SAMPLER_BYTES` per element)
+    beside the MLP activations.
     """
     arch = entry.arch
     assert arch is not None
@@ -258,7 +301,7 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
         inter *= min(k, 4)                      # routed tokens are gathered per expert
         moe = batched_tokens * k * (3 * (arch.intermediate or 0) // tp + arch.hidden) * dtype_bytes
     hidden_states = batched_tokens * (2 * inter + 4 * arch.hidden) * dtype_bytes
-    logits = max_seqs * arch.vocab * 4 * 2
+    logits = max_seqs * arch.vocab * LOGITS_BYTES
     vision = 0
     if entry.vision and images and entry.vision_profile_gib:
         # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
@@ -270,7 +313,13 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
         tokens = IMAGE_TOKENS.get(entry.family or "", 4096) * max(1, images)
         vision = int((0.4 + 1.6 * min(arch.vision_params_b, 1.0)) * GIB) + tokens * ENCODER_BYTES_PER_IMAGE_TOKEN
     total = hidden_states + logits + moe + vision
+    if sampler_sorts(vllm):
+        # the encoder's dummy images are profiled before the language model's pass and its sampler:
+        # the sorting sampler's peak stands beside the MLP activations, not beside the encoder's
+        total = max(total, hidden_states + moe + sampler_bytes(arch.vocab, max_seqs, vllm))
     note = f"{batched_tokens} tokens × MLP/hidden + {max_seqs} × vocab logits"
+    if sampler_sorts(vllm):
+        note += " (sorted by the sampler)"
     if moe:
         note += " + fused-MoE workspace"
     if vision:
@@ -292,10 +341,49 @@ def non_torch_bytes(tp: int, custom_allreduce: bool = True) -> Term:
     return Term(name="non-torch", bytes=base, note=note)
 
 
-def cuda_graph_bytes(arch: Arch, max_seqs: int, tp: int = 1) -> Term:
-    """CUDA graphs for the batch sizes vLLM captures (up to 512 sequences): vLLM 0.19 on H100
-    logged 0.93-1.85 GiB of graph pool at 1,024 sequences (27-80 layers), nearly the same at
-    TP 2 and TP 4; fewer captured sizes, fewer graphs."""
-    share = min(max_seqs, 512) / 512
+def capture_sizes(max_seqs: int, batched_tokens: int, vllm: str | None = None) -> list[int]:
+    """The batch sizes vLLM captures CUDA graphs for. V0 (before 0.8): up to max_num_seqs (at most 256).
+    V1 before 0.11: [1, 2, 4, 8, ..., 512] cut only at max_num_batched_tokens, whatever max_num_seqs is
+    (vLLM#18698 documents it). From 0.11: up to ``min(2 × max_num_seqs, 512, max_num_batched_tokens)`` on
+    the grid [1, 2, 4] + 8..248 step 8 + 256.. step 16."""
+    v = _release(vllm)
+    if v < (0, 8):
+        top = min(max_seqs, 256)
+        grid = [1, 2, 4] + list(range(8, 257, 8))
+    elif v < (0, 11):
+        top = min(512, batched_tokens)
+        grid = [1, 2, 4] + list(range(8, 513, 8))
+    else:
+        top = min(2 * max_seqs, 512, batched_tokens)
+        grid = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, 513, 16))
+    sizes = [s for s in grid if s <= top]
+    return sizes or [1]
+
+
+#: Memory NCCL takes for each all-reduce captured into a CUDA graph when the GPUs have no P2P path
+#: (its SHM transport through the host), with the NCCL of torch <= 2.6 (vLLM < 0.9): four RTX 4090s
+#: took 6.56 GiB of graphs where four A30s took 1.43 with the same command (vLLM#11452); four A10s
+#: on vLLM 0.8.5 held 6.1 GiB outside torch when capture ran out of memory (QwenLM/Qwen3#1387, and
+#: vLLM#17469: "Works with enforce-eager"); A10G/L4 graphs 3.8 GiB on CUDA 12.2 drivers (vLLM#5517).
+NCCL_GRAPH_BYTES_PER_ALLREDUCE = 1 * 2**20
+
+
+def nccl_in_graphs(tp: int, p2p: bool, vllm: str | None = None) -> bool:
+    """Whether the captured graphs carry NCCL all-reduces that cost memory per capture."""
+    return tp > 1 and not p2p and _release(vllm) < (0, 9)
+
+
+def cuda_graph_bytes(arch: Arch, max_seqs: int, tp: int = 1, batched_tokens: int = 8192,
+                     vllm: str | None = None, p2p: bool = True) -> Term:
+    """CUDA graphs for the batch sizes vLLM captures (:func:`capture_sizes`): vLLM 0.19 on H100
+    logged 0.93-1.85 GiB of graph pool up to 512 (27-80 layers), nearly the same at TP 2 and TP 4;
+    fewer captured sizes, fewer graphs. Without P2P between the GPUs, older releases also pay NCCL's
+    memory for every captured all-reduce (two per layer and size: :data:`NCCL_GRAPH_BYTES_PER_ALLREDUCE`)."""
+    sizes = capture_sizes(max_seqs, batched_tokens, vllm)
+    share = max(sizes) / 512
     total = int((0.3 + (0.7 + 0.011 * arch.layers) * share) * GIB)
-    return Term(name="CUDA graphs", bytes=total, note="captured after the KV cache; outside the budget")
+    note = "captured after the KV cache; outside the budget"
+    if nccl_in_graphs(tp, p2p, vllm):
+        total += len(sizes) * 2 * arch.layers * NCCL_GRAPH_BYTES_PER_ALLREDUCE
+        note += f"; NCCL all-reduces in {len(sizes)} graph sizes (no P2P)"
+    return Term(name="CUDA graphs", bytes=total, note=note)

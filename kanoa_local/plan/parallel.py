@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ..catalog import ModelEntry
 from .models import PlanRequest
 
@@ -56,3 +58,14 @@ def _parallel_options(entry: ModelEntry, n: int, req: PlanRequest) -> list[tuple
         out += [(n, pp) for pp in range(2, req.nodes + 1)
                 if not req.max_gpus or n * pp <= req.max_gpus]
     return out
+
+
+#: GPUs that usually reach each other without P2P: GeForce cards (the driver keeps PCIe P2P off) and
+#: the PCIe inference cards cloud VMs pass through one by one (A10/A10G, L4: vLLM#5517, QwenLM/Qwen3#1387).
+_NO_P2P = re.compile(r"geforce|\bA10G?\b|\bL4\b", re.IGNORECASE)
+
+
+def p2p_likely(gpu_name: str) -> bool:
+    """Whether tensor-parallel ranks on these GPUs can exchange over P2P (NVLink or PCIe P2P); vLLM
+    tests it at start-up and falls back to NCCL through the host where it cannot. Erring toward none."""
+    return not _NO_P2P.search(gpu_name)
