@@ -193,3 +193,18 @@ def test_up_over_a_dead_record_takes_its_price_out_too(kanoa_pricing_file):
     assert not state.record_path("ghost").exists()
     prices = json.loads(kanoa_pricing_file.read_text())["openai"]
     assert "ghost-model" not in prices and "kept-model" in prices
+
+
+def test_a_damaged_record_is_searched_for_where_it_ran():
+    from kanoa_local.deploy.reconcile import salvage
+
+    state.deployments_dir().mkdir(parents=True, exist_ok=True)
+    state.record_path("cut2").write_text('{"schema_version": 3, "name": "cut2", "place": {"kind": "docker", '
+                                         '"nodes": [{"rank": 0, "docker_host": "ssh://me@gpu-a", "addr')
+    hosts, places, named = salvage("cut2")
+    assert hosts[0] == "ssh://me@gpu-a" and named == ["ssh://me@gpu-a"] and places == []
+    state.record_path("cut2").write_text('{"schema_version": 3, "name": "cut2", "place": {"kind": "k8s", '
+                                         '"namespace": "lab", "context": null, "kubeconfig": "/k/c')
+    hosts, places, named = salvage("cut2")
+    assert places[0].namespace == "lab" and named == ["Kubernetes namespace lab"]
+    state.record_path("cut2").unlink()

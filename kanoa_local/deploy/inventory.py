@@ -11,7 +11,7 @@ from .. import state
 from ..errors import DeploymentNotFound, EngineError, KanoaError, UsageError
 from ..runtimes import Pool, Unreachable
 from ..state import Deployment, DockerPlace, ProcessPlace, RecordUnreadable, reach_address, url_host
-from .reconcile import discover, orphans, same_place
+from .reconcile import discover, orphans, salvage, same_place
 
 
 class PsRow(BaseModel):
@@ -91,7 +91,17 @@ def _down_one(name: str, pool: Pool) -> bool:
             raise
         broken = True
     records = [rec] if rec is not None else []
-    found, _ = discover(pool, records, docker_hosts=rec.place.hosts if rec and isinstance(rec.place, DockerPlace) else None)
+    if broken:
+        # the record does not say where it ran: every place it or the other records still name
+        hosts, places, named = salvage(name)
+        found, unreachable = discover(pool, records, docker_hosts=list(hosts), namespaces=places)
+        silent = [u for u in unreachable if any(n in u for n in named)]
+        if silent:
+            raise Unreachable(f"the damaged record of {name} names {', '.join(silent)}, which did not answer",
+                              remedy=f"the record is kept: run `kanoa-local down {name}` again once it answers")
+    else:
+        found, _ = discover(pool, records, docker_hosts=rec.place.hosts if rec and isinstance(rec.place, DockerPlace)
+                            else None)
     targets = [(rec.runtime, rec.place)] if rec is not None else []
     targets += [(k, f.place) for k, f in found if f.name == name
                 and not (rec is not None and same_place(rec.place, f.place))]

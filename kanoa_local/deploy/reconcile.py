@@ -31,7 +31,8 @@ def same_place(a: Any, b: Any) -> bool:
 
 
 def discover(pool: Pool, records: list[Deployment], *, docker_hosts: list[str | None] | None = None,
-             kinds: tuple[str, ...] = ()) -> tuple[list[tuple[str, Found]], list[str]]:
+             kinds: tuple[str, ...] = (), namespaces: list[K8sPlace] | None = None
+             ) -> tuple[list[tuple[str, Found]], list[str]]:
     """Everything of this user's the runtimes can see: on this machine (processes, the local
     Docker daemon), every Docker host and Kubernetes namespace on record, and Slurm when a
     record (or ``kinds``) says it is used. Also the places that did not answer."""
@@ -42,7 +43,7 @@ def discover(pool: Pool, records: list[Deployment], *, docker_hosts: list[str | 
     plan: list[tuple[str, list[Any]]] = [("process", []), ("docker", hosts)]
     if "slurm" in kinds or any(d.runtime == "slurm" for d in records) or _slurm_here():
         plan.append(("slurm", []))
-    k8s = [d.place for d in records if isinstance(d.place, K8sPlace)]
+    k8s = [d.place for d in records if isinstance(d.place, K8sPlace)] + list(namespaces or [])
     if k8s:
         plan.append(("k8s", k8s))
     for kind, where in plan:
@@ -53,6 +54,37 @@ def discover(pool: Pool, records: list[Deployment], *, docker_hosts: list[str | 
         found += [(kind, f) for f in got]
         unreachable += bad
     return found, unreachable
+
+
+def salvage(name: str) -> tuple[list[str], list[K8sPlace], list[str]]:
+    """Where the deployment of a damaged record may run, beyond this machine: the Docker hosts
+    and the Kubernetes namespace still legible in what is left of it, then those of every other
+    record (one user tends to use the same places). The third list: the legible ones, which
+    must answer before the record may go."""
+    import json
+    import re
+
+    try:
+        text = state.record_path(name).read_text(errors="replace")
+    except OSError:
+        text = ""
+
+    def legible(field: str) -> list[str]:
+        return [json.loads(f'"{m}"') for m in re.findall(rf'"{field}"\s*:\s*"((?:[^"\\]|\\.)*)"', text)]
+
+    hosts = [h for h in legible("docker_host") if h.startswith(("tcp://", "ssh://"))]
+    places: list[K8sPlace] = []
+    if '"k8s"' in text:
+        ns, kc, ctx = legible("namespace"), legible("kubeconfig"), legible("context")
+        places.append(K8sPlace(namespace=ns[0] if ns else "default", kubeconfig=kc[0] if kc else None,
+                               context=ctx[0] if ctx else None, owner=state.owner_id()))
+    named = list(dict.fromkeys(hosts)) + [f"Kubernetes namespace {p.namespace}" for p in places]
+    for d in state.list_all()[0]:
+        if isinstance(d.place, DockerPlace):
+            hosts += [h for h in d.place.hosts if h]
+        elif isinstance(d.place, K8sPlace):
+            places.append(d.place)
+    return list(dict.fromkeys(hosts)), places, named
 
 
 def _slurm_here() -> bool:

@@ -83,6 +83,14 @@ def test_up_status_ps_down_on_a_remote_docker_host(remote_docker, docker_client,
                    "--name", "far2", "--port", str(port), timeout=300)
     assert busy.returncode == 6 and "port is already in use" in busy.stderr and "Traceback" not in busy.stderr
     assert [c.name for c in far.containers.list(all=True)] == ["kanoa-far"]
+    # the record is damaged (cut short, its end lost): what is left still names the host, so
+    # `down far` removes the container there, not only what runs on this machine
+    from kanoa_local import state
+
+    path = state.record_path("far")
+    text = path.read_text()
+    path.write_text(text[: text.index('"container_id"') + 30])
+    assert "far" in PsReport.model_validate_json(run_cli("ps", "--json").stdout).unreadable
     down = run_cli("down", "far", "--json")
     assert down.returncode == 0 and json.loads(down.stdout)["removed"] == ["far"]
     assert far.containers.list(all=True) == []
