@@ -120,3 +120,14 @@ def test_last_stage_is_the_furthest_the_log_reached():
            "INFO Loading weights took 0.52 seconds", "INFO GPU KV cache size: 43,520 tokens"]
     assert last_stage(log) == "KV cache sized"
     assert last_stage(log[:2]) == "loading weights"
+
+
+def test_lines_come_out_whole_across_pieces():
+    from kanoa_local.engine.lines import LineSplitter, lines_of
+
+    text = "INFO ready\r\nGPU KV cache size: 1 token · ok\nlast".encode()
+    cut = text.index("·".encode()) + 1                # inside the two bytes of '·'
+    pieces = [text[:5], text[5:cut], text[cut:]]
+    assert list(lines_of(pieces)) == ["INFO ready", "GPU KV cache size: 1 token · ok", "last"]
+    s = LineSplitter()
+    assert s.feed(b"par") == [] and s.feed("tial\nnext") == ["partial"] and s.rest() == ["next"] and s.rest() == []

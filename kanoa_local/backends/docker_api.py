@@ -310,28 +310,26 @@ def follow_logs(c: Any, cid: str) -> Iterator[str]:
         return
     except daemon_errors() as exc:
         raise _silent(exc) from exc
-    buf = ""
-    for chunk in stream:
-        *lines, buf = (buf + chunk.decode(errors="replace")).split("\n")
-        yield from (ln.rstrip("\r") for ln in lines)
-    yield from ([buf] if buf else [])
+    from ..engine.lines import lines_of
+
+    yield from lines_of(stream)
 
 
 class ContainerLogFollower:
     """New log lines of a container on each call (a daemon blip reads as no new lines)."""
 
     def __init__(self, c: Any, cid: str) -> None:
-        self.c, self.cid, self.seen, self.buf = c, cid, 0, ""
+        from ..engine.lines import LineSplitter
+
+        self.c, self.cid, self.seen, self.split = c, cid, 0, LineSplitter()
 
     def __call__(self) -> list[str]:
         try:
-            data = self.c.containers.get(self.cid).logs().decode(errors="replace")
+            data = self.c.containers.get(self.cid).logs()
         except daemon_errors():
             return []
         new, self.seen = data[self.seen:], len(data)
-        self.buf += new
-        *lines, self.buf = self.buf.split("\n")
-        return [ln.rstrip("\r") for ln in lines]
+        return self.split.feed(new)
 
 
 def stop_remove(c: Any, cid: str | None, timeout: int = 20) -> bool:

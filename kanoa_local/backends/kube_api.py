@@ -374,15 +374,9 @@ def pod_logs(name: str, *, namespace: str, tail: int | None = None, follow: bool
     resp = _call(core.read_namespaced_pod_log, f"following the log of {ps[0]['name']}", ps[0]["name"],
                  namespace, follow=True, since_seconds=1, _preload_content=False)
 
-    def lines() -> Any:
-        buf = ""
-        for chunk in resp.stream():
-            buf += chunk.decode(errors="replace")
-            *done, buf = buf.split("\n")
-            yield from done
-        if buf:
-            yield buf
-    return lines()
+    from ..engine.lines import lines_of
+
+    return lines_of(resp.stream())
 
 
 def deployment_names(namespace: str, *, kubeconfig: str | None = None, context: str | None = None,

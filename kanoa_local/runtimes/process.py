@@ -223,7 +223,9 @@ class LogFollower:
     """New lines of a growing log file on each call."""
 
     def __init__(self, path: Path, from_end: bool = False) -> None:
-        self.path, self.pos, self.buf = path, 0, ""
+        from ..engine.lines import LineSplitter
+
+        self.path, self.pos, self.split = path, 0, LineSplitter()
         if from_end:
             try:
                 self.pos = path.stat().st_size
@@ -238,9 +240,7 @@ class LogFollower:
                 self.pos = f.tell()
         except OSError:
             return []
-        self.buf += data.decode(errors="replace")
-        *lines, self.buf = self.buf.split("\n")
-        return [ln.rstrip("\r") for ln in lines]
+        return self.split.feed(data)
 
 
 def read_tail(path: Path, tail: int | None) -> list[str]:
