@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -267,22 +268,24 @@ def tls_pair(folder: Path, names: str = "IP:127.0.0.1,DNS:localhost") -> tuple[P
     return cert, key
 
 
-def served_routes(root: str, api_key: str) -> list[tuple[str, str]]:
+def served_routes(root: str, api_key: str, request: Any = None) -> list[tuple[str, str]]:
     """(method, path) of every route the running server has, from its own OpenAPI table (read
     with the key), plus FastAPI's documentation routes, which the table leaves out."""
     import json
 
-    code, text = http("GET", f"{root}/openapi.json", api_key=api_key)
+    code, text = (request or http)("GET", f"{root}/openapi.json", api_key=api_key)
     assert code == 200, (code, text[:200])
     routes = [(m.upper(), p.replace("{", "").replace("}", "")) for p, ops in json.loads(text)["paths"].items()
               for m in ops if m.upper() in ("GET", "POST", "PUT", "DELETE", "PATCH")]
     return sorted(set(routes + [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc")]))
 
 
-def assert_closed_but_health(root: str, api_key: str) -> list[tuple[str, str]]:
+def assert_closed_but_health(root: str, api_key: str, request: Any = None) -> list[tuple[str, str]]:
     """Every route of the server at ``root`` refuses a request without the key (401), and with a
-    wrong one, except GET /health; the key opens each GET route. The routes checked."""
-    routes = served_routes(root, api_key)
+    wrong one, except GET /health; the key opens each GET route. The routes checked.
+    ``request``: how a request is sent (default :func:`http`; a pod's port-forward)."""
+    http = request or globals()["http"]
+    routes = served_routes(root, api_key, http)
     assert ("POST", "/invocations") in routes and ("GET", "/metrics") in routes, routes   # the ones vLLM leaves open
     opened = []
     for method, path in routes:

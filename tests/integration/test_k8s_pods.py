@@ -62,6 +62,53 @@ def _pod_http(core, pod: str, port: int, method: str, path: str, key: str | None
     return int(head.split(b" ")[1]) if head.startswith(b"HTTP/") else 0, rest
 
 
+class PodConnection:
+    """HTTP/1.1 to a pod over one port-forward of the API server, kept alive between requests
+    (a new port-forward only when the server closes the connection): fast enough to send every
+    route of the server, as `kubectl port-forward` would carry them."""
+
+    def __init__(self, core, pod: str, port: int) -> None:
+        self.core, self.pod, self.port, self.conn, self.pf = core, pod, port, None, None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        if self.pf is not None:
+            self.pf.close()
+        self.conn = self.pf = None
+
+    def __call__(self, method: str, url: str, body: dict | None = None, api_key: str | None = None,
+                 timeout: float = 60) -> tuple[int, str]:
+        import http.client
+        from urllib.parse import urlsplit
+
+        from kubernetes.stream import portforward
+
+        u = urlsplit(url)
+        path = u.path + (f"?{u.query}" if u.query else "")
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        data = json.dumps(body).encode() if body is not None else None
+        for _ in range(3):
+            if self.conn is None:
+                self.pf = portforward(self.core.connect_get_namespaced_pod_portforward, self.pod, "default",
+                                      ports=str(self.port))
+                sock = self.pf.socket(self.port)
+                sock.setblocking(True)
+                sock.settimeout(timeout)
+                self.conn = http.client.HTTPConnection("localhost", self.port, timeout=timeout)
+                self.conn.sock = sock
+            try:
+                self.conn.request(method, path, body=data, headers=headers)
+                r = self.conn.getresponse()
+                text = r.read().decode(errors="replace")
+                if r.will_close:
+                    self.close()
+                return r.status, text
+            except (http.client.HTTPException, OSError):
+                self.close()
+        return 0, "no answer over the port-forward"
+
+
 def test_a_cpu_plan_serves_from_a_real_pod(node, tiny_model):
     env = {"KUBECONFIG": node["KUBECONFIG"]}
     r = run_cli("up", "--target", "k8s", "--model-path", str(tiny_model), "--cpu", "--image", node["KUBE_NODE_IMAGE"],
@@ -81,18 +128,37 @@ def test_a_cpu_plan_serves_from_a_real_pod(node, tiny_model):
         [p] = k8s.pods("pod", namespace="default", kubeconfig=node["KUBECONFIG"])
         assert p["node"] == node["KUBE_NODE"] and p["ready"]
         key = open(up.api_key_file).read().strip()
+        # `logs -f` follows the pod's own output (through the API server and the kubelet)
+        import subprocess
+        import sys
+
+        from tests.conftest import ROOT, cli_env
+
+        follow = subprocess.Popen([sys.executable, "-m", "kanoa_local", "logs", "-f", "pod"], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(env))
+        time.sleep(3)
         code, body = _pod_http(node["core"], p["name"], up.deployment.port, "POST", "/v1/completions", key,
                                {"model": up.deployment.served_model_name, "prompt": "total sales", "max_tokens": 2})
         assert code == 200, body[:500]
         assert json.loads(body[body.index(b"{"):body.rindex(b"}") + 1])["usage"]["completion_tokens"] >= 1
-        # closed by default in the pod too (the guard comes from the ConfigMap): only health is open
-        pf = lambda *a, **kw: _pod_http(node["core"], p["name"], up.deployment.port, *a, **kw)[0]  # noqa: E731
-        assert pf("GET", "/health") == 200
-        assert [pf("GET", "/metrics"), pf("GET", "/version"), pf("POST", "/invocations", body={})] == [401] * 3
-        assert pf("GET", "/metrics", key) == 200
+        # closed by default in the pod too (the guard comes from the ConfigMap): every route of the
+        # running server's own table refuses a request without the key, or with a wrong one, but health
+        from tests.conftest import assert_closed_but_health
+
+        conn = PodConnection(node["core"], p["name"], up.deployment.port)
+        try:
+            routes = assert_closed_but_health("http://pod", key, request=conn)
+        finally:
+            conn.close()
+        assert len(routes) > 20 and ("POST", "/invocations") in routes
     finally:
         d = run_cli("down", "pod", "--json", env=env)
     assert d.returncode == 0 and json.loads(d.stdout)["removed"] == ["pod"], d.stderr
+    # the follower saw what was there and the requests made while it followed, and ends with the pod
+    out, err = follow.communicate(timeout=180)
+    assert follow.returncode == 0, err[-1500:]
+    assert out.count("Application startup complete") == 1
+    assert out.count('"POST /v1/completions') >= 1 and out.count('"GET /metrics') >= 1, out[-1500:]
     from kanoa_local.backends import kube_api as k8s
 
     deadline = time.monotonic() + 120                     # a real kubelet stops the pod
