@@ -27,6 +27,7 @@ CASES = [
     ("sigill.cpu.txt", "sigill", "float32"),
     ("unsupported-head-dim.cpu.txt", "unsupported-head-dim", "head_dim 16"),
     ("port-in-use.txt", "port-in-use", "--port"),
+    ("port-in-use.v032-shared-bind.txt", "port-in-use", "--port"),
     ("cuda-driver-mismatch.txt", "cuda-driver-mismatch", "device requests"),
     ("gpu-lost.txt", "gpu-lost", "Xid 79"),
     ("nccl-p2p.txt", "nccl-p2p", "NCCL_P2P_DISABLE=1"),

@@ -9,6 +9,7 @@ from .. import state
 from ..engine.ready import ReadyReport, first_token, wait_until_ready
 from ..engine.spec import LaunchSpec
 from ..engine.tls import client_context
+from ..errors import EngineError
 from ..plan.fit import Candidate
 from ..runtimes import Cleanup, LaunchRequest, Runtime, Unreachable, interrupted_error
 from ..state import Deployment
@@ -30,16 +31,32 @@ def attempt(rt: Runtime, cand: Candidate, spec: LaunchSpec, *, name: str, where:
                         gpu_uuids=s.gpu_uuids or None, title=f"{cand.model_name} (kanoa-local up)",
                         nodes=s.pipeline_parallel_size, gpus_per_node=len(s.gpu_indices) if cand.device == "gpu" else 0)
     dep: Deployment | None = None
+
+    def record(place: Any, listen: str) -> Deployment:
+        return Deployment(name=name, place=place, model_id=cand.model_id, served_model_name=spec.served_model_name,
+                          host=listen, port=port, device=cand.device, plan_hash=state.plan_hash(spec),
+                          api_key_file=str(key_file), spec=spec, gpu_uuids=s.gpu_uuids, vision=cand.vision,
+                          max_model_len=s.max_model_len, **defaults)
+
     try:
-        launched = rt.launch(req, cleanup)
-        dep = Deployment(name=name, place=launched.place, model_id=cand.model_id,
-                         served_model_name=spec.served_model_name, host=launched.listen or where.listen, port=port,
-                         device=cand.device, plan_hash=state.plan_hash(spec), api_key_file=str(key_file), spec=spec,
-                         gpu_uuids=s.gpu_uuids, vision=cand.vision, max_model_len=s.max_model_len, **defaults)
+        # a place known before the launch returns (a queued Slurm job) is on record at once: a
+        # killed `up` then leaves nothing that `ps` and `down` do not know
+        launched = rt.launch(req, cleanup, on_placed=lambda place: state.save(record(place, where.listen)))
+        dep = record(launched.place, launched.listen or where.listen)
         state.save(dep)
         base_url, ctx = dep.base_url, client_context(spec.tls)
-        report = wait_until_ready(read_lines=launched.read_lines, alive=launched.alive,
-                                  probe=lambda: first_token(base_url, key, spec.served_model_name, context=ctx)[0],
+
+        def probe() -> bool:
+            ok, said = first_token(base_url, key, spec.served_model_name, context=ctx)
+            if said.startswith("HTTP 401"):
+                # this deployment's own server never refuses its key: another one holds the port
+                # (two starts raced for it; vLLM binds before it loads and then waits silently)
+                raise EngineError(f"another server answers on port {port} (it refused this deployment's key)",
+                                  remedy="choose another --port, or `kanoa-local ps` to find it",
+                                  details={"kind": "port-in-use"})
+            return ok
+
+        report = wait_until_ready(read_lines=launched.read_lines, alive=launched.alive, probe=probe,
                                   timeout=timeout, stall=stall if launched.log_readable else timeout + 1,
                                   on_stage=on_stage, exit_info=launched.exit_info)
     except KeyboardInterrupt as exc:

@@ -163,7 +163,8 @@ RULES: list[Rule] = [
        _fixed("the address to publish on is not one of that machine's own (a NAT'd or public address?)",
               "give --host ADDR with an address of that machine (`ip -br addr` there), or --host 0.0.0.0 "
               "for all of them (then firewall it)")),
-    _r("port-in-use", r"address already in use|Errno 98|port is already allocated",
+    # vLLM >= 0.2x says "port N is used by process psutil.Process(...)" when its bind fails
+    _r("port-in-use", r"address already in use|Errno 98|port is already allocated|port \d+ is used by process",
        _fixed("the port is already in use", "choose another --port, or `kanoa-local ps` to find the owner")),
     _r("engine-failed", r"Engine core initialization failed|EngineCore failed to start|RuntimeError: Engine",
        _fixed("the engine failed while starting", "see `kanoa-local logs` for vLLM's own message")),

@@ -257,6 +257,52 @@ def test_two_ups_of_one_name_start_one_server(cpu_venv, tiny_model):
         run_cli("down", "race")
 
 
+def test_a_port_taken_while_starting_moves_up_to_the_next(cpu_venv, tiny_model):
+    """The race of two starts on one port, made real: `up --port P` checks P free, and another
+    server (one that wants its own key, as another user's vLLM would) takes P while the engine
+    loads. Whichever binds first, `up` sees that P is not its own server — its key refused —
+    stops its engine, starts again on the next free port and says so."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Theirs(BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _refuse
+
+        def log_message(self, *args) -> None:  # noqa: D401 - quiet
+            pass
+
+    port = free_port()
+    argv = [sys.executable, "-m", "kanoa_local", "up", "--model-path", str(tiny_model), "--python",
+            str(cpu_venv / "bin" / "python"), "--name", "portrace", "--port", str(port), "--json"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    server = None
+    try:
+        time.sleep(4)                     # `up` has checked the port; its engine is still loading
+        server = HTTPServer(("127.0.0.1", port), Theirs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (out + err)[-2000:]
+        res = UpResult.model_validate_json(out)
+        assert res.deployment.port > port
+        assert any(f"port {port} was taken while starting" in n for n in res.notes), res.notes
+        key = open(res.api_key_file).read().strip()
+        assert http("GET", res.base_url + "/models", api_key=key)[0] == 200
+        assert len(members(res.deployment.place)) >= 1          # one server: the first attempt is gone
+        assert PsReport.model_validate_json(run_cli("ps", "--json").stdout).deployments[0].name == "portrace"
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if proc.poll() is None:
+            proc.kill()
+        run_cli("down", "portrace")
+
+
 def test_orphans_are_listed_removable_and_never_block_up(cpu_venv, tiny_model):
     """A server whose record is lost (a crash between start and save) is found by its
     environment marker: `ps` lists it, and `up` of its name clears it first; `down NAME` of an
