@@ -46,6 +46,8 @@ class SlurmRuntime(Runtime):
                            comment=COMMENT + owner_id())
         cleanup.add(f"Slurm job {job_id}", lambda: sl.cancel(job_id))
         place = SlurmPlace(job_id=job_id, log_file=str(log))
+        if hooks.get("on_placed"):
+            hooks["on_placed"](place)          # on record while the job waits in the queue
         head = self._wait_for_nodes(job_id, timeout=req.timeout)
 
         def alive() -> bool:

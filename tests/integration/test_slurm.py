@@ -140,6 +140,46 @@ def test_up_on_slurm_serves_from_a_node_and_down_cancels(slurm_cluster, cpu_venv
     assert sl.job(dep.place.job_id)["state"] not in sl.ACTIVE
 
 
+def test_a_queued_job_is_on_record_and_a_killed_up_leaves_nothing_unknown(slurm_cluster, cpu_venv, tiny_model):
+    """While the job waits in the queue (both nodes drained), the deployment is already on
+    record: `ps` lists it with its job, not as an orphan. `up` killed there (SIGKILL: no
+    cleanup at all), `down NAME` cancels the job by its record."""
+    import subprocess
+    import sys
+
+    from kanoa_local.backends import slurm_cli as sl
+    from kanoa_local.state import load as load_record
+    from tests.conftest import ROOT, cli_env
+
+    nodes = "nodename=gpu1,gpu2"
+    subprocess.run(["scontrol", "update", nodes, "state=drain", "reason=kanoa-local-test"], check=True,
+                   capture_output=True)
+    up = None
+    try:
+        up = subprocess.Popen([sys.executable, "-m", "kanoa_local", "up", "--target", "slurm", "--model-path",
+                               str(tiny_model), "--python", str(cpu_venv / "bin" / "python"), "--name", "queued",
+                               "--port", str(free_port())], cwd=ROOT, env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        row, deadline = None, time.monotonic() + 90
+        while row is None and time.monotonic() < deadline:
+            ps = PsReport.model_validate_json(run_cli("ps", "--json").stdout)
+            row = next((d for d in ps.deployments if d.name == "queued"), None)
+            time.sleep(1)
+        assert row is not None and row.runtime == "slurm" and not row.orphan, ps
+        job = load_record("queued").place.job_id
+        assert sl.job(job)["state"] == "PENDING" and up.poll() is None
+        up.kill()
+        up.wait(30)
+        assert sl.job(job)["state"] == "PENDING"             # nothing cleaned up: the job waits on
+        down = run_cli("down", "queued", "--json")
+        assert down.returncode == 0 and json.loads(down.stdout)["removed"] == ["queued"], down.stderr
+        wait_for_job(job, timeout=60)
+    finally:
+        if up is not None and up.poll() is None:
+            up.kill()
+        subprocess.run(["scontrol", "update", nodes, "state=resume"], capture_output=True)
+
+
 def test_a_stopped_controller_is_unknown_and_nothing_is_forgotten(slurm_cluster, tmp_path):
     """slurmctld stopped while a job runs: `ps`/`status` say unknown, `down` refuses and keeps
     the record (the job keeps running); once the controller is back, `down` cancels it."""
