@@ -29,8 +29,9 @@ from .process import _started, listens, marked, same_process, terminate
 
 TUNNEL_ENV, OWNER_ENV = "KANOA_LOCAL_TUNNEL", "KANOA_LOCAL_OWNER"
 SSH_ENV = "KANOA_LOCAL_SSH"
-#: how long the SSH connection may take to authenticate and bind the local port
-OPEN_TIMEOUT_S = 45.0
+#: how long the SSH connection may take to authenticate and bind the local port (a busy host or
+#: a slow DNS lookup on its side can take tens of seconds)
+OPEN_TIMEOUT_S = 120.0
 
 
 def ssh_command() -> list[str]:
@@ -95,24 +96,30 @@ def open_tunnel(docker_host: str, remote_port: int, *, name: str, prefer_port: i
         local = _free_local_port(prefer_port or remote_port)
         argv = [*argv0, "-N", "-T", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes",
                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "ControlPath=none",
-                "-o", "LogLevel=ERROR", "-L", _forward(local, remote_port), *destination(docker_host)]
+                "-o", "ConnectTimeout=60", "-L", _forward(local, remote_port), *destination(docker_host)]
         with open(log, "ab") as out:
+            out.write(f"$ {shlex.join(argv)}\n".encode())     # no secret in it: keys stay in ssh's files
+            out.flush()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                                     start_new_session=True, close_fds=True)
         try:
             started = _started(proc.pid)
-            p = same_process(proc.pid, started, _forward(local, remote_port))
+            p = None
             deadline = time.monotonic() + timeout
-            while p is not None and proc.poll() is None and time.monotonic() < deadline:
-                if listens(p, local):
+            while proc.poll() is None and time.monotonic() < deadline:
+                p = p or same_process(proc.pid, started, _forward(local, remote_port))
+                if p is not None and listens(p, local):
                     return SshTunnel(pid=proc.pid, started_at=started, local_port=local, remote_port=remote_port,
                                      docker_host=docker_host, log_file=str(log), machine=this_machine())
                 time.sleep(0.1)
         except BaseException:
             _reap(proc)
             raise
+        waited = proc.poll() is None
         _reap(proc)
-        last = _last_words(log) or f"ssh exited ({proc.returncode})"
+        words = _last_words(log)
+        last = (f"no answer within {timeout:.0f} s" if waited else f"ssh exited ({proc.returncode})") + (
+            f": {words}" if words and not words.startswith("$ ") else "")
         if "forward" not in last.lower() and "address already in use" not in last.lower():
             break                               # not a port taken meanwhile: trying again will not help
         prefer_port = None
