@@ -180,9 +180,9 @@ def find_files(variant: Variant, hf_cache: Path | None = None) -> Path | None:
     if not variant.repo:
         return None
     if hf_cache is None:
-        from .settings import hf_cache_dir
+        from .hub import cache_dir
 
-        hf_cache = hf_cache_dir()
+        hf_cache = cache_dir()
     # The hub cache keeps a repo under models--<org>--<name>: look before importing the hub client.
     if not (hf_cache / ("models--" + variant.repo.replace("/", "--"))).is_dir():
         return None

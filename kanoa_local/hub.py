@@ -11,6 +11,24 @@ from typing import Any
 from .checkpoint import check_weights, indexed_shards
 
 
+def cache_dir() -> Path:
+    """Where Hugging Face weights go on this host: huggingface_hub's own answer ($HF_HUB_CACHE,
+    the older $HUGGINGFACE_HUB_CACHE, $HF_HOME/hub, $XDG_CACHE_HOME), read as the library
+    fixed it when it was imported, so it is the folder its downloads use."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def engine_caches() -> dict[str, str]:
+    """The host directories an engine container mounts: the hub cache (the weights) and
+    vLLM's own cache, by vLLM's rule ($VLLM_CACHE_ROOT, else $XDG_CACHE_HOME/vllm), whose
+    torch.compile cache makes a second start faster."""
+    root = os.environ.get("VLLM_CACHE_ROOT") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "vllm")
+    return {"hf_cache": str(cache_dir()), "vllm_cache": os.path.expanduser(root)}
+
+
 def cached_file(repo: str, name: str, hf_cache: Path) -> Path | None:
     """``name`` of ``repo``'s cached snapshot, or None (no network)."""
     try:
@@ -46,9 +64,7 @@ def download(repo: str, *, offline: bool = False, hf_cache: Path | None = None, 
     import threading
 
     from .errors import ConfigError, EngineError
-    from .settings import hf_cache_dir
-
-    cache = hf_cache or hf_cache_dir()
+    cache = hf_cache or cache_dir()
     patterns = SERVE_PATTERNS + (CODE_PATTERNS if code else [])
     try:
         from huggingface_hub import snapshot_download

@@ -64,25 +64,6 @@ def engines_dir() -> Path:
     return Path(value).expanduser() if value else cache_dir() / "engines"
 
 
-def hf_cache_dir() -> Path:
-    """Where Hugging Face weights go on this host (huggingface_hub's own rules)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
-
-
-def engine_caches() -> dict[str, str]:
-    """The host directories mounted into the engine: the Hugging Face home and vLLM's cache
-    (its torch.compile cache makes the second start faster)."""
-    hub = hf_cache_dir()
-    hf_home = hub.parent if hub.name == "hub" else hub
-    return {"hf_cache": str(hf_home), "vllm_cache": str(hf_home.parent / "vllm")}
-
-
 def hub_offline() -> bool:
     """Whether $HF_HUB_OFFLINE asks for no model hub (the default of every --offline)."""
     return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")

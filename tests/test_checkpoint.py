@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def test_enrich_uses_a_local_checkpoint_and_the_planner_reads_its_weights(tmp_pa
 
 
 def test_bundled_catalog_is_unchanged_without_local_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     cat = load_catalog(user=False)
     enriched, weights = enrich(cat)
     assert weights == {} and enriched.models["qwen3-vl-4b"].arch == cat.models["qwen3-vl-4b"].arch
@@ -169,3 +172,21 @@ def test_online_download_failure_is_one_line(tmp_path):
     with pytest.raises(EngineError) as e:
         download("kanoa-local-tests/no-such-repo-3f9a", hf_cache=tmp_path / "hub")
     assert "\n" not in str(e.value) and e.value.remedy
+
+
+def test_the_hub_cache_is_huggingface_hubs_own_answer(tmp_path):
+    """HF_HOME, the newer HF_HUB_CACHE and the older HUGGINGFACE_HUB_CACHE, as huggingface_hub
+    reads them at import (a fresh interpreter each): where its downloads go is where kanoa-local
+    looks, mounts and measures the disk."""
+    import subprocess
+    import sys
+
+    code = "from kanoa_local.hub import cache_dir, engine_caches; print(cache_dir()); print(engine_caches()['hf_cache'])"
+    cases = [({"HF_HOME": str(tmp_path / "home")}, tmp_path / "home" / "hub"),
+             ({"HF_HOME": str(tmp_path / "home"), "HF_HUB_CACHE": str(tmp_path / "models")}, tmp_path / "models"),
+             ({"HUGGINGFACE_HUB_CACHE": str(tmp_path / "legacy")}, tmp_path / "legacy")]
+    for extra, want in cases:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert out == [str(want), str(want)], extra

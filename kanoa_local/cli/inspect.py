@@ -175,7 +175,7 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
 
         c = result.chosen
         model_dir = str(packaged_models_dir() / c.model_id) if c.variant.package else None
-        from ..settings import engine_caches
+        from ..hub import engine_caches
 
         # the rule `up --runtime auto` uses (a GPU plan without Docker: what up would then say)
         from ..backends.docker_api import daemon_facts

@@ -67,7 +67,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     ``ssl_certfile``/``ssl_keyfile``: the server speaks HTTPS with them (process and Docker)."""
     from ..engine import tls
     from ..probe import probe
-    from ..settings import engine_caches
+    from ..hub import engine_caches
 
     tls_files = tls.check(ssl_certfile, ssl_keyfile)
     if tls_files is not None and (runtime in ("slurm", "k8s") or target in ("slurm", "k8s")):
@@ -331,7 +331,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
 
             hf = caches.get("hf_cache")
             download(c.variant.repo, offline=offline, token=hf_token(), code=bool(c.settings and c.settings.trust_remote_code),
-                     hf_cache=Path(hf) / "hub" if hf else None, on_progress=on_download)
+                     hf_cache=Path(hf) if hf else None, on_progress=on_download)
 
     fetch(candidate)
     attempt, tried, shrunk, port_moves, memory_retries = candidate, set(), False, 0, 0

@@ -22,7 +22,7 @@ from ..images import CPU_REPO
 from ..plan.fit import Candidate, PlanResult
 
 CONTAINER_PORT = 8000
-CONTAINER_HF_CACHE = "/root/.cache/huggingface"
+CONTAINER_HF_CACHE = "/root/.cache/huggingface/hub"   # the hub cache under the image's HF home
 CONTAINER_VLLM_CACHE = "/root/.cache/vllm"
 CONTAINER_MODEL_DIR = "/model"
 LABEL_PREFIX = "io.kanoa-local."
@@ -128,7 +128,7 @@ def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port
 
 
 def launch_spec(c: Candidate, *, deployment: str = "default", port: int = 8000, host: str = "127.0.0.1",
-                runtime: Literal["docker", "process"] = "docker", hf_cache: str = "~/.cache/huggingface",
+                runtime: Literal["docker", "process"] = "docker", hf_cache: str = "~/.cache/huggingface/hub",
                 vllm_cache: str = "~/.cache/vllm", cpu_image: str | None = None,
                 model_dir: str | None = None) -> LaunchSpec:
     """What `up` starts for candidate ``c``. ``model_dir`` is the local directory of the

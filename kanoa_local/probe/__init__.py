@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..hardware import CpuFacts, DockerFacts, HardwareProfile, Note
-from ..settings import hf_cache_dir
+from ..hub import cache_dir as hf_cache_dir
 from . import nvml as _nvml
 from . import system as _system
 

@@ -10,7 +10,7 @@ import argparse
 import json
 from datetime import date
 
-from ..settings import hf_cache_dir
+from ..hub import cache_dir as hf_cache_dir
 from . import nvml, system
 
 
