@@ -172,12 +172,13 @@ def _current(read: Callable, where: str, name: str, namespace: str) -> dict[str,
 
 
 def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None = None,
-          context: str | None = None, gone_timeout: float = 60, owner: str | None = None) -> list[str]:
+          context: str | None = None, gone_timeout: float = 60, owner: str | None = None) -> dict[str, str]:
     """Server-side apply (field manager kanoa-local): first a dry run of every object (the API
     server validates all before anything is stored), then the apply itself. An object of the
     name that kanoa-local did not make is refused; one still being deleted (a `down` under way)
     is waited for, up to ``gone_timeout`` s, then made anew. If an apply fails half-way, what
-    this call created is deleted again. Returns 'Kind/name' of what was applied."""
+    this call created is deleted again. Returns 'Kind/name' -> uid of what was applied (the
+    objects' identity: one deleted and made anew under the name has another)."""
     api = _client(kubeconfig, context)
     existed: dict[str, bool] = {}
     for obj in objs:
@@ -199,16 +200,17 @@ def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None 
                 meta = None
         existed[where] = meta is not None
         _call(patch, where, name, namespace, obj, dry_run="All")
-    done: list[str] = []
+    done: dict[str, str] = {}
     try:
         for obj in objs:
-            patch, _, _ = _ops(api, obj, namespace)
-            where = f"{obj['kind']}/{obj['metadata']['name']}"
+            patch, _, read = _ops(api, obj, namespace)
+            name = obj["metadata"]["name"]
+            where = f"{obj['kind']}/{name}"
             if obj["kind"] == "PersistentVolumeClaim" and existed[where]:
-                done.append(where)         # a bound claim's spec cannot change: keep the weights
+                # a bound claim's spec cannot change: keep the weights
+                done[where] = str((_current(read, where, name, namespace) or {}).get("uid") or "")
                 continue
-            _call(patch, where, obj["metadata"]["name"], namespace, obj)
-            done.append(where)
+            done[where] = str(_metadata(_call(patch, where, name, namespace, obj)).get("uid") or "")
     except BaseException:
         for obj in reversed(objs):         # a failure half-way: what this call created goes again
             where = f"{obj['kind']}/{obj['metadata']['name']}"
@@ -337,14 +339,19 @@ def delete(name: str, *, namespace: str, kubeconfig: str | None = None, context:
 
 
 def state(name: str, *, namespace: str, kubeconfig: str | None = None, context: str | None = None,
-          owner: str | None = None) -> str:
+          owner: str | None = None, uids: dict[str, str] | None = None) -> str:
     """'alive' while a Deployment (or pod) of ``name`` is there and not on its way out, else
-    'dead'. An API server that does not answer raises :class:`ApiUnreachable`."""
+    'dead'; 'replaced' when ``uids`` ('Kind/name' -> uid, what `up` created) names the
+    Deployment and the one there now has another uid: it was deleted and made anew since. An
+    API server that does not answer raises :class:`ApiUnreachable`."""
     client = _kube().client
 
     api = _client(kubeconfig, context)
     sel = selector(name, owner)
     deps = _call(client.AppsV1Api(api).list_namespaced_deployment, "listing", namespace, label_selector=sel).items
+    known = {k: v for k, v in (uids or {}).items() if v}
+    if known and deps and all(known.get(f"Deployment/{d.metadata.name}") not in (None, d.metadata.uid) for d in deps):
+        return "replaced"
     if any(d.metadata.deletion_timestamp is None for d in deps):
         return "alive"
     live = [p for p in pods(name, namespace=namespace, kubeconfig=kubeconfig, context=context, owner=owner) if not p["terminating"]]

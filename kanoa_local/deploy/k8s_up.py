@@ -77,7 +77,7 @@ def up_k8s(c: Candidate, *, name: str | None, port: int = 8000, image: str | Non
         key_file = state.write_api_key(name, key)
         stage("applied " + ", ".join(applied))
         dep = Deployment(name=name, place=K8sPlace(namespace=ns, context=context, kubeconfig=kubeconfig, service=svc,
-                                       owner=owner),
+                                       owner=owner, uids=applied),
                          model_id=c.model_id, served_model_name=c.model_id,
                          host=f"{svc}.{ns}.svc", port=port, device=c.device, plan_hash=manifests_hash(objs),
                          api_key_file=str(key_file), vision=c.vision, max_model_len=c.settings.max_model_len,

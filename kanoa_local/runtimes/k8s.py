@@ -29,9 +29,12 @@ class K8sRuntime(Runtime):
         place = dep.place
         assert isinstance(place, K8sPlace)
         try:
-            st = k8s.state(dep.name, **_where(place))
+            st = k8s.state(dep.name, uids=place.uids, **_where(place))
         except (EngineError, ConfigError) as exc:
             return Liveness(state="unknown", reason=f"the Kubernetes API server did not answer ({exc.message})")
+        if st == "replaced":
+            return Liveness(state="dead", reason=f"the Deployment {dep.name} in {place.namespace} was deleted and "
+                                                 "made anew since this record (another uid)")
         return ALIVE if st == "alive" else Liveness(state="dead", reason=f"no Deployment {dep.name} in {place.namespace}")
 
     def stop(self, name: str, place: Any) -> None:

@@ -7,6 +7,7 @@ the rendered manifests pass the API server's own dry run and are created; fake G
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -54,6 +55,11 @@ def test_two_gpu_plan_is_scheduled_and_down_deletes_it(cluster):
 
     pods = k8s.pods("two", namespace="default", kubeconfig=cluster["KUBECONFIG"])
     assert [p["node"] for p in pods] == ["gpu-two"]          # the only node with 2 GPUs
+    from kubernetes import client, config
+
+    apps = client.AppsV1Api(config.new_client_from_config(config_file=cluster["KUBECONFIG"]))
+    live = apps.read_namespaced_deployment("kanoa-two", "default").metadata.uid
+    assert dep.place.uids["Deployment/kanoa-two"] == live     # the record knows the object, not only its name
     ps = json.loads(run_cli("ps", "--json", env=cluster).stdout)
     assert [(d["name"], d["runtime"], d["state"]) for d in ps["deployments"]] == [("two", "k8s", "running")]
     down = run_cli("down", "two", "--json", env=cluster)
@@ -113,6 +119,37 @@ def test_the_api_server_refuses_what_kanoa_local_catches_first(cluster, tmp_path
         assert server_says in api_err.value.body
         with pytest.raises(UsageError, match=ours):
             check_objects(objs)
+
+
+def test_a_deployment_made_anew_under_the_name_is_not_the_records(cluster):
+    """The Deployment `up` created is deleted and another one made in its place, with the same
+    name and labels (by hand, or a helm release): the record's own object is gone, so `ps` says
+    dead with the reason, not running; `down` then clears what carries the name's labels."""
+    from kubernetes import client, config
+
+    r = run_cli("up", "llama-3.1-8b", "--gpu", "h100", "--target", "k8s", "--name", "anew", "--no-wait", "--json",
+                env=cluster, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    apps = client.AppsV1Api(config.new_client_from_config(config_file=cluster["KUBECONFIG"]))
+    try:
+        old = apps.read_namespaced_deployment("kanoa-anew", "default")
+        apps.delete_namespaced_deployment("kanoa-anew", "default", propagation_policy="Orphan")
+        for _ in range(60):
+            if not apps.list_namespaced_deployment("default", field_selector="metadata.name=kanoa-anew").items:
+                break
+            time.sleep(0.5)
+        body = client.V1Deployment(metadata=client.V1ObjectMeta(name="kanoa-anew", labels=old.metadata.labels),
+                                   spec=old.spec)
+        made = apps.create_namespaced_deployment("default", body)
+        assert made.metadata.uid != old.metadata.uid
+        ps = json.loads(run_cli("ps", "--json", env=cluster).stdout)
+        row = next(d for d in ps["deployments"] if d["name"] == "anew")
+        assert row["state"] == "dead" and "made anew" in row["reason"], row
+    finally:
+        down = run_cli("down", "anew", "--json", env=cluster)
+    assert down.returncode == 0, down.stderr
+    left = apps.list_namespaced_deployment("default", label_selector="io.kanoa-local/deployment=anew").items
+    assert all(d.metadata.deletion_timestamp for d in left)   # on its way out (no kubelet to stop its pods)
 
 
 def test_another_users_deployment_of_the_same_name_is_never_touched(cluster):
