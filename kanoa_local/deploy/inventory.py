@@ -78,10 +78,11 @@ def _known_names(pool: Pool) -> list[str]:
     return sorted({d.name for d in deps} | set(broken) | {f.name for _, f in found})
 
 
-def _down_one(name: str, pool: Pool) -> bool:
+def _down_one(name: str, pool: Pool) -> tuple[bool, set[str]]:
     """Stop and remove everything of ``name`` (its record's place and whatever else runs under
-    the name), then forget it; False when there was nothing. A place that does not answer
-    raises :class:`Unreachable` after every other one was tried, and the record stays."""
+    the name), then forget it; False when there was nothing, with the names that were seen
+    (for the "there are" of the error). A place that does not answer raises
+    :class:`Unreachable` after every other one was tried, and the record stays."""
     rec: Deployment | None = None
     broken = False
     try:
@@ -99,14 +100,17 @@ def _down_one(name: str, pool: Pool) -> bool:
         if silent:
             raise Unreachable(f"the damaged record of {name} names {', '.join(silent)}, which did not answer",
                               remedy=f"the record is kept: run `kanoa-local down {name}` again once it answers")
+    elif rec is not None:
+        found, _ = discover(pool, records, docker_hosts=rec.place.hosts if isinstance(rec.place, DockerPlace) else None)
     else:
-        found, _ = discover(pool, records, docker_hosts=rec.place.hosts if rec and isinstance(rec.place, DockerPlace)
-                            else None)
+        # no record of the name: an orphan may run wherever the other records run
+        found, _ = discover(pool, state.list_all()[0])
     targets = [(rec.runtime, rec.place)] if rec is not None else []
     targets += [(k, f.place) for k, f in found if f.name == name
                 and not (rec is not None and same_place(rec.place, f.place))]
     if not targets and rec is None and not broken and not state.key_path(name).exists():
-        return False
+        deps, unreadable = state.list_all()
+        return False, {d.name for d in deps} | set(unreadable) | {f.name for _, f in found}
     failed: list[str] = []
     for kind, place in targets:
         try:
@@ -117,7 +121,7 @@ def _down_one(name: str, pool: Pool) -> bool:
         raise Unreachable("; ".join(failed), remedy=f"the record of {name} is kept: run `kanoa-local down {name}` "
                                                      "again once it answers")
     state.remove(name)
-    return True
+    return True, set()
 
 
 def down(name: str | None = None, *, all_: bool = False) -> DownResult:
@@ -145,12 +149,13 @@ def down(name: str | None = None, *, all_: bool = False) -> DownResult:
                         rec = state.find(n)
                     except KanoaError:
                         rec = None
-                    if _down_one(n, pool):
+                    gone, seen = _down_one(n, pool)
+                    if gone:
                         removed.append(n)
                         if rec is not None:
                             served.add(rec.served_model_name)
                     elif not all_:
-                        others = [x for x in _known_names(pool) if x != n]
+                        others = sorted(seen - {n})
                         raise DeploymentNotFound(f"no deployment named {n!r}" + (
                             f"; there are: {', '.join(others)}" if others else ""),
                             remedy="`kanoa-local ps` lists them")
