@@ -24,7 +24,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TEST_LABEL = "io.kanoa-local.test-session"
 SESSION_ID = uuid.uuid4().hex[:8]
 DEV_CACHE = Path(os.environ.get("KANOA_DEV_CACHE") or Path(os.environ.get("XDG_CACHE_HOME")
                  or Path.home() / ".cache") / "kanoa-local-dev")
@@ -71,6 +70,60 @@ def kanoa_pricing_file():
         yield path
     finally:
         kanoa.pricing.USER_CONFIG_PATH = old
+
+
+#: one file per test session that runs now: its pid and start time, and its temp root
+SESSIONS = DEV_CACHE / "sessions"
+
+
+def sweep_dead_sessions(sessions: Path = SESSIONS) -> list[str]:
+    """What an earlier test session that was killed (SIGKILL, a lost CI runner) left running:
+    for every session file whose process is gone, `kanoa-local down --all` in every kanoa-local
+    home under its temp root — the product's own discovery by owner finds the engines, records
+    or not. A session whose homes did not all answer keeps its file for the next sweep. The
+    names of the homes swept."""
+    import json
+
+    import psutil
+
+    swept = []
+    for f in sorted(sessions.glob("*.json")):
+        try:
+            info = json.loads(f.read_text())
+            if psutil.Process(info["pid"]).create_time() == info["started"]:
+                continue                   # that session still runs
+        except psutil.Error:
+            pass
+        except (OSError, ValueError, KeyError, TypeError):
+            f.unlink(missing_ok=True)
+            continue
+        base = Path(info["basetemp"])
+        homes = sorted({d.parent for d in base.rglob("state") if d.is_dir() and any(d.iterdir())}) if base.is_dir() else []
+        ok = True
+        for home in homes:
+            r = subprocess.run([sys.executable, "-m", "kanoa_local", "down", "--all"], capture_output=True, text=True,
+                               env=cli_env({"KANOA_LOCAL_HOME": str(home)}), timeout=300, cwd=ROOT)
+            ok = ok and r.returncode == 0
+            swept.append(str(home))
+        if ok:
+            f.unlink(missing_ok=True)
+    return swept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_session_file(tmp_path_factory):
+    """This session on file while it runs, after a sweep of what dead sessions left."""
+    import json
+
+    import psutil
+
+    SESSIONS.mkdir(parents=True, exist_ok=True)
+    sweep_dead_sessions()
+    me = SESSIONS / f"{SESSION_ID}.json"
+    me.write_text(json.dumps({"pid": os.getpid(), "started": psutil.Process().create_time(),
+                              "basetemp": str(tmp_path_factory.getbasetemp())}))
+    yield me
+    me.unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)
@@ -124,8 +177,6 @@ def docker_client():
             _unavailable(f"no Docker Engine: {r.stderr.strip()[-300:]}")
         c = docker.from_env(timeout=10)
     yield c
-    for ctr in c.containers.list(all=True, filters={"label": f"{TEST_LABEL}={SESSION_ID}"}):
-        ctr.remove(force=True)
     c.close()
 
 

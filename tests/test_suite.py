@@ -46,3 +46,47 @@ def test_the_declared_floors_are_the_tested_minimums():
             name, version = line.split("==")
             pins[name.strip().lower().replace("_", "-")] = version.strip()
     assert pins == floors
+
+
+def test_a_killed_sessions_engines_are_swept_by_the_next(tmp_path):
+    """A session killed with SIGKILL leaves its file and what it started; the next session's
+    sweep stops it through `kanoa-local down --all` in that session's homes. The leftover here
+    is a real process carrying a deployment's markers for one of those homes."""
+    import json
+    import os
+    import signal
+    import psutil
+
+    from tests.conftest import cli_env, sweep_dead_sessions
+
+    home = tmp_path / "base" / "test_x0" / "kanoa-home"
+    (home / "state").mkdir(parents=True)
+    (home / "state" / "leak.key").write_text("kl-x")
+    env = cli_env({"KANOA_LOCAL_HOME": str(home)})
+    owner = subprocess.run([sys.executable, "-c", "from kanoa_local.state import owner_id; print(owner_id())"],
+                           env=env, capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+    # not a child of this process (as an engine of a dead session is not): nobody here reaps it
+    pid = int(subprocess.run(["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True,
+                             check=True, env={**env, "KANOA_LOCAL_OWNER": owner, "KANOA_LOCAL_LAUNCH": "l" * 32,
+                                              "KANOA_LOCAL_DEPLOYMENT": "leak"}).stdout)
+    leftover = psutil.Process(pid)
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    (sessions / "dead.json").write_text(json.dumps({"pid": dead.pid, "started": psutil.Process(dead.pid).create_time(),
+                                                    "basetemp": str(tmp_path / "base")}))
+    (sessions / "alive.json").write_text(json.dumps({"pid": os.getpid(), "started": psutil.Process().create_time(),
+                                                     "basetemp": str(tmp_path / "base")}))
+    try:
+        assert sweep_dead_sessions(sessions) == []          # its session still runs: left alone
+        assert leftover.is_running()
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.wait()
+        (sessions / "alive.json").unlink()
+        assert sweep_dead_sessions(sessions) == [str(home)]
+        assert not leftover.is_running() or leftover.status() == psutil.STATUS_ZOMBIE
+        assert not (sessions / "dead.json").exists()
+    finally:
+        if leftover.is_running():
+            leftover.kill()
+        dead.kill()
