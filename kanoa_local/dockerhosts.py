@@ -7,6 +7,8 @@ import os
 import shutil
 from urllib.parse import urlsplit
 
+from .errors import cause_chain
+
 #: this machine's daemon when a record names none (the Engine's default socket)
 LOCAL_SOCKET = "unix:///var/run/docker.sock"
 
@@ -46,17 +48,9 @@ def host_address(host: str) -> str:
     return urlsplit(host).hostname or host
 
 
-def _cause_chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return seen
-
-
 def classify_unreachable(exc: BaseException) -> tuple[str, str]:
     """Why a daemon did not answer (permission, not installed, not running) and the remedy."""
-    chain = _cause_chain(exc)
+    chain = cause_chain(exc)
     text = " ".join(str(e) for e in chain)
     if any(isinstance(e, PermissionError) for e in chain) or "Permission denied" in text:
         return "permission-denied", (

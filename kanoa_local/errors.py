@@ -114,6 +114,18 @@ _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY", "OPENAI_API
 _KEY_SHAPES = re.compile(r"\b(?:kl-[A-Za-z0-9_-]{40,}|hf_[A-Za-z0-9]{30,})")
 
 
+def cause_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first: ``__cause__``, else ``__context__``, else a
+    ``.reason`` that is itself an exception (urllib keeps the socket or TLS error there)."""
+    seen: list[BaseException] = []
+    cur: object = exc
+    while isinstance(cur, BaseException) and cur not in seen:
+        seen.append(cur)
+        reason = getattr(cur, "reason", None)
+        cur = cur.__cause__ or cur.__context__ or (reason if isinstance(reason, BaseException) else None)
+    return seen
+
+
 def redact(text: str, secrets: list[str] | None = None) -> str:
     """Replace every known secret by ``***``: the HF token and API keys in the environment,
     the given ``secrets``, and anything shaped like a kanoa-local key or an HF token."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, cause_chain
 from ..hardware import Model
 
 #: where a container finds them (beside the guard's folder)
@@ -75,11 +75,4 @@ def client_context(files: TlsFiles | None) -> ssl.SSLContext | None:
 
 def verify_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate error inside a client error (urllib wraps it), if that is what it is."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        seen = getattr(seen, "reason", None) or getattr(seen, "__cause__", None) or getattr(seen, "__context__", None)
-        if not isinstance(seen, BaseException):
-            return None
-    return None
+    return next((e for e in cause_chain(exc) if isinstance(e, ssl.SSLCertVerificationError)), None)
