@@ -2,8 +2,10 @@
 
 After every successful start `up` records, in kanoa-local's state dir (``runs/``), the figures
 vLLM printed (weights, available KV cache, KV tokens) with the plan's model, precision, GPU,
-image and context. A later plan of the same model, precision, GPU and vLLM release labels its
-figures *measured* and shows what the engine said; `models` marks the model "verified on
+image, context and the settings that decide vLLM's profiling. A later plan of the same model,
+precision, GPU and vLLM release labels its figures *measured* and shows what the engine said;
+with the same parallelism, sequences, images and graphs it also plans from what the engine
+took from its budget instead of the estimate (:func:`kanoa_local.plan.gpu` ``measured``); `models` marks the model "verified on
 <GPU>". Records are small JSON files, one per (model, precision, GPU, release), the newest
 wins; a damaged one is skipped, never fatal. The planner stays pure: records are loaded here
 and handed to it.
@@ -35,6 +37,14 @@ class RunRecord(Model):
     weights_gib: float | None = None
     kv_avail_gib: float | None = None
     kv_tokens: int | None = None
+    # the settings that decide what vLLM's profiling takes from the budget (None: a record from
+    # before they were kept, which labels a plan but does not correct it)
+    gpu_memory_utilization: float | None = None
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    max_num_seqs: int | None = None
+    limit_images: int | None = None
+    enforce_eager: bool | None = None
     recorded_at: float
 
     @property
@@ -57,7 +67,10 @@ def record(cand: Any, figures: Any) -> Path | None:
     rec = RunRecord(model_id=cand.model_id, precision=cand.variant.precision, device=cand.device,
                     gpu=cand.gpu_name or "CPU engine", vllm_version=s.vllm_version, image=s.image,
                     max_model_len=s.max_model_len, weights_gib=figures.weights_gib or figures.checkpoint_gib,
-                    kv_avail_gib=figures.kv_avail_gib, kv_tokens=figures.kv_tokens, recorded_at=time.time())
+                    kv_avail_gib=figures.kv_avail_gib, kv_tokens=figures.kv_tokens,
+                    gpu_memory_utilization=s.gpu_memory_utilization, tensor_parallel_size=s.tensor_parallel_size,
+                    pipeline_parallel_size=s.pipeline_parallel_size, max_num_seqs=s.max_num_seqs,
+                    limit_images=s.limit_images, enforce_eager=s.enforce_eager, recorded_at=time.time())
     name = hashlib.sha256(repr(rec.key).encode()).hexdigest()[:16] + ".json"
     path = runs_dir() / name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,3 +47,34 @@ def test_the_cli_shows_it_and_damaged_records_are_skipped():
 def test_nothing_reported_means_no_record():
     c = plan(load_preset("l4"), CAT, PlanRequest(model="llama-3.1-8b")).chosen
     assert runs.record(c, StartupFigures()) is None and runs.load_all() == []
+
+
+def test_a_run_of_the_same_configuration_corrects_the_next_plan():
+    """What vLLM's own profile left for the KV cache replaces the estimate when the next plan is
+    the configuration that ran (same GPU, release, parallelism, sequences, images): here the
+    engine left 2 GiB less than planned, so the next plan has that much less KV cache and a
+    shorter longest context; another --max-num-seqs is another profile and is not corrected."""
+    from kanoa_local.hardware import GIB
+
+    prof = load_preset("l4")
+    c = plan(prof, CAT, PlanRequest(model="llama-3.1-8b")).chosen
+    seen = c.memory.kv_bytes / GIB - 2
+    runs.record(c, StartupFigures(weights_gib=8.49, kv_avail_gib=seen, kv_tokens=int(seen * GIB / 131072)))
+    def same(result):
+        return next(x for x in result.candidates if x.label == c.label and x.settings)
+
+    again = same(plan(prof, CAT, PlanRequest(model="llama-3.1-8b"), runs=runs.load_all()))
+    assert abs(again.memory.kv_bytes / GIB - seen) < 0.01
+    assert any(t.name == "measured" and abs(t.bytes / GIB - 2) < 0.01 for t in again.memory.terms)
+    assert again.memory.largest_context < c.memory.largest_context
+    other = same(plan(prof, CAT, PlanRequest(model="llama-3.1-8b", max_num_seqs=8), runs=runs.load_all()))
+    assert not any(t.name == "measured" for t in other.memory.terms)
+    # an engine that left almost nothing: that configuration no longer fits as asked, not even
+    # without the CUDA graphs the engine had captured
+    runs.record(c, StartupFigures(kv_avail_gib=0.05, kv_tokens=400))
+    asked = PlanRequest(model="llama-3.1-8b", precision=c.variant.precision, max_model_len=32768,
+                        kv_cache_dtype=c.settings.kv_cache_dtype, gpu_memory_utilization=c.settings.gpu_memory_utilization)
+    assert plan(prof, CAT, asked).chosen is not None
+    tight = plan(prof, CAT, asked, runs=runs.load_all())
+    mine = [x for x in tight.candidates if x.label == c.label]
+    assert mine and all(x.fits == "no" for x in mine), [(x.label, x.fits) for x in mine]

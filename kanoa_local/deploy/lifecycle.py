@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .. import state
 from ..engine.ready import ReadyReport, StageEvent
@@ -39,6 +39,7 @@ class UpResult(BaseModel):
     notes: list[str] = []
     base_url: str
     api_key_file: str
+    started: Candidate | None = Field(None, exclude=True, description="the plan that started, after any retry")
 
 
 def start(model: str | None = None, *, model_path: str | None = None, name: str | None = None,
@@ -143,12 +144,8 @@ def _record_run(cand: Candidate, result: UpResult) -> None:
         return
     from .. import runs
 
-    planned = result.deployment.max_model_len
-    c, s = cand, cand.settings
-    if s is not None and planned and planned != s.max_model_len:   # a retry changed it
-        c = cand.model_copy(update={"settings": s.model_copy(update={"max_model_len": planned})})
     try:
-        runs.record(c, result.ready.figures)
+        runs.record(result.started or cand, result.ready.figures)   # what ran, after any retry
     except Exception as exc:  # noqa: BLE001 - the server runs: a record is never worth failing `up`
         result.notes.append(f"the engine's figures were not recorded: {getattr(exc, 'message', exc)}")
 
@@ -352,7 +349,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
             rt.close()
         if report is not None and report.outcome == "ready":
             assert dep is not None
-            return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url,
+            return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url, started=attempt,
                             api_key_file=dep.api_key_file)
         d = report.diagnosis if report is not None else None
         if (d is None or d.kind == "port-in-use") and probe_ports and port_moves < PORT_RETRIES:

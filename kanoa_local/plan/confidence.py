@@ -39,3 +39,18 @@ def label(c: Candidate, runs: list[Any]) -> None:
     weights_from_files = c.memory is not None and c.memory.weights is not None \
         and c.memory.weights.source == "checkpoint"
     c.confidence = {"weights": "calibrated" if weights_from_files else tier, "kv_cache": tier}
+
+
+def measured_run(runs: list[Any], model_id: str, precision: str, gpu: str, vllm: str | None, *, tp: int, pp: int,
+                 max_num_seqs: int | None, limit_images: int | None) -> Any | None:
+    """The newest run record whose engine profiled exactly this configuration (model,
+    precision, GPU, release, parallelism, sequences, images) and said its KV cache: what vLLM
+    took from its budget there is then known, not estimated. Records without those settings
+    (older ones) never match."""
+    for r in runs:
+        if ((r.model_id, r.precision, r.gpu, r.vllm_version) == (model_id, precision, gpu, vllm)
+                and r.kv_avail_gib and r.gpu_memory_utilization
+                and (r.tensor_parallel_size, r.pipeline_parallel_size, r.max_num_seqs, r.limit_images)
+                == (tp, pp, max_num_seqs, limit_images)):
+            return r
+    return None

@@ -73,7 +73,8 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
     ``checkpoints`` maps (model id, variant source) to weights read from real checkpoint files
     (see :mod:`kanoa_local.checkpoint`); everything else is estimated from the catalog.
     ``runs`` are what the engine reported after earlier starts (:mod:`kanoa_local.runs`): the
-    figures of a matching plan are then labelled measured.
+    figures of a matching plan are then labelled measured, and a plan of the very configuration
+    an engine profiled takes what it measured instead of the estimate.
     """
     req = request or PlanRequest()
     checkpoints = checkpoints or {}
@@ -121,7 +122,8 @@ def plan(profile: HardwareProfile, catalog: Catalog, request: PlanRequest | None
                     for kv_fp8 in ((False, True) if req.kv_cache_dtype != "fp8" else (True,)):
                         if kv_fp8 and req.kv_cache_dtype == "auto":
                             continue
-                        model_cands.append(_gpu_candidate(entry, variant, group, tp, kv_fp8, profile, req, ck, pp=pp))
+                        model_cands.append(_gpu_candidate(entry, variant, group, tp, kv_fp8, profile, req, ck,
+                                                                    pp=pp, runs=runs))
         for c in model_cands:
             label_confidence(c, runs or [])
             c.rank = _rank(c, entry, req)

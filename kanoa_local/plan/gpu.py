@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-
+from typing import Any
 
 from ..catalog import ModelEntry, Variant, version_tuple
 from ..hardware import GIB, Gpu, HardwareProfile
 from ..images import GPU_IMAGES, ImageLine
 from . import memory as mem
+from .confidence import measured_run
 from .memory import KvCapacity, Term, Weights
 from .parallel import p2p_likely
 from .models import (CPU_CONTEXT, DEFAULT_GMU, GOOD_CONTEXT, MIN_CONTEXT, MIN_GMU, Candidate, Device, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
@@ -104,7 +105,7 @@ def _stage_arch(arch, pp: int):
 
 def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: int, kv_fp8: bool,
                    profile: HardwareProfile, req: PlanRequest, checkpoint: Weights | None,
-                   pp: int = 1) -> Candidate:
+                   pp: int = 1, runs: list[Any] | None = None) -> Candidate:
     full_arch = entry.arch
     assert full_arch is not None
     arch = _stage_arch(full_arch, pp)      # per GPU: its stage's layers, its share of the heads
@@ -207,6 +208,16 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
             return cand
     budget = int(gmu * visible)
     fixed = w.total + act.bytes + non_torch.bytes + (graphs.bytes if graphs_inside else 0)
+    rec = measured_run(runs or [], entry.id, variant.precision, name, image.vllm, tp=tp, pp=pp,
+                       max_num_seqs=req.max_num_seqs or entry.max_num_seqs, limit_images=images if entry.vision else None)
+    correction = None
+    if rec is not None:
+        # what vLLM took from its budget there, against this estimate at those settings
+        then = fixed - (graphs.bytes if graphs_inside and rec.enforce_eager else 0)
+        delta = int(rec.gpu_memory_utilization * visible) - int(rec.kv_avail_gib * GIB) - then
+        fixed += delta
+        correction = Term(name="measured", bytes=delta, note=f"vLLM's own profile here left {rec.kv_avail_gib:.2f} GiB "
+                          f"of KV cache at {rec.gpu_memory_utilization:g}: the estimate corrected by this")
     kv_bytes = budget - fixed
     lo, goal = _useful_context(entry, req, "gpu")
     block = mem.GPU_BLOCK_SIZE
@@ -232,7 +243,8 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         eager = True
         warnings.append(f"CUDA graphs off (--enforce-eager): vLLM {image.vllm} would capture {_gib(graphs.bytes)} "
                         f"of them beside the {gmu:g} share, more than {g0.name} has left: decoding is slower")
-    terms = [Term(name="weights", bytes=w.total, note=_weights_note(w, variant, dtype, tp * pp)), act, non_torch]
+    terms = [Term(name="weights", bytes=w.total, note=_weights_note(w, variant, dtype, tp * pp)), act, non_torch,
+             *([correction] if correction else [])]
     if graphs_inside and not eager:
         terms.append(graphs)
     breakdown = MemoryBreakdown(device="gpu", per_device_total=total, per_device_free=free,
