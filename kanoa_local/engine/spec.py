@@ -17,6 +17,7 @@ from pydantic import Field
 
 from . import guard
 from .tls import TlsFiles
+from ..catalog import version_tuple
 from ..hardware import Model
 from ..images import CPU_REPO
 from ..plan.fit import Candidate, PlanResult
@@ -111,7 +112,10 @@ def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port
     if s.pipeline_parallel_size > 1:
         args += ["--pipeline-parallel-size", str(s.pipeline_parallel_size)]
     if s.limit_images is not None:
-        args += ["--limit-mm-per-prompt", json.dumps({"image": s.limit_images}, separators=(",", ":"))]
+        # JSON from 0.8; before, vLLM parsed KEY=VALUE pairs (nullable_kvs) and refused JSON
+        old = s.vllm_version is not None and version_tuple(s.vllm_version) < (0, 8)
+        args += ["--limit-mm-per-prompt", f"image={s.limit_images}" if old
+                 else json.dumps({"image": s.limit_images}, separators=(",", ":"))]
     if s.max_num_seqs:
         args += ["--max-num-seqs", str(s.max_num_seqs)]
     if s.trust_remote_code:

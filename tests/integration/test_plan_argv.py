@@ -1,8 +1,8 @@
 """Every command a plan prints is one vLLM accepts: the argv of every fitting plan of the matrix
 on every GPU profile (recorded, constructed and named ones), parsed by the engine's own parser
 (`make_arg_parser` + `EngineArgs.from_cli_args`) from the CPU engine's venv — for the plans
-whose image is that release or newer. Plans on older images (v0.8.5, v0.10.2, v0.19.1) are not
-parsed here: their argument lists would come from those releases' own wheels."""
+whose image is that release or newer. Plans on older images are checked against those
+releases' own wheels in test_old_release_args.py."""
 
 from __future__ import annotations
 
