@@ -64,7 +64,10 @@ QUANTISED = {"fp8", "int8", "awq", "gptq", "w4a16", "nvfp4", "bnb-4bit", "gguf"}
 PLUGIN_SINCE: dict[str, tuple[str, str]] = {"bnb-4bit": ("vllm-bnb-plugin", "0.28.0"),
                                             "gguf": ("vllm-gguf-plugin", "0.24.0")}
 #: Compute capability floors that were higher in older releases: (precision, before version, cc).
-OLDER_MIN_CC: list[tuple[str, str, int]] = [("fp8", "0.20.0", 80)]
+#: W4A16 (compressed-tensors WNA16 through Marlin) needs Ampere before 0.14.0, which brought
+#: Marlin to Turing (vLLM PR 29901; read in the wheels: `query_marlin_supported_quant_types`
+#: refuses capability < 80 in 0.13.0 and < 75 from 0.14.0, and the WNA16 scheme asks 80 up to 0.10.2).
+OLDER_MIN_CC: list[tuple[str, str, int]] = [("fp8", "0.20.0", 80), ("w4a16", "0.14.0", 80)]
 
 
 def version_tuple(v: str) -> tuple[int, ...]:

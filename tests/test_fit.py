@@ -196,3 +196,20 @@ def test_gated_belongs_to_the_variants_repository():
     # an explicit flag on the variant wins
     v = entry.variants[1].model_copy(update={"gated": True})
     assert entry.variant_gated(v)
+
+
+def test_w4a16_on_turing_needs_the_release_that_brought_marlin_there():
+    """vLLM PR 29901 (first in 0.14.0) runs compressed-tensors W4A16 through Marlin on Turing;
+    before, the scheme asks for Ampere. A T4 whose R570 driver stops at the v0.10.2 image does
+    not get W4A16 (AWQ instead, which that release runs on Turing); with a newer driver it does."""
+    t4 = load_preset("t4")
+    assert t4.cuda_driver_version == 12080
+    r = plan(t4, load_catalog(user=False), PlanRequest(model="llama-3.1-8b", precision="w4a16"))
+    w = [c for c in r.candidates if c.variant.precision == "w4a16"]
+    assert w and all(c.fits == "no" for c in w)
+    assert "v0.19.1" in w[0].reasons[0] and r.chosen is not None and r.chosen.variant.precision != "w4a16"
+    newer = t4.model_copy(update={"cuda_driver_version": 13000})
+    ok = plan(newer, load_catalog(user=False), PlanRequest(model="llama-3.1-8b", precision="w4a16")).chosen
+    assert ok is not None and ok.variant.precision == "w4a16" and ok.settings.vllm_version != "0.10.2"
+    pinned = plan(newer, load_catalog(user=False), PlanRequest(model="llama-3.1-8b", precision="w4a16", vllm_version="0.10.2"))
+    assert all(c.fits == "no" for c in pinned.candidates if c.variant.precision == "w4a16")

@@ -62,7 +62,8 @@ def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc
         return None, (f"the driver supports CUDA {profile.cuda_driver_text}; the oldest vLLM image "
                       f"that serves it ({newest.tag}) needs CUDA {newest.cuda_text} "
                       f"(driver {newest.min_driver} or newer)")
-    window = " to ".join(x for x in (entry.vllm_min, entry.vllm_max) if x)
+    lo, hi = entry.vllm_min, entry.vllm_max
+    window = f"{lo} to {hi}" if lo and hi else f"{lo} or newer" if lo else f"{hi} or older" if hi else ""
     return None, ("no vLLM image kanoa-local knows serves it on this GPU"
                   + (f" (it needs vLLM {window})" if window else "") + ("; " + why[-1] if why else ""))
 
