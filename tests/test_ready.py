@@ -73,8 +73,21 @@ def test_next_attempt_shrinks_context_once_then_falls_back_a_plan():
     too_long = Diagnosis(kind="max-model-len-too-large", cause="", remedy="", retry_max_model_len=9000)
     nxt, note = next_attempt(too_long, first, smaller, shrunk=False)
     assert nxt.variant.key == first.variant.key and nxt.settings.max_model_len == 8960 and "8960" in note
-    nxt2, note2 = next_attempt(too_long, nxt, smaller, shrunk=True)      # shrunk already: a plan down
+    # vLLM's figure did not hold: a release that fits the context itself is asked to
+    auto, note_auto = next_attempt(too_long, nxt, smaller, shrunk=True)
+    assert auto.variant.key == first.variant.key and auto.settings.auto_context and "--max-model-len auto" in note_auto
+    from kanoa_local.engine.spec import vllm_args
+
+    argv = vllm_args(auto, model_ref="m", served_name="x", host="127.0.0.1", port=8000)
+    assert argv[argv.index("--max-model-len") + 1] == "auto"
+    nxt2, note2 = next_attempt(too_long, auto, smaller, shrunk=True)     # that too: a plan down
     assert nxt2 is smaller[0] and "fell back" in note2
+    # an image before 0.14 has no auto-fit: straight to the plan down
+    old = nxt.model_copy(update={"settings": nxt.settings.model_copy(update={"vllm_version": "0.10.2"})})
+    assert next_attempt(too_long, old, smaller, shrunk=True)[0] is smaller[0]
+    # no figure from vLLM at all: auto first
+    bare = too_long.model_copy(update={"retry_max_model_len": None})
+    assert next_attempt(bare, first, smaller, shrunk=False)[0].settings.auto_context
     oom = Diagnosis(kind="cuda-oom", cause="", remedy="")
     assert next_attempt(oom, first, [], shrunk=False) == (None, "")
     other = Diagnosis(kind="gated-no-token", cause="", remedy="")

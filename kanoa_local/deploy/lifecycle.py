@@ -348,7 +348,14 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
         finally:
             rt.close()
         if report is not None and report.outcome == "ready":
-            assert dep is not None
+            assert dep is not None and attempt.settings is not None
+            got = report.figures.max_model_len
+            if attempt.settings.auto_context and got and got != dep.max_model_len:
+                # vLLM fitted the context itself: the record and the hand-off carry its figure
+                notes.append(f"vLLM fitted the context to {got:,} tokens (kanoa-local had planned {dep.max_model_len:,})")
+                dep = dep.model_copy(update={"max_model_len": got})
+                state.save(dep)
+                attempt = attempt.model_copy(update={"settings": attempt.settings.model_copy(update={"max_model_len": got})})
             return UpResult(deployment=dep, ready=report, notes=notes, base_url=dep.base_url, started=attempt,
                             api_key_file=dep.api_key_file)
         d = report.diagnosis if report is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..catalog import version_tuple
 from ..plan.fit import Candidate
 
 #: Failures that a smaller plan (less context, fewer bytes per weight) can get past.
@@ -11,6 +12,10 @@ MIN_RETRY_CONTEXT = 1024
 
 #: the GPU memory share below which a retry is not worth it (the plan no longer holds)
 MIN_RETRY_GMU = 0.3
+#: the first release that fits the context to its KV cache itself (--max-model-len auto / -1:
+#: `_auto_fit_max_model_len` in vllm/v1/core/kv_cache_utils.py, vLLM PR 29431; not in 0.13.0).
+#: Not on the CPU engine, where it gives 512 tokens.
+AUTO_CONTEXT_SINCE = (0, 14)
 
 
 def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: bool,
@@ -19,7 +24,8 @@ def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: b
     the diagnosis kinds already retried): the context vLLM says fits; the GPU memory share the
     free memory allows; tensor parallel without GPU peer-to-peer (NCCL_P2P_DISABLE=1); else the
     next plan down for a memory failure; else nothing. Pure; returns (candidate, what to tell
-    the user)."""
+    the user). Where vLLM gave no figure, or its figure did not hold, a release that can fit the
+    context itself is asked to (--max-model-len auto) before a smaller plan."""
     s = attempt.settings
     assert s is not None
     gmu = d.retry_gpu_memory_utilization
@@ -38,6 +44,12 @@ def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: b
         new_len = fits // 256 * 256 or fits
         return (attempt.model_copy(update={"settings": s.model_copy(update={"max_model_len": new_len})}),
                 f"vLLM said {fits:,} tokens fit, not {s.max_model_len:,}: retried with --max-model-len {new_len}")
+    if (d.kind == "max-model-len-too-large" and attempt.device == "gpu" and not s.auto_context
+            and s.vllm_version and version_tuple(s.vllm_version) >= AUTO_CONTEXT_SINCE):
+        # vLLM gave no figure, or its figure did not hold: let it fit the context itself
+        return (attempt.model_copy(update={"settings": s.model_copy(update={"auto_context": True})}),
+                f"the KV cache does not hold {s.max_model_len:,} tokens: retried with --max-model-len auto "
+                f"(vLLM {s.vllm_version} fits the context to its KV cache; kanoa-local expected {s.max_model_len:,})")
     if d.kind in MEMORY_FAILURES and fallbacks:
         f = fallbacks[0]
         assert f.settings is not None

@@ -95,7 +95,7 @@ def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port
     s = c.settings
     assert s is not None, "only a fitting candidate can be launched"
     args = ["--model", model_ref, "--served-model-name", served_name, "--host", host, "--port", str(port)]
-    args += ["--max-model-len", str(s.max_model_len)]
+    args += ["--max-model-len", "auto" if s.auto_context else str(s.max_model_len)]
     if s.dtype and (c.device == "cpu" or s.dtype != "bfloat16"):
         args += ["--dtype", s.dtype]
     if s.quantization:

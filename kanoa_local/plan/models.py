@@ -64,6 +64,9 @@ class Settings(Model):
     quantization: str | None = None
     kv_cache_dtype: str = "auto"
     max_model_len: int = 0
+    auto_context: bool = Field(False, description="--max-model-len auto (vLLM >= 0.14 fits the context to its KV "
+                                                  "cache): a retry's safety net; max_model_len is then what "
+                                                  "kanoa-local expects")
     gpu_memory_utilization: float | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = Field(1, description="= nodes: vLLM's rule is TP = GPUs per node, PP = nodes")
