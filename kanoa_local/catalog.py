@@ -97,6 +97,8 @@ class Arch(Model):
     experts: int | None = Field(None, gt=0)
     experts_per_token: int | None = Field(None, gt=0)
     vision_params_b: float = Field(0.0, ge=0, description="vision encoder + projector, billions")
+    encoder_kv_tokens: int = Field(0, ge=0, description="KV slots an image takes in the cross-attention "
+                                   "layers of an encoder-decoder model, per request (Mllama: 4 tiles × 1601)")
     source: str = Field("models.toml", description="where these numbers were read")
 
     @model_validator(mode="after")

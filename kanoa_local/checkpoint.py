@@ -241,8 +241,9 @@ def enrich(catalog: Catalog, hf_cache: Path | None = None) -> tuple[Catalog, dic
                 weights[(key, v.source)] = w
             # The unquantised checkpoint's config is the model's architecture.
             if a is not None and (arch is None or arch.source != "config.json" or not v.is_quantised):
-                if arch is not None and not a.vision_params_b:
-                    a = a.model_copy(update={"vision_params_b": arch.vision_params_b})
+                if arch is not None:     # what config.json does not say, the catalog keeps
+                    a = a.model_copy(update={"vision_params_b": a.vision_params_b or arch.vision_params_b,
+                                             "encoder_kv_tokens": a.encoder_kv_tokens or arch.encoder_kv_tokens})
                 arch = a
             variants.append(v.model_copy(update={"cached": bool(v.repo)}))
         models[key] = entry.model_copy(update={"arch": arch, "variants": variants})

@@ -62,3 +62,17 @@ def test_max_len_search_is_the_largest_that_fits():
     fits = mem.kv_capacity(TINY, GIB // 64, n, kv_dtype_bytes=2, block_size=16).concurrency
     too_long = mem.kv_capacity(TINY, GIB // 64, n + 256, kv_dtype_bytes=2, block_size=16).concurrency
     assert fits >= 4 > too_long
+
+
+def test_an_mllama_request_also_holds_its_images_cross_attention_slots():
+    """Llama 3.2 Vision on v0.10.2 (the V0 engine): every one of the 40 layers' caches is sized
+    alike, and a request takes its max_model_len plus the 6,404 cross-attention slots of its
+    image (4 tiles × 1,601) from the same pool."""
+    from kanoa_local.catalog import load_catalog
+    from kanoa_local.plan import memory as mem
+
+    arch = load_catalog(user=False).models["llama-3.2-11b-vision"].arch
+    assert arch.layers == 40 and arch.encoder_kv_tokens == 6404
+    plain = arch.model_copy(update={"encoder_kv_tokens": 0})
+    one = mem.kv_request_bytes(arch, 8192, kv_dtype_bytes=2, block_size=16)
+    assert one - mem.kv_request_bytes(plain, 8192, kv_dtype_bytes=2, block_size=16) == 6416 * 40 * 2 * 8 * 128 * 2

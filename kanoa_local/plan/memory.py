@@ -163,7 +163,8 @@ def kv_capacity(arch: Arch, kv_bytes: int, max_model_len: int, *, kv_dtype_bytes
     page = block_size * kv_bytes_per_token_layer(arch, kv_dtype_bytes, tp)
     tensors, g_full, g_sliding = kv_groups(arch)
     num_blocks = max(int(kv_bytes // page // tensors), 0)
-    per_req = g_full * math.ceil(max_model_len / block_size)
+    # an encoder-decoder model's image also fills blocks of the same pool (its cross-attention KV)
+    per_req = g_full * (math.ceil(max_model_len / block_size) + math.ceil(arch.encoder_kv_tokens / block_size))
     if g_sliding:
         window = min(arch.sliding_window - 1 + in_flight_tokens, max_model_len)  # type: ignore[operator]
         per_req += g_sliding * (math.ceil(window / block_size) + 1)
