@@ -6,9 +6,8 @@ published checkpoints for each precision. A user adds models, or variants of a b
 given with ``--models FILE``; those are merged over the bundled entries, key by key, variants
 appended (a variant with the same precision and source replaces the bundled one).
 
-Every file is validated on load. A broken one raises :class:`ConfigError` naming the file, the
-key and what is wrong: ``models.toml: models.qwen3-vl-4b.arch.layers: Input should be a valid
-integer`` → one line in the CLI. Loading is I/O (files); everything else here is pure.
+Every file is validated on load; a broken one raises :class:`ConfigError` naming the file, the
+key and what is wrong, one line in the CLI. Loading is I/O (files); everything else is pure.
 """
 
 from __future__ import annotations
@@ -64,9 +63,7 @@ QUANTISED = {"fp8", "int8", "awq", "gptq", "w4a16", "nvfp4", "bnb-4bit", "gguf"}
 PLUGIN_SINCE: dict[str, tuple[str, str]] = {"bnb-4bit": ("vllm-bnb-plugin", "0.28.0"),
                                             "gguf": ("vllm-gguf-plugin", "0.24.0")}
 #: Compute capability floors that were higher in older releases: (precision, before version, cc).
-#: W4A16 (compressed-tensors WNA16 through Marlin) needs Ampere before 0.14.0, which brought
-#: Marlin to Turing (vLLM PR 29901; read in the wheels: `query_marlin_supported_quant_types`
-#: refuses capability < 80 in 0.13.0 and < 75 from 0.14.0, and the WNA16 scheme asks 80 up to 0.10.2).
+#: W4A16 needs Ampere before 0.14.0 brought Marlin to Turing (PR 29901; read in the wheels).
 OLDER_MIN_CC: list[tuple[str, str, int]] = [("fp8", "0.20.0", 80), ("w4a16", "0.14.0", 80)]
 
 
@@ -97,8 +94,7 @@ class Arch(Model):
     experts: int | None = Field(None, gt=0)
     experts_per_token: int | None = Field(None, gt=0)
     vision_params_b: float = Field(0.0, ge=0, description="vision encoder + projector, billions")
-    encoder_kv_tokens: int = Field(0, ge=0, description="KV slots an image takes in the cross-attention "
-                                   "layers of an encoder-decoder model, per request (Mllama: 4 tiles × 1601)")
+    encoder_kv_tokens: int = Field(0, ge=0, description="per request, its image's cross-attention KV slots")
     source: str = Field("models.toml", description="where these numbers were read")
 
     @model_validator(mode="after")

@@ -166,3 +166,25 @@ def test_the_estimator_benchmark_runs_the_shipped_planner():
     assert "rows planned:" in r.stdout and "'fits' where vLLM failed: plan()" in r.stdout
     src = (ROOT / "benchmarks" / "estimator.py").read_text()
     assert "plan(profile, catalog, req)" in src and "mem.activation_bytes" not in src
+
+
+def test_a_context_within_the_estimates_error_of_the_edge_is_not_promised():
+    """The longest context a plan names is one the exact question then accepts; a longer one
+    that the estimate says would still just fit (less than 10 % of KV cache to spare) is refused
+    with that reason: the KV estimate is off by up to ~20 % on the calibration set, and vLLM
+    refuses a start that falls short."""
+    from kanoa_local.plan import memory as mem
+    from kanoa_local.plan.models import KV_MARGIN
+
+    prof = load_preset("l4")
+    base = dict(model="llama-3.1-8b", precision="bf16", kv_cache_dtype="auto", gpu_memory_utilization=0.9)
+    c = plan(prof, CAT, PlanRequest(**base, max_model_len=4096)).chosen
+    largest = c.memory.largest_context
+    assert plan(prof, CAT, PlanRequest(**base, max_model_len=largest)).chosen is not None
+    arch = CAT.models["llama-3.1-8b"].arch
+    edge = mem.max_len_for(arch, c.memory.kv_bytes, 1.0, kv_dtype_bytes=2, tp=1, block_size=16,
+                           in_flight_tokens=2 * 2048, ceiling=arch.max_context)
+    assert edge > largest * 1.05
+    r = plan(prof, CAT, PlanRequest(**base, max_model_len=edge - 256))
+    asked = next(x for x in r.candidates if x.label == c.label)
+    assert asked.fits == "no" and f"{KV_MARGIN - 1:.0%} to spare" in asked.reasons[0], asked.reasons

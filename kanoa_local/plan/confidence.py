@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..hardware import GIB
+from .memory import Term
 from .models import Candidate
 
 #: (family, vLLM line) the calibration set covers with rows the estimate met within 5 % (the
@@ -54,3 +56,13 @@ def measured_run(runs: list[Any], model_id: str, precision: str, gpu: str, vllm:
                 == (tp, pp, max_num_seqs, limit_images)):
             return r
     return None
+
+
+def measured_term(rec: Any | None, estimated: int, visible: int) -> Term | None:
+    """What the engine took from its budget in the run ``rec`` beyond ``estimated`` (the
+    estimate of weights and overheads at that run's settings), as a term of the plan."""
+    if rec is None:
+        return None
+    delta = int(rec.gpu_memory_utilization * visible) - int(rec.kv_avail_gib * GIB) - estimated
+    return Term(name="measured", bytes=delta, note=f"vLLM's own profile here left {rec.kv_avail_gib:.2f} GiB of "
+                f"KV cache at {rec.gpu_memory_utilization:g}: the estimate corrected by this")

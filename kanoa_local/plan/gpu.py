@@ -9,10 +9,10 @@ from ..catalog import ModelEntry, Variant, version_tuple
 from ..hardware import GIB, Gpu, HardwareProfile
 from ..images import GPU_IMAGES, ImageLine
 from . import memory as mem
-from .confidence import measured_run
+from .confidence import measured_run, measured_term
 from .memory import KvCapacity, Term, Weights
 from .parallel import p2p_likely
-from .models import (CPU_CONTEXT, DEFAULT_GMU, GOOD_CONTEXT, MIN_CONTEXT, MIN_GMU, Candidate, Device, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
+from .models import (CPU_CONTEXT, DEFAULT_GMU, GOOD_CONTEXT, KV_MARGIN, MIN_CONTEXT, MIN_GMU, Candidate, Device, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
 
 
 def gpu_groups(profile: HardwareProfile) -> list[list[Gpu]]:
@@ -211,14 +211,9 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     fixed = w.total + act.bytes + non_torch.bytes + (graphs.bytes if graphs_inside else 0)
     rec = measured_run(runs or [], entry.id, variant.precision, name, image.vllm, tp=tp, pp=pp,
                        max_num_seqs=req.max_num_seqs or entry.max_num_seqs, limit_images=images if entry.vision else None)
-    correction = None
-    if rec is not None:
-        # what vLLM took from its budget there, against this estimate at those settings
-        then = fixed - (graphs.bytes if graphs_inside and rec.enforce_eager else 0)
-        delta = int(rec.gpu_memory_utilization * visible) - int(rec.kv_avail_gib * GIB) - then
-        fixed += delta
-        correction = Term(name="measured", bytes=delta, note=f"vLLM's own profile here left {rec.kv_avail_gib:.2f} GiB "
-                          f"of KV cache at {rec.gpu_memory_utilization:g}: the estimate corrected by this")
+    correction = measured_term(rec, fixed - (graphs.bytes if graphs_inside and rec and rec.enforce_eager else 0),
+                               visible)
+    fixed += correction.bytes if correction else 0
     kv_bytes = budget - fixed
     lo, goal = _useful_context(entry, req, "gpu")
     block = mem.GPU_BLOCK_SIZE
@@ -263,12 +258,12 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     def best_len(conc: float, top: int = ceiling) -> int:
         return mem.max_len_for(arch, kv_bytes, conc, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
                                block_size=block, in_flight_tokens=in_flight, ceiling=top)
-    breakdown.largest_context = best_len(1.0, arch.max_context)
+    breakdown.largest_context = best_len(KV_MARGIN, arch.max_context)
     if req.max_model_len is not None:
         return _exact_len(cand, arch, entry, req, kv_bytes, fixed, kv_dtype_bytes, tp, pp, block, in_flight,
                           image, dtype, dtype_note, variant, w, gmu, gpus, images)
     good_len = best_len(req.concurrency)
-    one_len = best_len(1.0)
+    one_len = best_len(KV_MARGIN)
     if one_len < lo:
         reasons.append(f"after {_gib(fixed)} of weights and overheads, {_gib(kv_bytes)} of KV cache "
                        f"holds {_tokens(one_len)} tokens; at least {_tokens(lo)} are needed")
@@ -303,10 +298,12 @@ def _exact_len(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_by
     need = mem.kv_request_bytes(arch, n, kv_dtype_bytes=kv_dtype_bytes, tp=tp, block_size=block,
                                 in_flight_tokens=in_flight)
     cand.memory.headroom_bytes = kv_bytes - need
-    if need > kv_bytes:
-        cand.reasons.append(f"one request of {_tokens(n)} tokens needs {_gib(need)} of KV cache and "
-                            f"{_gib(max(kv_bytes, 0))} is left after {_gib(fixed)} of weights and overheads"
-                            + (f": the longest context that fits is {_tokens(largest)}" if largest else ""))
+    if need * KV_MARGIN > kv_bytes:
+        edge = (f"one request of {_tokens(n)} tokens needs {_gib(need)} of KV cache and {_gib(max(kv_bytes, 0))} "
+                f"is left after {_gib(fixed)} of weights and overheads")
+        if need <= kv_bytes:     # inside the estimate's error: vLLM may well refuse it
+            edge += f", less than the {KV_MARGIN - 1:.0%} to spare a plan keeps (the estimate can be off by that)"
+        cand.reasons.append(edge + (f": the longest context that fits is {_tokens(largest)}" if largest else ""))
         cand.needs, cand.needs_bytes = _needs(fixed, n, arch, kv_dtype_bytes, tp, gmu_default=gmu, pp=pp)
         return cand
     cap = mem.kv_capacity(arch, kv_bytes, n, kv_dtype_bytes=kv_dtype_bytes, tp=tp, block_size=block,

@@ -17,6 +17,10 @@ DEFAULT_GMU = 0.92             # vLLM >= 0.20 default; never planned above it
 MIN_GMU = 0.30
 GOOD_CONTEXT = 8192            # what kanoa prompts (figure + data summary + answer) want
 MIN_CONTEXT = 2048             # below this an interpretation does not fit in the window
+#: a GPU plan keeps this much KV cache beyond one request of max_model_len: vLLM refuses a start
+#: that falls short, and the KV estimate is off by up to ~20 % on the calibration set
+#: (benchmarks/estimator.py): a plan within 10 % of the edge is not promised
+KV_MARGIN = 1.10
 TARGET_CONCURRENCY = 4         # a few requests at full length at once; 1 is "tight"
 CPU_CONTEXT = 4096             # the CPU engine is slow; long windows only cost RAM
 CPU_MAX_KV_GIB = 4
