@@ -63,7 +63,8 @@ def ask(row: dict, how: dict, catalog) -> dict:
     req = PlanRequest(model=how["model"], precision=how["precision"], max_model_len=row.get("max_model_len"),
                       gpu_memory_utilization=gmu, tensor_parallel_size=tp, vllm_version=version,
                       max_num_seqs=row.get("max_num_seqs"), kv_cache_dtype=kv,
-                      limit_mm_per_prompt=mm if isinstance(mm, int) else None)
+                      limit_mm_per_prompt=mm if isinstance(mm, int) else None,
+                      trust_remote_code=True)      # a row that needed it ran with it (vLLM refuses otherwise)
     result = plan(profile, catalog, req)
     mine = [c for c in result.candidates if c.variant.precision == how["precision"]]
     c = next((x for x in mine if x.fits != "no"), mine[0] if mine else result.candidates[0])

@@ -77,8 +77,7 @@ def version_tuple(v: str) -> tuple[int, ...]:
 
 
 class Arch(Model):
-    """The numbers of the language model that decide memory. Counts are for the whole model
-    (before tensor parallelism). Sliding-window layers keep only ``sliding_window`` tokens."""
+    """The language model's numbers that decide memory, for the whole model (before TP)."""
 
     layers: int = Field(gt=0)
     heads: int = Field(gt=0)
@@ -95,6 +94,7 @@ class Arch(Model):
     experts_per_token: int | None = Field(None, gt=0)
     vision_params_b: float = Field(0.0, ge=0, description="vision encoder + projector, billions")
     encoder_kv_tokens: int = Field(0, ge=0, description="per request, its image's cross-attention KV slots")
+    mla_kv_dim: int | None = Field(None, gt=0, description="MLA: kv_lora_rank + qk_rope_head_dim per token and layer")
     source: str = Field("models.toml", description="where these numbers were read")
 
     @model_validator(mode="after")

@@ -163,12 +163,14 @@ def arch_from_config(cfg: dict[str, Any], vision_params_b: float = 0.0) -> Arch:
     if not sliding or not window or window >= max_ctx:
         sliding, window = 0, None
     experts = pick("num_local_experts", "num_experts", "n_routed_experts")
+    lora = pick("kv_lora_rank")           # MLA: the latent a token keeps, not K and V per head
     return Arch(
         layers=layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, hidden=hidden,
         intermediate=pick("moe_intermediate_size", "intermediate_size", "ffn_dim"),
         vocab=vocab, max_context=max_ctx, sliding_window=window, sliding_layers=sliding,
         tie_embeddings=bool(pick("tie_word_embeddings", default=cfg.get("tie_word_embeddings", False))),
         experts=experts, experts_per_token=pick("num_experts_per_tok", "moe_topk"),
+        mla_kv_dim=int(lora) + int(pick("qk_rope_head_dim", default=0)) if lora else None,
         vision_params_b=vision_params_b, source="config.json")
 
 

@@ -76,3 +76,20 @@ def test_an_mllama_request_also_holds_its_images_cross_attention_slots():
     plain = arch.model_copy(update={"encoder_kv_tokens": 0})
     one = mem.kv_request_bytes(arch, 8192, kv_dtype_bytes=2, block_size=16)
     assert one - mem.kv_request_bytes(plain, 8192, kv_dtype_bytes=2, block_size=16) == 6416 * 40 * 2 * 8 * 128 * 2
+
+
+def test_mla_keeps_one_latent_per_token_and_layer_on_every_rank():
+    """DeepSeek-V2-Lite's config.json (MLA: kv_lora_rank 512, qk_rope_head_dim 64): vLLM 0.19
+    logged 43.61 GiB = 1,505,552 tokens, i.e. 31,104 B a token = 27 × 576 × 2; the latent is not
+    split by tensor parallelism (Kimi-VL-A3B at TP 2 keeps the same per rank)."""
+    from kanoa_local.checkpoint import arch_from_config
+    from kanoa_local.plan import memory as mem
+
+    cfg = {"num_hidden_layers": 27, "num_attention_heads": 16, "num_key_value_heads": 16, "hidden_size": 2048,
+           "moe_intermediate_size": 1408, "vocab_size": 102400, "max_position_embeddings": 163840,
+           "n_routed_experts": 64, "num_experts_per_tok": 6, "kv_lora_rank": 512, "qk_rope_head_dim": 64}
+    arch = arch_from_config(cfg)
+    assert arch.mla_kv_dim == 576
+    for tp in (1, 2):
+        assert mem.kv_bytes_per_token(arch, 2, tp) == 31104
+    assert round(43.61 * 2**30 / mem.kv_bytes_per_token(arch, 2)) == pytest.approx(1505552, rel=0.001)

@@ -120,7 +120,11 @@ def kv_heads_per_rank(arch: Arch, tp: int) -> int:
 
 
 def kv_bytes_per_token_layer(arch: Arch, kv_dtype_bytes: int, tp: int = 1) -> int:
-    """K and V of one token in one layer on one device: 2 × KV heads × head dim × bytes."""
+    """K and V of one token in one layer on one device: 2 × KV heads × head dim × bytes; with
+    MLA (DeepSeek, Kimi) the compressed latent, the same on every rank (vLLM logs 31,104 B a
+    token for DeepSeek-V2-Lite's 27 × (512 + 64) × 2 at TP 1, and per rank at TP 2)."""
+    if arch.mla_kv_dim:
+        return arch.mla_kv_dim * kv_dtype_bytes
     return 2 * kv_heads_per_rank(arch, tp) * arch.head_dim * kv_dtype_bytes
 
 
