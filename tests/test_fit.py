@@ -213,3 +213,23 @@ def test_w4a16_on_turing_needs_the_release_that_brought_marlin_there():
     assert ok is not None and ok.variant.precision == "w4a16" and ok.settings.vllm_version != "0.10.2"
     pinned = plan(newer, load_catalog(user=False), PlanRequest(model="llama-3.1-8b", precision="w4a16", vllm_version="0.10.2"))
     assert all(c.fits == "no" for c in pinned.candidates if c.variant.precision == "w4a16")
+
+
+def test_the_most_capable_model_that_fits_with_a_useful_context_is_chosen():
+    """Eight H100s are not given a 12B (or a verified 7B at 4k): the largest vision model that
+    fits with 8k for four requests at once is chosen; how far a model is tested decides only
+    between models of one size. The "why not" of the others says what they lost on."""
+    from kanoa_local.plan.fit import why_lost
+
+    cat = load_catalog(user=False)
+    big = plan(what_if(load_preset("h100"), gpus=8), cat, PlanRequest())
+    c = big.chosen
+    assert c.fits == "good" and c.settings.max_model_len >= 8192
+    good = [x for x in big.candidates if x.fits == "good" and x.vision]
+    assert cat.models[c.model_id].params_b == max(cat.models[x.model_id].params_b for x in good)
+    smaller = next(x for x in big.candidates if x.fits == "good" and x.vision
+                   and cat.models[x.model_id].params_b < cat.models[c.model_id].params_b)
+    assert why_lost(smaller, c) == "smaller model"
+    one = plan(load_preset("h100"), cat, PlanRequest()).chosen
+    assert cat.models[one.model_id].params_b > cat.models["gemma-3-12b"].params_b
+    assert plan(load_preset("l4"), cat, PlanRequest(vision=True)).chosen.settings.max_model_len >= 8192

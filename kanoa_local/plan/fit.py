@@ -38,8 +38,10 @@ def _rank(c: Candidate, entry: ModelEntry, req: PlanRequest) -> list[float]:
     want_precision = 0 if (req.precision and c.variant.precision == req.precision and c.fits != "no") else 1
     prefer_vision = 0 if (req.vision is None and entry.vision) or req.vision is not None else 1
     s = c.settings
-    return [want_precision, fit, float(entry.fallback), STATUS_RANK[entry.status], prefer_vision,
-            -entry.params_b, PRECISION_RANK.get(c.variant.precision, 9),
+    # the most capable model that fits with a useful context; how far it is tested decides
+    # between models of one size
+    return [want_precision, fit, float(entry.fallback), prefer_vision, -entry.params_b,
+            STATUS_RANK[entry.status], PRECISION_RANK.get(c.variant.precision, 9),
             float(s.tensor_parallel_size * s.pipeline_parallel_size) if s else 99.0,
             1.0 if s and s.kv_cache_dtype == "fp8" else 0.0,
             -(s.max_model_len if s else 0)]
@@ -216,17 +218,16 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
              "add a smaller model to models.toml") + "; `kanoa-local models` lists them all")
 
 
-_LOST = ["not the precision asked for", "fits only tightly", "demo-grade fallback",
-         "less proven (status)", "text-only", "smaller model", "lower precision",
-         "needs more GPUs", "needs an FP8 KV cache", "shorter context"]
+#: why a candidate ranks lower, by the first key of :func:`_rank` that differs
+_LOST = ["not the precision asked for", "fits only tightly", "demo-grade fallback", "text-only",
+         "smaller model", "less proven (status)", "lower precision", "needs more GPUs",
+         "needs an FP8 KV cache", "shorter context"]
 
 
 def why_lost(c: Candidate, chosen: Candidate) -> str:
     """One phrase: why ``c`` ranks below ``chosen`` (the first rank key that differs)."""
     for i, (a, b) in enumerate(zip(c.rank, chosen.rank)):
         if a != b:
-            if i == 5 and a < b:
-                return "larger but less proven"
             return _LOST[i] if i < len(_LOST) else "ranked lower"
     return "equal"
 
