@@ -233,3 +233,24 @@ def test_the_most_capable_model_that_fits_with_a_useful_context_is_chosen():
     one = plan(load_preset("h100"), cat, PlanRequest()).chosen
     assert cat.models[one.model_id].params_b > cat.models["gemma-3-12b"].params_b
     assert plan(load_preset("l4"), cat, PlanRequest(vision=True)).chosen.settings.max_model_len >= 8192
+
+
+def test_consumer_blackwell_gets_only_the_releases_with_its_kernels():
+    """sm_120 is not "10.0 or newer" for vLLM's NVFP4 and FP8 paths (read in the wheels, see
+    kanoa_local/plan/kernels.py): NVFP4 MoE on the v0.19.1 image is refused with the reason,
+    on the newest image it is planned; dense NVFP4 needs 0.12; sm_121 (DGX Spark) has FP8 and
+    NVFP4 kernels only from 0.20; a data-centre Blackwell (10.0) is not held back."""
+    from kanoa_local.plan.kernels import refusal
+
+    cat = load_catalog(user=False)
+    pro = load_preset("rtx-pro-6000")
+    assert pro.gpus[0].cc_value == 120
+    old = plan(pro, cat, PlanRequest(model="llama-4-scout", precision="nvfp4", vllm_version="0.19.1"))
+    nv = [c for c in old.candidates if c.variant.precision == "nvfp4"]
+    assert nv and all(c.fits == "no" for c in nv) and "NVFP4 MoE on sm_120" in nv[0].reasons[0]
+    new = plan(pro, cat, PlanRequest(model="llama-4-scout", precision="nvfp4")).chosen
+    assert new is not None and new.variant.precision == "nvfp4" and new.settings.vllm_version >= "0.20"
+    assert refusal("nvfp4", False, 120, "0.10.2") and not refusal("nvfp4", False, 120, "0.19.1")
+    assert refusal("fp8", False, 121, "0.19.1") and not refusal("fp8", False, 120, "0.19.1")
+    assert refusal("fp8", True, 120, "0.15.0") and not refusal("fp8", True, 120, "0.15.1")
+    assert not refusal("nvfp4", True, 100, "0.10.2") and not refusal("awq", True, 120, "0.10.2")

@@ -8,7 +8,7 @@ from typing import Any
 from ..catalog import ModelEntry, Variant, version_tuple
 from ..hardware import GIB, Gpu, HardwareProfile
 from ..images import GPU_IMAGES, ImageLine
-from . import memory as mem
+from . import kernels, memory as mem
 from .confidence import measured_run, measured_term
 from .memory import KvCapacity, Term, Weights
 from .parallel import p2p_likely
@@ -38,7 +38,7 @@ def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc
         at_or_after = [ln.vllm for ln in GPU_IMAGES if version_tuple(ln.vllm) >= version_tuple(pin)]
         release = at_or_after[-1] if at_or_after else GPU_IMAGES[0].vllm
         lines = [ln for ln in GPU_IMAGES if ln.vllm == release]
-    why = []
+    why, moe = [], bool(entry.arch and entry.arch.experts)
     for line in lines:
         if profile.cuda_driver_version < line.cuda:
             why.append(f"{line.tag} needs CUDA {line.cuda_text}")
@@ -54,9 +54,12 @@ def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc
         if cc < variant.min_cc_on(line.vllm):
             why.append(f"{variant.label} needs compute capability {variant.min_cc_on(line.vllm) / 10:.1f} in vLLM {line.vllm}")
             continue
+        if refused := kernels.refusal(variant.precision, moe, cc, line.vllm):
+            why.append(f"{refused} (this GPU: sm_{cc})")
+            continue
         return line, ""
-    supported = [ln for ln in GPU_IMAGES if entry.supports_vllm(ln.vllm, variant)
-                 and variant.in_tree(ln.vllm) and cc >= max(ln.min_cc, variant.min_cc_on(ln.vllm))]
+    supported = [ln for ln in GPU_IMAGES if entry.supports_vllm(ln.vllm, variant) and variant.in_tree(ln.vllm)
+                 and cc >= max(ln.min_cc, variant.min_cc_on(ln.vllm)) and not kernels.refusal(variant.precision, moe, cc, ln.vllm)]
     if supported and all(profile.cuda_driver_version < ln.cuda for ln in supported):
         newest = supported[-1]
         return None, (f"the driver supports CUDA {profile.cuda_driver_text}; the oldest vLLM image "
@@ -65,7 +68,7 @@ def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc
     lo, hi = entry.vllm_min, entry.vllm_max
     window = f"{lo} to {hi}" if lo and hi else f"{lo} or newer" if lo else f"{hi} or older" if hi else ""
     return None, ("no vLLM image kanoa-local knows serves it on this GPU"
-                  + (f" (it needs vLLM {window})" if window else "") + ("; " + why[-1] if why else ""))
+                  + (f": {why[-1]}" if why else f" (it needs vLLM {window})" if window else ""))
 
 
 def _dtype_for(entry: ModelEntry, cc: int) -> tuple[str, str]:
