@@ -85,7 +85,7 @@ def run_raw(runtime: str, model: Path, image: str, venv: Path) -> float:
         t0 = time.monotonic()
         # the same mounts `up` gives the container (HF cache, vLLM's compile cache, the model)
         sys.path.insert(0, str(ROOT))
-        from kanoa_local.settings import engine_caches
+        from kanoa_local.hub import engine_caches
 
         caches = engine_caches()
         subprocess.run(["docker", "run", "-d", "--name", cname, "-p", f"127.0.0.1:{port}:8000", "--shm-size", "2g",

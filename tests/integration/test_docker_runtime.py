@@ -154,7 +154,7 @@ def test_the_guard_extends_an_images_own_python_path(docker_client, cpu_image, t
         cat = load_catalog(user=False)
         cat = cat.model_copy(update={"models": {**cat.models, entry.id: entry}})
         c = plan(load_preset("no-driver"), cat, PlanRequest(model=entry.id, offline=True)).chosen
-        from kanoa_local.settings import engine_caches
+        from kanoa_local.hub import engine_caches
 
         spec = launch_spec(c, deployment=names("pp"), port=free_port(), runtime="docker", model_dir=str(tiny_model),
                            **engine_caches())
