@@ -90,7 +90,7 @@ def run_raw(runtime: str, model: Path, image: str, venv: Path) -> float:
         caches = engine_caches()
         subprocess.run(["docker", "run", "-d", "--name", cname, "-p", f"127.0.0.1:{port}:8000", "--shm-size", "2g",
                         "-e", "VLLM_CPU_KVCACHE_SPACE=1", "-e", "HF_HUB_OFFLINE=1", "-e", f"VLLM_API_KEY={key}",
-                        "-v", f"{caches['hf_cache']}:/root/.cache/huggingface",
+                        "-v", f"{caches['hf_cache']}:/root/.cache/huggingface/hub",
                         "-v", f"{caches['vllm_cache']}:/root/.cache/vllm",
                         "-v", f"{model}:/model:ro", image, *raw_argv("/model", name, 8000)],
                        check=True, capture_output=True)
