@@ -20,30 +20,22 @@ from __future__ import annotations
 
 from ..catalog import version_tuple
 
-#: (precision, MoE or not (None: both), compute capabilities, first release, release it broke again
-#: (None: still works), why) — a release inside [first, broke) has the kernels
-WINDOWS: list[tuple[str, bool | None, tuple[int, ...], str, str | None, str]] = [
-    ("nvfp4", False, (120, 121), "0.12.0", None, "its sm_120 NVFP4 GEMM is dispatched from vLLM 0.12.0"),
-    ("nvfp4", True, (120, 121), "0.20.0", None,
+#: (precision, MoE or not (None: both), compute capabilities, first release without the kernels,
+#: first release with them again, why): a release inside [from, until) cannot run it there
+GAPS: list[tuple[str, bool | None, tuple[int, ...], str, str, str]] = [
+    ("nvfp4", False, (120, 121), "0.0.0", "0.12.0", "its sm_120 NVFP4 GEMM is dispatched from vLLM 0.12.0"),
+    ("nvfp4", True, (120, 121), "0.0.0", "0.20.0",
      "NVFP4 MoE on sm_120 works reliably from vLLM 0.20.0 (FlashInfer's CUTLASS MoE, the default since "
      "0.15.1, fails before the SM12x fixes)"),
-    ("fp8", True, (120, 121), "0.0.0", "0.14.0", ""),
-    ("fp8", True, (120, 121), "0.15.1", None, "FP8 MoE on sm_120 fails in vLLM 0.14.0-0.15.0 (no sm_120 CUTLASS MoE kernel)"),
-    ("nvfp4", None, (121,), "0.20.0", None, "vLLM builds its NVFP4 kernels for sm_121 from 0.20.0"),
-    ("fp8", None, (121,), "0.20.0", None, "vLLM builds its FP8 CUTLASS kernels for sm_121 from 0.20.0"),
+    ("fp8", True, (120, 121), "0.14.0", "0.15.1", "FP8 MoE on sm_120 fails in vLLM 0.14.0-0.15.0 (no sm_120 CUTLASS MoE kernel)"),
+    ("nvfp4", None, (121,), "0.0.0", "0.20.0", "vLLM builds its NVFP4 kernels for sm_121 from 0.20.0"),
+    ("fp8", None, (121,), "0.0.0", "0.20.0", "vLLM builds its FP8 CUTLASS kernels for sm_121 from 0.20.0"),
 ]
 
 
 def refusal(precision: str, moe: bool, cc: int, vllm: str) -> str | None:
     """Why release ``vllm`` has no working kernels for ``precision`` on compute capability
     ``cc`` (x10), or None."""
-    rows = [w for w in WINDOWS if w[0] == precision and cc in w[2] and w[1] in (None, moe)]
     v = version_tuple(vllm)
-    # rows of one (precision, kind, GPUs) are alternatives: any window that holds will do
-    kinds: dict[tuple[bool | None, tuple[int, ...]], list[tuple[str, str | None, str]]] = {}
-    for _, m, ccs, lo, hi, why in rows:
-        kinds.setdefault((m, ccs), []).append((lo, hi, why))
-    for windows in kinds.values():
-        if not any(version_tuple(lo) <= v and (hi is None or v < version_tuple(hi)) for lo, hi, _ in windows):
-            return next((why for lo, hi, why in windows if why), "no kernels in this release")
-    return None
+    return next((why for p, m, ccs, since, until, why in GAPS if p == precision and cc in ccs and m in (None, moe)
+                 and version_tuple(since) <= v < version_tuple(until)), None)
