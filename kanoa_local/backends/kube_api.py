@@ -180,7 +180,7 @@ def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None 
     this call created is deleted again. Returns 'Kind/name' -> uid of what was applied (the
     objects' identity: one deleted and made anew under the name has another)."""
     api = _client(kubeconfig, context)
-    existed: dict[str, bool] = {}
+    existed: dict[str, str | None] = {}     # 'Kind/name' -> uid of the object there before, or None
     for obj in objs:
         patch, _, read = _ops(api, obj, namespace)
         name = obj["metadata"]["name"]
@@ -198,23 +198,23 @@ def apply(objs: list[dict[str, Any]], *, namespace: str, kubeconfig: str | None 
                 # an apply now would be deleted with it: wait until it is gone, then make it anew
                 _wait_gone(read, where, name, namespace, timeout=gone_timeout)
                 meta = None
-        existed[where] = meta is not None
+        existed[where] = str(meta.get("uid") or "") if meta is not None else None
         _call(patch, where, name, namespace, obj, dry_run="All")
     done: dict[str, str] = {}
     try:
         for obj in objs:
-            patch, _, read = _ops(api, obj, namespace)
+            patch, _, _ = _ops(api, obj, namespace)
             name = obj["metadata"]["name"]
             where = f"{obj['kind']}/{name}"
-            if obj["kind"] == "PersistentVolumeClaim" and existed[where]:
-                # a bound claim's spec cannot change: keep the weights
-                done[where] = str((_current(read, where, name, namespace) or {}).get("uid") or "")
+            before = existed[where]
+            if obj["kind"] == "PersistentVolumeClaim" and before is not None:
+                done[where] = before           # a bound claim's spec cannot change: keep the weights
                 continue
             done[where] = str(_metadata(_call(patch, where, name, namespace, obj)).get("uid") or "")
     except BaseException:
         for obj in reversed(objs):         # a failure half-way: what this call created goes again
             where = f"{obj['kind']}/{obj['metadata']['name']}"
-            if where in done and not existed[where]:
+            if where in done and existed[where] is None:
                 try:
                     _ops(api, obj, namespace)[1](obj["metadata"]["name"], namespace, _preload_content=False)
                 except Exception:  # noqa: BLE001 - best effort; the first error is the one to report
