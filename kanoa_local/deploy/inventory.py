@@ -104,13 +104,13 @@ def _down_one(name: str, pool: Pool) -> tuple[bool, set[str]]:
         found, _ = discover(pool, records, docker_hosts=rec.place.hosts if isinstance(rec.place, DockerPlace) else None)
     else:
         # no record of the name: an orphan may run wherever the other records run
-        found, _ = discover(pool, state.list_all()[0])
+        others, unreadable = state.list_all()
+        found, _ = discover(pool, others)
     targets = [(rec.runtime, rec.place)] if rec is not None else []
     targets += [(k, f.place) for k, f in found if f.name == name
                 and not (rec is not None and same_place(rec.place, f.place))]
     if not targets and rec is None and not broken and not state.key_path(name).exists():
-        deps, unreadable = state.list_all()
-        return False, {d.name for d in deps} | set(unreadable) | {f.name for _, f in found}
+        return False, {d.name for d in others} | set(unreadable) | {f.name for _, f in found}
     failed: list[str] = []
     for kind, place in targets:
         try:
