@@ -52,6 +52,12 @@ def ask(row: dict, how: dict, catalog) -> dict:
     """The row through the shipped planner; what it predicts, and the rule of thumb."""
     tp = row.get("tensor_parallel") or 1
     profile = what_if(load_preset(how["gpu"]), gpus=max(tp, row.get("gpus") or 1))
+    if row.get("gpu_free_gib"):
+        # other processes held part of the GPU (the log says how much was free): played back
+        # as NVML would have shown it, so the planner sees the machine vLLM started on
+        free = int(row["gpu_free_gib"] * GIB)
+        profile = profile.model_copy(update={"gpus": [g.model_copy(update={
+            "memory_free": free, "memory_used": g.memory_total - free}) for g in profile.gpus]})
     kvd = row.get("kv_cache_dtype")
     mm = row.get("limit_mm_per_prompt")
     # the row's release, or the one plans.toml infers for it (a date that pins it: said there)

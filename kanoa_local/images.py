@@ -53,6 +53,35 @@ GPU_IMAGES: list[ImageLine] = [
 
 DEFAULT_GPU_IMAGE = GPU_IMAGES[0]
 
+#: The default image's CUDA by release (docs/vllm-images.md): (first release, CUDA, driver).
+_CUDA_BY_RELEASE: list[tuple[tuple[int, ...], int, str]] = [
+    ((0, 20), 13000, "580.65.06"), ((0, 11, 1), 12090, "575.57.08"), ((0, 9), 12080, "570.124.06"),
+    ((0, 7), 12040, "550.54.15"), ((0, 6), 12010, "530.30.02"),
+]
+
+
+def _vt(v: str) -> tuple[int, ...]:
+    t = tuple(int(x) for x in v.split("."))
+    return t + (0,) * (3 - len(t))
+
+
+def release_lines(vllm: str) -> list[ImageLine]:
+    """The images of exactly this release (``--vllm-version``): the lines kanoa-local knows for it,
+    else its ``vX.Y.Z`` tag with that release's CUDA (docs/vllm-images.md) and architectures
+    (v0.9.x images lack Volta; v0.20.0 dropped it). Releases before the oldest line, or after the
+    newest, have none: the caller plans on the nearest line instead."""
+    want = _vt(vllm)
+    # "0.19" is that series: a line of it kanoa-local knows (v0.19.1), else its first release
+    series = vllm.count(".") == 1
+    known = [ln for ln in GPU_IMAGES if (_vt(ln.vllm)[:2] == want[:2] if series else _vt(ln.vllm) == want)]
+    if known or not _vt(GPU_IMAGES[-1].vllm) <= want <= _vt(GPU_IMAGES[0].vllm):
+        return known
+    cuda, driver = next((c, d) for first, c, d in _CUDA_BY_RELEASE if want >= first + (0,) * (3 - len(first)))
+    volta = want < (0, 9) or (0, 10) <= want < (0, 20)
+    text = ".".join(map(str, want))
+    return [ImageLine(tag=f"v{text}", vllm=text, cuda=cuda, min_driver=driver, min_cc=70 if volta else 75,
+                      note=f"vLLM {text} as asked")]
+
 
 def image_for_driver(cuda_driver_version: int | None, min_gpu_cc: int | None = None) -> ImageLine | None:
     """The newest image the driver can start and the GPU has kernels for, or None."""

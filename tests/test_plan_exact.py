@@ -188,3 +188,20 @@ def test_a_context_within_the_estimates_error_of_the_edge_is_not_promised():
     r = plan(prof, CAT, PlanRequest(**base, max_model_len=edge - 256))
     asked = next(x for x in r.candidates if x.label == c.label)
     assert asked.fits == "no" and f"{KV_MARGIN - 1:.0%} to spare" in asked.reasons[0], asked.reasons
+
+
+def test_a_release_between_the_known_lines_is_planned_on_its_own_image():
+    """--vllm-version 0.12.0 is that release (its tag, its CUDA, its memory rules), not the
+    nearest line after it; a series ("0.19") takes the line kanoa-local knows of it."""
+    from kanoa_local.images import release_lines
+
+    (line,) = release_lines("0.12.0")
+    assert (line.tag, line.cuda, line.min_cc) == ("v0.12.0", 12090, 70)
+    assert release_lines("0.9.2")[0].min_cc == 75          # the v0.9.x images lack Volta
+    assert release_lines("0.8.1")[0].cuda == 12040
+    assert [ln.tag for ln in release_lines("0.19")] == ["v0.19.1"]
+    assert release_lines("0.5.0") == [] and release_lines("9.0") == []
+    c = one("l4", model="llama-3.1-8b", precision="bf16", vllm_version="0.12.0")[1]
+    assert c.settings.image.endswith(":v0.12.0") and c.settings.vllm_version == "0.12.0"
+    # 0.11.1-0.16 sort the vocabulary in the sampler: the activations say so
+    assert "sorted by the sampler" in next(t.note for t in c.memory.terms if t.name == "activations")

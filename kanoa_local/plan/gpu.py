@@ -7,7 +7,7 @@ from typing import Any
 
 from ..catalog import ModelEntry, Variant, version_tuple
 from ..hardware import GIB, Gpu, HardwareProfile
-from ..images import GPU_IMAGES, ImageLine
+from ..images import GPU_IMAGES, ImageLine, release_lines
 from . import kernels, memory as mem
 from .confidence import measured_run, measured_term
 from .memory import KvCapacity, Term, Weights
@@ -33,11 +33,14 @@ def _image_for(entry: ModelEntry, variant: Variant, profile: HardwareProfile, cc
         return None, "no NVIDIA driver answered, so no GPU image can run"
     lines = list(GPU_IMAGES)
     if pin is not None:
-        # that release's image, or the nearest kanoa-local knows: the oldest at or after it
-        # (the newest when the pin is newer still)
-        at_or_after = [ln.vllm for ln in GPU_IMAGES if version_tuple(ln.vllm) >= version_tuple(pin)]
-        release = at_or_after[-1] if at_or_after else GPU_IMAGES[0].vllm
-        lines = [ln for ln in GPU_IMAGES if ln.vllm == release]
+        # that release's image (its memory behaviour is what the plan models), or, outside the
+        # releases kanoa-local knows, the nearest line: the oldest at or after it (the newest when
+        # the pin is newer still)
+        lines = release_lines(pin)
+        if not lines:
+            at_or_after = [ln.vllm for ln in GPU_IMAGES if version_tuple(ln.vllm) >= version_tuple(pin)]
+            release = at_or_after[-1] if at_or_after else GPU_IMAGES[0].vllm
+            lines = [ln for ln in GPU_IMAGES if ln.vllm == release]
     why, moe = [], bool(entry.arch and entry.arch.experts)
     for line in lines:
         if profile.cuda_driver_version < line.cuda:

@@ -56,7 +56,8 @@ class PlanRequest(Model):
     max_num_seqs: int | None = Field(None, ge=1, le=65536)
     limit_mm_per_prompt: int | None = Field(None, ge=0, le=64, description="images per prompt")
     vllm_version: str | None = Field(None, pattern=r"^\d+\.\d+(\.\d+)?$",
-                                     description="plan for the image of this vLLM release (or the nearest known after it)")
+                                     description="plan for the image of this vLLM release and its memory rules (outside "
+                                                 "the releases kanoa-local knows, the nearest line)")
 
 
 class Settings(Model):
