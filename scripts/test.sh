@@ -26,9 +26,9 @@ if [[ " $* " != *" not docker and not engine"* ]]; then
   eval "$(bash scripts/cpu-runtime.sh all | grep -E '^KANOA_(CPU|GEMMA)_' | sed 's/^/export /')"
 fi
 
-log "lint (ruff) and types (mypy, pydantic plugin)"
+log "lint (ruff) and types (mypy, pydantic plugin; the tests too)"
 .venv/bin/python -m ruff check kanoa_local tests benchmarks scripts
-.venv/bin/python -m mypy kanoa_local
+.venv/bin/python -m mypy kanoa_local tests
 
 # The unit tests once more against the declared minimum versions (a venv cached by that list).
 if [[ " $* " != *" not docker and not engine"* ]]; then

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import pytest
 
@@ -148,7 +149,7 @@ def start_test_host(script: str, what: str, timeout: float = 900, *args: str) ->
     return dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
 
 
-def _unavailable(reason: str):
+def _unavailable(reason: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"CI must run every test, but: {reason}", pytrace=False)
     pytest.skip(reason)
@@ -187,7 +188,7 @@ def remote_docker(remote_docker_facts) -> str:
 
 
 @pytest.fixture(scope="session")
-def remote_docker_facts(docker_client, cpu_image) -> dict[str, str]:
+def remote_docker_facts(docker_client, cpu_image) -> Iterator[dict[str, str]]:
     """A second Docker host: a dockerd in its own network namespace on a private veth link,
     reached over tcp:// and ssh:// (scripts/docker-remote.sh), with the CPU image loaded.
     Stopped at the end."""
@@ -206,7 +207,7 @@ def remote_docker_facts(docker_client, cpu_image) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> dict[str, str]:
+def slurm_cluster() -> Iterator[dict[str, str]]:
     """A real Slurm cluster: slurmctld here, slurmd gpu1/gpu2 (2 GPUs each) in two network
     namespaces (scripts/slurm-cluster.sh). Sets SLURM_CONF for the session; stopped at the end."""
     facts = start_test_host("slurm-cluster.sh", "a Slurm cluster in network namespaces", 600)
@@ -340,7 +341,7 @@ def assert_closed_but_health(root: str, api_key: str, request: Any = None) -> li
     assert ("POST", "/invocations") in routes and ("GET", "/metrics") in routes, routes   # the ones vLLM leaves open
     opened = []
     for method, path in routes:
-        body = {} if method != "GET" else None
+        body: dict[str, Any] | None = {} if method != "GET" else None
         for key in (None, api_key + "x", "kl-" + "0" * 32):
             code, text = http(method, root + path, body=body, api_key=key, timeout=10)
             if (method, path) == ("GET", "/health"):
@@ -386,7 +387,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
 
 
 @pytest.fixture(scope="session")
-def k8s_cluster() -> str:
+def k8s_cluster() -> Iterator[str]:
     """A real control plane on 127.0.0.1 (etcd, kube-apiserver, scheduler, controller-manager
     built from Debian's Kubernetes source by scripts/k8s-control-plane.sh, cached); its
     kubeconfig path. Stopped at the end."""

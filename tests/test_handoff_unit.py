@@ -48,7 +48,7 @@ def test_a_broken_pricing_file_is_not_overwritten(pricing):
 def _dep(**kw) -> Deployment:
     from kanoa_local.engine.spec import LaunchSpec
 
-    spec = LaunchSpec.model_construct(argv=[], env={}, served_model_name="m")
+    spec = LaunchSpec.model_construct(argv=[], env={}, served_model_name="m", runtime="process")
     base = dict(name="d", runtime="process", model_id="m", served_model_name="m", host="127.0.0.1",
                 port=8000, device="cpu", plan_hash="x", api_key_file="/nonexistent", spec=spec)
     return Deployment.model_construct(**{**base, **kw})

@@ -25,6 +25,7 @@ def _silent_url() -> str:
 def _record(name: str, host: str) -> state.Deployment:
     c = plan(load_preset("l4"), load_catalog(user=False),
              PlanRequest(model="llama-3.1-8b")).chosen
+    assert c is not None
     spec = launch_spec(c, deployment=name)
     _, key_file = state.new_api_key(name)
     dep = state.Deployment(name=name, place=state.DockerPlace(nodes=[state.DockerNode(docker_host=host, container_id="f" * 64)]),
@@ -158,8 +159,12 @@ def test_signals_during_a_cleanup_wait_until_it_is_done():
     done: list[str] = []
     c = Cleanup()
     c.add("first", lambda: done.append("first"))
-    c.add("signalled", lambda: (os.kill(os.getpid(), signal.SIGINT), os.kill(os.getpid(), signal.SIGTERM),
-                                done.append("after the signals")))
+    def signalled() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        done.append("after the signals")
+
+    c.add("signalled", signalled)
     c.add("failing", lambda: 1 / 0)
     assert c.run() == ["failing: division by zero"]
     assert done == ["after the signals", "first"]          # newest first, every step tried

@@ -6,8 +6,10 @@ probes; `status`, `logs` (through the API server and the kubelet), a chat from h
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -68,7 +70,9 @@ class PodConnection:
     route of the server, as `kubectl port-forward` would carry them."""
 
     def __init__(self, core, pod: str, port: int) -> None:
-        self.core, self.pod, self.port, self.conn, self.pf = core, pod, port, None, None
+        self.core, self.pod, self.port = core, pod, port
+        self.conn: http.client.HTTPConnection | None = None
+        self.pf: Any = None
 
     def close(self) -> None:
         if self.conn is not None:
