@@ -67,10 +67,11 @@ def ask(row: dict, how: dict, catalog) -> dict:
                                                   else 0.9)
     # vLLM's default KV cache is the model's dtype ("auto"): a row that names none ran that
     kv = "fp8" if kvd and str(kvd).startswith("fp8") else "auto"
+    images, videos = mm_limits(mm)
     req = PlanRequest(model=how["model"], precision=how["precision"], max_model_len=row.get("max_model_len"),
                       gpu_memory_utilization=gmu, tensor_parallel_size=tp, vllm_version=version,
                       max_num_seqs=row.get("max_num_seqs"), kv_cache_dtype=kv,
-                      limit_mm_per_prompt=mm if isinstance(mm, int) else None,
+                      limit_mm_per_prompt=images, limit_videos=videos,
                       trust_remote_code=True)      # a row that needed it ran with it (vLLM refuses otherwise)
     result = plan(profile, catalog, req)
     mine = [c for c in result.candidates if c.variant.precision == how["precision"]]
@@ -88,6 +89,22 @@ def ask(row: dict, how: dict, catalog) -> dict:
             "tokens": m.kv.tokens if m and m.kv else None, "largest": m.largest_context if m else None,
             "rule_fits": rule_kv > 0, "rule_kv_gib": rule_kv / GIB,
             "rule_tokens": max(int(rule_kv / c_per_token(c)), 0) if c_per_token(c) else None}
+
+
+def mm_limits(mm: object) -> tuple[int | None, int]:
+    """A row's --limit-mm-per-prompt as (images, videos). Not given: vLLM's default, 999 of each
+    (the images' count stays the planner's default: the profiling encodes one largest image)."""
+    if mm is None:
+        return None, 999
+    if isinstance(mm, int):
+        return mm, 999
+    text = str(mm)
+    try:
+        d = json.loads(text)
+    except ValueError:          # the older KEY=VALUE form: "image=3,video=0"
+        d = dict(kv.split("=", 1) for kv in text.split(",") if "=" in kv)
+    get = {k.rstrip("s"): int(v) for k, v in d.items()}
+    return get.get("image"), get.get("video", 999)
 
 
 def release(text: str | None) -> str | None:

@@ -63,7 +63,10 @@ def test_l4_and_gemma_3_12b_bf16_does_not_fit_fp8_does():
     r = run("l4", model="gemma-3-12b")
     bf16 = best(r, "gemma-3-12b", "bf16")
     assert bf16.fits == "no" and "budget" in bf16.reasons[0]
-    assert r.chosen.variant.precision == "fp8"
+    assert best(r, "gemma-3-12b", "fp8").fits != "no"
+    # the L4's budget is 0.92 × the 22.03 GiB CUDA reports: FP8 holds 4 requests of 6.6k, the
+    # W4A16 checkpoint 4 of 10k, and the plan takes the one that reaches the 8k goal
+    assert r.chosen.variant.precision in ("fp8", "w4a16")
     assert r.chosen.settings.max_model_len >= 8192
 
 

@@ -92,7 +92,7 @@ def test_max_num_seqs_and_images_per_prompt_change_the_profile_and_reach_vllm():
     text_only = one("l4", model="qwen2.5-vl-7b", max_model_len=8192, limit_mm_per_prompt=0)[1]
     assert act(text_only) < act(base)
     args = vllm_args(text_only, model_ref="m", served_name="m", host="127.0.0.1", port=8000)
-    assert json.loads(args[args.index("--limit-mm-per-prompt") + 1]) == {"image": 0}
+    assert json.loads(args[args.index("--limit-mm-per-prompt") + 1]) == {"image": 0, "video": 0}
 
 
 def test_the_cpu_engine_sizes_its_kv_space_for_an_exact_context():

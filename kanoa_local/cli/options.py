@@ -20,6 +20,34 @@ class Figure(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return rv
 
+class MmLimits(click.ParamType):
+    """--limit-mm-per-prompt: a number of images (videos 0), or vLLM's own JSON form
+    {"image": N, "video": M}, in which a modality it does not name gets vLLM's default, 999."""
+
+    name = "limits"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        import json
+
+        if isinstance(value, (int, dict)):
+            return value
+        text = str(value).strip()
+        if text.isdigit():
+            if int(text) > 999:
+                self.fail(f"{text} images: vLLM allows at most 999", param, ctx)
+            return int(text)
+        try:
+            limits = json.loads(text)
+        except ValueError:
+            limits = None
+        if not isinstance(limits, dict) or not all(
+                k in ("image", "video") and isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 999
+                for k, n in limits.items()):
+            self.fail(f"{value!r} is not a number of images or a JSON object like "
+                      '\'{"image": 1, "video": 0}\' (0-999 each)', param, ctx)
+        return limits
+
+
 def machine_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--hardware/--gpu/--vram/--gpus: plan or check for another machine (what-if)."""
     f = click.option("--gpus", "gpu_count", type=click.IntRange(1, 16), metavar="N",
@@ -137,8 +165,9 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="exactly N GPUs per node (default: the fewest that fit)"),
         click.option("--max-num-seqs", type=click.IntRange(1, 65536), metavar="N",
                      help="requests vLLM schedules at once (it profiles memory for that many)"),
-        click.option("--limit-mm-per-prompt", type=click.IntRange(0, 64), metavar="IMAGES",
-                     help="vision models: images per prompt (0: text only, no encoder profiling)"),
+        click.option("--limit-mm-per-prompt", type=MmLimits(), metavar="IMAGES|JSON",
+                     help="vision models: images per prompt (0: text only, no encoder profiling), or vLLM's "
+                          "JSON form '{\"image\":1,\"video\":1}' (as in vLLM, a modality it leaves out gets 999)"),
         click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default=None,
                      help="the KV cache dtype (default: fp8 only where it is needed)"),
         click.option("--vllm-version", "vllm_version", metavar="X.Y[.Z]", callback=_release,

@@ -47,7 +47,7 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
           image: str | None = None, python: str | None = None, precision: str | None = None,
           max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
           tensor_parallel_size: int | None = None, max_num_seqs: int | None = None,
-          limit_mm_per_prompt: int | None = None, kv_cache_dtype: str | None = None,
+          limit_mm_per_prompt: int | dict[str, int] | None = None, kv_cache_dtype: str | None = None,
           vllm_version: str | None = None, cpu: bool = False,
           offline: bool | None = None, timeout: float = 1200, replace: bool = False, no_retry: bool = False,
           models_files: list[str] | None = None, user_models: bool = True, profile: Any = None,

@@ -114,8 +114,10 @@ def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port
     if s.limit_images is not None:
         # JSON from 0.8; before, vLLM parsed KEY=VALUE pairs (nullable_kvs) and refused JSON
         old = s.vllm_version is not None and version_tuple(s.vllm_version) < (0, 8)
+        # videos named (0 unless asked): vLLM gives a modality it is not told about 999 and then
+        # profiles a dummy video sized from --max-model-len (up to 7 images' worth on Qwen-VL)
         args += ["--limit-mm-per-prompt", f"image={s.limit_images}" if old
-                 else json.dumps({"image": s.limit_images}, separators=(",", ":"))]
+                 else json.dumps({"image": s.limit_images, "video": s.limit_videos or 0}, separators=(",", ":"))]
     if s.max_num_seqs:
         args += ["--max-num-seqs", str(s.max_num_seqs)]
     if s.trust_remote_code:

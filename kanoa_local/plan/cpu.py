@@ -53,7 +53,9 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
     if req.gpu_memory_utilization is not None:
         warnings.append("--gpu-memory-utilization does not apply to the CPU engine (its KV cache is "
                         "VLLM_CPU_KVCACHE_SPACE)")
-    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, 1, images)
+    videos = (req.limit_videos or 0) if entry.vision else 0
+    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, 1, images, videos=videos,
+                               max_len=req.max_model_len or arch.max_context)
     runtime = Term(name="runtime", bytes=mem.CPU_RUNTIME_BYTES, note="API server, engine and worker processes")
     budget = int(profile.ram_available * CPU_RAM_SHARE)
     lo, goal = _useful_context(entry, req, "cpu")
@@ -124,6 +126,7 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
                              enforce_eager=pp == 1,
                              compilation_config=CPU_PIPELINE_COMPILATION if pp > 1 else None,
                              limit_images=images if entry.vision else None,
+                             limit_videos=videos if entry.vision else None,
                              max_num_seqs=req.max_num_seqs,
                              trust_remote_code=entry.trust_remote_code, sampling=dict(entry.sampling))
     reasons.append(f"CPU engine in float32 (safe on every x86 CPU): weights {_gib(w.total)}, "

@@ -29,7 +29,7 @@ from .gpu import _gpu_candidate, gpu_groups
 from .parallel import _parallel_options, tp_refusal
 from .memory import Weights
 # the planner's vocabulary lives in .models; importers of plan.fit keep finding it here
-from .models import (MIN_CONTEXT, PRECISION_RANK, Candidate, Device, FitClass, PlanRequest,  # noqa: F401
+from .models import (GOOD_CONTEXT, MIN_CONTEXT, PRECISION_RANK, Candidate, Device, FitClass, PlanRequest,  # noqa: F401
                      PlanResult, Settings, _tokens)
 
 
@@ -43,6 +43,9 @@ def _rank(c: Candidate, entry: ModelEntry, req: PlanRequest) -> list[float]:
     return [want_precision, fit, float(entry.fallback), prefer_vision, -entry.params_b,
             STATUS_RANK[entry.status], PRECISION_RANK.get(c.variant.precision, 9),
             float(s.tensor_parallel_size * s.pipeline_parallel_size) if s else 99.0,
+            # a longer context up to the goal before the KV cache's dtype: an FP8 KV cache that
+            # reaches 8k beats a 16-bit one held to 2.5k
+            -min(s.max_model_len if s else 0, GOOD_CONTEXT),
             1.0 if s and s.kv_cache_dtype == "fp8" else 0.0,
             -(s.max_model_len if s else 0)]
 
@@ -221,7 +224,7 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
 #: why a candidate ranks lower, by the first key of :func:`_rank` that differs
 _LOST = ["not the precision asked for", "fits only tightly", "demo-grade fallback", "text-only",
          "smaller model", "less proven (status)", "lower precision", "needs more GPUs",
-         "needs an FP8 KV cache", "shorter context"]
+         "shorter context", "needs an FP8 KV cache", "shorter context"]
 
 
 def why_lost(c: Candidate, chosen: Candidate) -> str:

@@ -9,6 +9,7 @@ from ..catalog import ModelEntry, Variant, version_tuple
 from ..hardware import GIB, Gpu, HardwareProfile
 from ..images import GPU_IMAGES, ImageLine, release_lines
 from . import kernels, memory as mem
+from .devices import cards_for, cuda_context, visible_total
 from .confidence import measured_run, measured_term
 from .memory import KvCapacity, Term, Weights
 from .parallel import p2p_likely
@@ -150,7 +151,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
 
     dtype_bytes = mem.DTYPE_BYTES[dtype]
     kv_dtype_bytes = 1 if kv_fp8 else dtype_bytes
-    batched, seqs = mem.scheduler_defaults("gpu", total, g0.name)
+    batched, seqs = mem.scheduler_defaults("gpu", total, g0.name, vllm=image.vllm)
     if req.max_num_seqs:
         seqs = req.max_num_seqs
     elif entry.max_num_seqs:
@@ -159,10 +160,14 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         if entry.vision else 0
     # pipeline stages split the layers: per GPU, the weights are about 1/(TP × PP)
     w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint)
-    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=image.vllm)
+    videos = (req.limit_videos or 0) if entry.vision else 0
+    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=image.vllm, videos=videos,
+                               max_len=req.max_model_len or full_arch.max_context)
     non_torch = mem.non_torch_bytes(tp, custom_allreduce="geforce" not in g0.name.lower())
-    graphs = mem.cuda_graph_bytes(arch, seqs, tp, batched, vllm=image.vllm, p2p=p2p_likely(g0.name))
-    ctx = Term(name="CUDA context", bytes=mem.CUDA_CONTEXT_BYTES, note="driver + torch, per GPU")
+    p2p = p2p_likely(g0.name)
+    graphs = mem.cuda_graph_bytes(arch, seqs, tp, batched, vllm=image.vllm, p2p=p2p)
+    ctx = Term(name="CUDA context", bytes=cuda_context(g0.name, tp, p2p, image.vllm),
+               note="driver + torch, per GPU" + (" + NCCL / all-reduce buffers" if tp > 1 and version_tuple(image.vllm) >= (0, 11) else ""))
     # vLLM >= 0.20 estimates CUDA-graph memory and takes it from the budget; older releases
     # capture the graphs after sizing the KV cache, in the slack above the budget.
     graphs_inside = new_engine
@@ -176,7 +181,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
 
     # gmu: vLLM's default unless what is free (after our own context) is less. vLLM's budget
     # is a share of the total it reads itself, a little less than NVML's.
-    visible = mem.visible_total(total)
+    visible = visible_total(g0.name, total)
     margin = int(0.25 * GIB)
     room = free - ctx.bytes - margin - beside
     gmu = min(DEFAULT_GMU, math.floor(room / visible * 100) / 100)
@@ -214,6 +219,14 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
             cand.needs = "a lower --gpu-memory-utilization or --max-num-seqs"
             return cand
     budget = int(gmu * visible)
+    if (0, 8) <= version_tuple(image.vllm) < (0, 9):
+        # V1 before 0.9 counts all the memory in use on the device but torch's (total - free: its
+        # own CUDA context and other processes too) inside its share
+        others = max(visible - free, 0)
+        non_torch = non_torch.model_copy(update={
+            "bytes": non_torch.bytes + ctx.bytes + others,
+            "note": non_torch.note + f" + the CUDA context{' and other processes' if others > GIB // 4 else ''} "
+                                     f"(vLLM {image.vllm} counts them in its share)"})
     fixed = w.total + act.bytes + non_torch.bytes + (graphs.bytes if graphs_inside else 0)
     rec = measured_run(runs or [], entry.id, variant.precision, name, image.vllm, tp=tp, pp=pp,
                        max_num_seqs=req.max_num_seqs or entry.max_num_seqs, limit_images=images if entry.vision else None)
@@ -257,7 +270,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if kv_bytes <= 0:
         reasons.append(f"weights + overheads need {_gib(fixed)} per GPU; the budget is {_gib(budget)} "
                        f"({gmu:.2f} × {_gib(visible)} that vLLM sees)")
-        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
+        cand.needs, cand.needs_bytes = cards_for(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
         return cand
 
     ceiling = min(arch.max_context, req.max_context or arch.max_context)
@@ -273,7 +286,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if one_len < lo:
         reasons.append(f"after {_gib(fixed)} of weights and overheads, {_gib(kv_bytes)} of KV cache "
                        f"holds {_tokens(one_len)} tokens; at least {_tokens(lo)} are needed")
-        cand.needs, cand.needs_bytes = _needs(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
+        cand.needs, cand.needs_bytes = cards_for(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
         return cand
     if good_len >= goal:
         fit: FitClass = "good"
@@ -310,7 +323,7 @@ def _exact_len(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_by
         if need <= kv_bytes:     # inside the estimate's error: vLLM may well refuse it
             edge += f", less than the {KV_MARGIN - 1:.0%} to spare a plan keeps (the estimate can be off by that)"
         cand.reasons.append(edge + (f": the longest context that fits is {_tokens(largest)}" if largest else ""))
-        cand.needs, cand.needs_bytes = _needs(fixed, n, arch, kv_dtype_bytes, tp, gmu_default=gmu, pp=pp)
+        cand.needs, cand.needs_bytes = cards_for(fixed, n, arch, kv_dtype_bytes, tp, gmu_default=gmu, pp=pp)
         return cand
     cap = mem.kv_capacity(arch, kv_bytes, n, kv_dtype_bytes=kv_dtype_bytes, tp=tp, block_size=block,
                           in_flight_tokens=in_flight)
@@ -346,7 +359,7 @@ def _settle(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes
         max_model_len=max_len, gpu_memory_utilization=gmu, tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
         gpu_indices=sorted(g.index for g in gpus), gpu_uuids=[g.uuid for g in sorted(gpus, key=lambda g: g.index)],
-        limit_images=images if entry.vision else None,
+        limit_images=images if entry.vision else None, limit_videos=(req.limit_videos or 0) if entry.vision else None,
         max_num_seqs=req.max_num_seqs or entry.max_num_seqs, trust_remote_code=entry.trust_remote_code,
         sampling=dict(entry.sampling), enforce_eager=cand.eager)
     if dtype_note:
@@ -375,27 +388,6 @@ def _fit_sentence(c: Candidate, w: Weights, kv_bytes: int, cap: KvCapacity, max_
     per = " per GPU" if tp > 1 else ""
     return (f"weights {_gib(w.total)}{per}, KV cache {_gib(kv_bytes)}{per} = {cap.tokens:,} tokens: "
             f"{cap.concurrency:.1f} requests of {_tokens(max_len)} at once")
-
-
-def _needs(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_default: float,
-           pp: int = 1) -> tuple[str, int]:
-    """The GPU memory this would need for ``context`` tokens, in cards people can buy; beyond
-    one node of 8 GPUs, in nodes."""
-    kv = int(mem.kv_bytes_per_token(arch, kv_dtype_bytes, tp, context) * context) + int(0.2 * GIB)
-    per_gpu = (fixed + kv) / gmu_default + mem.CUDA_CONTEXT_BYTES + 0.5 * GIB
-    gpus = tp * pp
-    total = per_gpu * gpus
-    for size in (12, 16, 24, 32, 48, 80, 141):
-        if per_gpu * 1.0 <= size * GIB * 0.995:
-            card = f"{'an' if str(size)[0] == '8' else 'a'} {size} GB GPU" if gpus == 1 else (
-                f"{pp} nodes × {tp} × {size} GB GPUs" if pp > 1 else f"{tp} × {size} GB GPUs")
-            return f"{card} for {_tokens(context)} tokens ({total / GIB:.0f} GiB in all)", int(total)
-    n = 1
-    while n < 256 and total / n > 80 * GIB * 0.9:
-        n *= 2
-    example = f"{n} × 80 GB GPUs" if n <= 8 else f"{n // 8} nodes × 8 × 80 GB GPUs"
-    return (f"about {total / GIB:.0f} GiB of GPU memory for {_tokens(context)} tokens "
-            f"(e.g. {example})", int(total))
 
 
 # ----------------------------------------------------------------------------- CPU

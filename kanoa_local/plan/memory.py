@@ -37,6 +37,7 @@ from pydantic import Field
 
 from ..catalog import Arch, ModelEntry, Variant, version_tuple
 from ..hardware import GIB, Model
+from .multimodal import encoder_bytes
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
 
@@ -188,13 +189,6 @@ def kv_request_bytes(arch: Arch, max_model_len: int, *, kv_dtype_bytes: int, tp:
     return cap.blocks_per_request * block_size * kv_bytes_per_token_layer(arch, kv_dtype_bytes, tp) * tensors
 
 
-def visible_total(nvml_total: int) -> int:
-    """The GPU total vLLM itself reads (torch.cuda.mem_get_info), which its budget is a share
-    of: NVML's total less what the driver keeps, 0.27-0.62 GiB in public logs (24-80 GB cards).
-    Erring toward the larger reserve: a slightly smaller budget costs a little context."""
-    return nvml_total - max(int(0.27 * GIB), int(0.0078 * nvml_total))
-
-
 def max_len_for(arch: Arch, kv_bytes: int, concurrency: float, *, kv_dtype_bytes: int, tp: int,
                 block_size: int, in_flight_tokens: int, ceiling: int, step: int = 256) -> int:
     """The largest max_model_len (a multiple of ``step``, at most ``ceiling``) at which
@@ -219,28 +213,25 @@ def max_len_for(arch: Arch, kv_bytes: int, concurrency: float, *, kv_dtype_bytes
 
 
 def scheduler_defaults(device: Literal["gpu", "cpu"], total_bytes: int, gpu_name: str = "",
-                       world_size: int = 1) -> tuple[int, int]:
-    """(max_num_batched_tokens, max_num_seqs) vLLM's OpenAI server picks when not given."""
+                       world_size: int = 1, vllm: str | None = None) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) vLLM's OpenAI server picks when not given
+    (EngineArgs' V1 defaults, read in the 0.8.1-0.8.5 and 0.9-0.33 wheels): 0.8.0-0.8.3 schedule
+    1024 sequences on every GPU (8192 tokens on an H100/H200, else 2048); 0.8.4 keeps 1024 for
+    H100/H200 only; from 0.8.5 8192 / 1024 from 70 GiB of GPU memory, A100s left out from 0.9
+    (vLLM PR 17885) and the DGX Spark's GB10 too; 16384 / 1024 from 160 GiB (B200 class; in
+    0.28, not yet in 0.25); else 2048 / 256."""
     if device == "cpu":
         return 2048 * world_size, 128 * world_size
-    if total_bytes >= 160 * GIB:
+    v = _release(vllm)
+    name = gpu_name.lower()
+    hopper = "h100" in name or "h200" in name
+    if (0, 8) <= v < (0, 8, 5):
+        return (8192 if hopper else 2048), (1024 if hopper or v < (0, 8, 4) else 256)
+    if total_bytes >= 160 * GIB and v >= (0, 28):
         return 16384, 1024
-    if total_bytes >= BIG_GPU_BYTES and "a100" not in gpu_name.lower():
+    if total_bytes >= BIG_GPU_BYTES and not ("a100" in name and v >= (0, 9)) and "gb10" not in name:
         return 8192, 1024
     return 2048, 256
-
-
-#: Image tokens vLLM's profiling feeds the encoder per image: the largest image each family's
-#: processor allows (Qwen2.5-VL / Qwen3-VL: max_pixels → 16,384 tokens after the 2×2 merge;
-#: Gemma 3: one 896 px crop, 256; InternVL: 12 tiles + a thumbnail of 256; Llama 4: 16 tiles +
-#: a global view of 144; Molmo: crops of 144 plus pooling). vLLM V1 logs "Encoder cache will be
-#: initialized with a budget of N tokens, and profiled with K image items of the maximum feature
-#: size".
-IMAGE_TOKENS = {"qwen2_5_vl": 16384, "qwen3_vl": 16384, "qwen3_vl_moe": 16384, "gemma3": 256,
-                "internvl": 3328, "llama4": 2448, "molmo": 1300}
-#: encoder activations per image token at profiling: Qwen2.5-VL 7B's 16,384-token dummy image
-#: costs about 5 GiB beyond its tower's own share (the 24 GB and H100 logs of the calibration set)
-ENCODER_BYTES_PER_IMAGE_TOKEN = int(0.31 * 2**20)
 
 
 def _release(vllm: str | None) -> tuple[int, ...]:
@@ -275,16 +266,15 @@ def sampler_sorts(vllm: str | None) -> bool:
 
 def sampler_bytes(vocab: int, max_seqs: int, vllm: str | None = None) -> int:
     """Peak of vLLM's sampler over ``max_seqs`` dummy requests (``_dummy_sampler_run``: top-k = vocab - 1,
-    top-p 0.9, both in profiling and in the warm-up after the KV cache is allocated). V1's profiling run
-    of 0.8 also held ``prompt_token_ids=torch.ones_like(logits, dtype=torch.int64)``: 8 B more."""
+    top-p 0.9, no penalties, no logprobs: the same metadata in every release from 0.8.1; both in
+    profiling and in the warm-up after the KV cache is allocated)."""
     per = SORT_SAMPLER_BYTES if sampler_sorts(vllm) else LIGHT_SAMPLER_BYTES
-    if (0, 8) <= _release(vllm) < (0, 9):
-        per += 8
     return max_seqs * vocab * per
 
 
 def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtype_bytes: int,
-                     tp: int = 1, images: int = 1, vllm: str | None = None) -> Term:
+                     tp: int = 1, images: int = 1, vllm: str | None = None, videos: int = 0,
+                     max_len: int = 0) -> Term:
     """Peak of vLLM's profiling pass beyond the weights.
 
     The pass runs ``batched_tokens`` tokens through the model and samples ``max_seqs`` rows:
@@ -307,16 +297,14 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
         moe = batched_tokens * k * (3 * (arch.intermediate or 0) // tp + arch.hidden) * dtype_bytes
     hidden_states = batched_tokens * (2 * inter + 4 * arch.hidden) * dtype_bytes
     logits = max_seqs * arch.vocab * LOGITS_BYTES
-    vision = 0
-    if entry.vision and images and entry.vision_profile_gib:
-        # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
-        scale = max_seqs / entry.max_num_seqs if entry.max_num_seqs else 1.0
-        vision = int(entry.vision_profile_gib * scale * GIB)
-    elif entry.vision and images:
+    vision, encoded = 0, ""
+    if entry.vision:
         # the tower's own activations (0.5-2 GiB for 0.3-0.9 B towers in public logs) and the
-        # encoder run over the largest dummy image(s)
-        tokens = IMAGE_TOKENS.get(entry.family or "", 4096) * max(1, images)
-        vision = int((0.4 + 1.6 * min(arch.vision_params_b, 1.0)) * GIB) + tokens * ENCODER_BYTES_PER_IMAGE_TOKEN
+        # encoder run over the largest dummy image(s) or video (plan/multimodal.py)
+        vision, encoded = encoder_bytes(entry, images, videos, max_len or arch.max_context, dtype_bytes, vllm)
+        if entry.vision_profile_gib and entry.max_num_seqs:
+            # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
+            vision = int(vision * max_seqs / entry.max_num_seqs)
     total = hidden_states + logits + moe + vision
     if sampler_sorts(vllm):
         # the encoder's dummy images are profiled before the language model's pass and its sampler:
@@ -328,7 +316,7 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
     if moe:
         note += " + fused-MoE workspace"
     if vision:
-        note += f" + vision encoder ({images} image{'s' if images > 1 else ''})"
+        note += f" + {encoded}"
     return Term(name="activations", bytes=total, note=note)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..catalog import Variant
 from ..hardware import GIB, Model
@@ -54,10 +54,26 @@ class PlanRequest(Model):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="exactly this share")
     tensor_parallel_size: int | None = Field(None, ge=1, le=64)
     max_num_seqs: int | None = Field(None, ge=1, le=65536)
-    limit_mm_per_prompt: int | None = Field(None, ge=0, le=64, description="images per prompt")
+    limit_mm_per_prompt: int | None = Field(None, ge=0, le=999, description="images per prompt")
+    limit_videos: int | None = Field(None, ge=0, le=999, description="videos per prompt: kanoa-local passes 0 "
+                                     "unless asked (vLLM's own default, 999, profiles a dummy video)")
     vllm_version: str | None = Field(None, pattern=r"^\d+\.\d+(\.\d+)?$",
                                      description="plan for the image of this vLLM release and its memory rules (outside "
                                                  "the releases kanoa-local knows, the nearest line)")
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mm_limits(cls, data: Any) -> Any:
+        """vLLM's JSON form, {"image": N, "video": M}: a modality it does not name gets vLLM's 999."""
+        limits = data.get("limit_mm_per_prompt") if isinstance(data, dict) else None
+        if isinstance(limits, dict):
+            unknown = set(limits) - {"image", "video"}
+            if unknown:
+                raise ValueError(f"--limit-mm-per-prompt: kanoa-local plans images and videos, not {sorted(unknown)}")
+            data = {**data, "limit_mm_per_prompt": limits.get("image", 999),
+                    "limit_videos": limits.get("video", 999)}
+        return data
 
 
 class Settings(Model):
@@ -81,6 +97,7 @@ class Settings(Model):
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     limit_images: int | None = None
+    limit_videos: int | None = None
     trust_remote_code: bool = False
     engine_env: dict[str, str] = Field(default_factory=dict, description="extra environment for the engine "
                                                                        "(NCCL_P2P_DISABLE after a P2P failure)")
