@@ -307,9 +307,10 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
             vision = int(vision * max_seqs / entry.max_num_seqs)
     total = hidden_states + logits + moe + vision
     if sampler_sorts(vllm):
-        # the encoder's dummy images are profiled before the language model's pass and its sampler:
-        # the sorting sampler's peak stands beside the MLP activations, not beside the encoder's
-        total = max(total, hidden_states + moe + sampler_bytes(arch.vocab, max_seqs, vllm))
+        # the sorting sampler runs after the forward pass has freed its activations (and after the
+        # encoder's): llm-d-benchmark's H100 peaks at 1,024 sequences are 5.56 GiB for Qwen3 0.6B and
+        # 5.64 for Qwen3 32B, one vocabulary, a forward pass 0.9 GiB apart: the larger peak stands
+        total = max(total, sampler_bytes(arch.vocab, max_seqs, vllm))
     note = f"{batched_tokens} tokens × MLP/hidden + {max_seqs} × vocab logits"
     if sampler_sorts(vllm):
         note += " (sorted by the sampler)"
@@ -320,13 +321,17 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
     return Term(name="activations", bytes=total, note=note)
 
 
-def non_torch_bytes(tp: int, custom_allreduce: bool = True) -> Term:
-    """Memory torch does not track: cuBLAS/cuDNN workspaces, and with tensor parallelism NCCL
-    and custom all-reduce buffers (vLLM 0.19 on H100: "non-torch forward increase memory"
-    0.25-0.27 GiB at TP 1, 2.07-2.21 GiB at TP 2 and 4). vLLM's custom all-reduce needs P2P
-    or NVLink; on GeForce cards (no P2P) it is off and NCCL's buffers remain."""
+def non_torch_bytes(tp: int, custom_allreduce: bool = True, vllm: str | None = None) -> Term:
+    """Memory torch does not track that the profiling pass sees grow: cuBLAS/cuDNN workspaces, and
+    with tensor parallelism NCCL and custom all-reduce buffers. vLLM 0.19 on H100: "non-torch
+    forward increase memory" 0.25-0.27 GiB at TP 1, 2.07-2.21 GiB at TP 2 and 4; vLLM 0.10.1 on
+    two A100s left 0.65 GiB for activations and all of it together (the buffers of the releases
+    before 0.11 were far smaller). vLLM's custom all-reduce needs P2P or NVLink; on GeForce cards
+    (no P2P) it is off and NCCL's buffers remain."""
     if tp == 1:
         base, note = int(0.27 * GIB), "cuBLAS workspaces"
+    elif custom_allreduce and _release(vllm) < (0, 11):
+        base, note = int(0.5 * GIB), "cuBLAS workspaces + NCCL and custom all-reduce buffers"
     elif custom_allreduce:
         base, note = int(2.25 * GIB), "cuBLAS workspaces + NCCL and custom all-reduce buffers"
     else:
