@@ -163,7 +163,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     videos = (req.limit_videos or 0) if entry.vision else 0
     act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=image.vllm, videos=videos,
                                max_len=req.max_model_len or full_arch.max_context)
-    non_torch = mem.non_torch_bytes(tp, custom_allreduce="geforce" not in g0.name.lower(), vllm=image.vllm)
+    non_torch = mem.non_torch_bytes(tp, custom_allreduce=p2p_likely(g0.name), vllm=image.vllm)
     p2p = p2p_likely(g0.name)
     graphs = mem.cuda_graph_bytes(arch, seqs, tp, batched, vllm=image.vllm, p2p=p2p)
     ctx = Term(name="CUDA context", bytes=cuda_context(g0.name, tp, p2p, image.vllm),
