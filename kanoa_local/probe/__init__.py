@@ -84,11 +84,11 @@ def _gpu_table() -> dict[str, Any]:
 
 def _from_gpu_table(key: str, row: dict[str, Any]) -> HardwareProfile:
     """A constructed profile: one idle GPU of the table's kind in the l4 profile's host."""
-    from ..hardware import GIB
+    from ..plan.devices import cuda_reserve
 
     base = load_preset("l4")
     total = int(row["memory_mib"]) * 1024 * 1024
-    used = int(0.3 * GIB)              # an idle GPU's NVML "used" (the driver's reserve)
+    used = cuda_reserve(row["name"], total)    # an idle GPU's NVML "used" is the driver's reserve
     g = base.gpus[0].model_copy(update={"name": row["name"], "memory_total": total, "memory_used": used,
                                         "memory_free": total - used, "uuid": f"GPU-{key}-constructed",
                                         "compute_capability": tuple(row["cc"]), "processes": []})
