@@ -44,8 +44,14 @@ class RunRecord(Model):
     pipeline_parallel_size: int | None = None
     max_num_seqs: int | None = None
     limit_images: int | None = None
+    # None on a vision model's record: from before kanoa-local named videos (vLLM's default, 999)
+    limit_videos: int | None = None
     enforce_eager: bool | None = None
     recorded_at: float
+
+    @property
+    def videos(self) -> int | None:
+        return self.limit_videos if self.limit_videos is not None or self.limit_images is None else 999
 
     @property
     def key(self) -> tuple[str, str, str, str | None]:
@@ -70,7 +76,8 @@ def record(cand: Any, figures: Any) -> Path | None:
                     kv_avail_gib=figures.kv_avail_gib, kv_tokens=figures.kv_tokens,
                     gpu_memory_utilization=s.gpu_memory_utilization, tensor_parallel_size=s.tensor_parallel_size,
                     pipeline_parallel_size=s.pipeline_parallel_size, max_num_seqs=s.max_num_seqs,
-                    limit_images=s.limit_images, enforce_eager=s.enforce_eager, recorded_at=time.time())
+                    limit_images=s.limit_images, limit_videos=s.limit_videos, enforce_eager=s.enforce_eager,
+                    recorded_at=time.time())
     name = hashlib.sha256(repr(rec.key).encode()).hexdigest()[:16] + ".json"
     path = runs_dir() / name
     path.parent.mkdir(parents=True, exist_ok=True)

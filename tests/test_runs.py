@@ -78,3 +78,20 @@ def test_a_run_of_the_same_configuration_corrects_the_next_plan():
     tight = plan(prof, CAT, asked, runs=runs.load_all())
     mine = [x for x in tight.candidates if x.label == c.label]
     assert mine and all(x.fits == "no" for x in mine), [(x.label, x.fits) for x in mine]
+
+
+def test_a_vision_run_corrects_only_plans_that_profile_the_same_videos():
+    """A record from before kanoa-local named videos ran with vLLM's 999 (a dummy video in its
+    profile): it does not correct a plan that passes "video": 0, and a record that did does."""
+    from kanoa_local.plan.confidence import measured_run
+
+    prof = load_preset("l4")
+    c = plan(prof, CAT, PlanRequest(model="qwen2.5-vl-7b")).chosen
+    assert c.settings.limit_videos == 0
+    runs.record(c, StartupFigures(weights_gib=6.5, kv_avail_gib=4.0, kv_tokens=70000))
+    (rec,) = [r for r in runs.load_all() if r.model_id == "qwen2.5-vl-7b"]
+    key = dict(tp=1, pp=1, max_num_seqs=c.settings.max_num_seqs, limit_images=c.settings.limit_images)
+    args = (rec.model_id, rec.precision, rec.gpu, rec.vllm_version)
+    assert measured_run([rec], *args, **key, limit_videos=0) is rec
+    old = rec.model_copy(update={"limit_videos": None})
+    assert old.videos == 999 and measured_run([old], *args, **key, limit_videos=0) is None

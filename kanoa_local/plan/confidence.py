@@ -44,16 +44,16 @@ def label(c: Candidate, runs: list[Any]) -> None:
 
 
 def measured_run(runs: list[Any], model_id: str, precision: str, gpu: str, vllm: str | None, *, tp: int, pp: int,
-                 max_num_seqs: int | None, limit_images: int | None) -> Any | None:
+                 max_num_seqs: int | None, limit_images: int | None, limit_videos: int | None = None) -> Any | None:
     """The newest run record whose engine profiled exactly this configuration (model,
-    precision, GPU, release, parallelism, sequences, images) and said its KV cache: what vLLM
+    precision, GPU, release, parallelism, sequences, images, videos) and said its KV cache: what vLLM
     took from its budget there is then known, not estimated. Records without those settings
     (older ones) never match."""
     for r in runs:
         if ((r.model_id, r.precision, r.gpu, r.vllm_version) == (model_id, precision, gpu, vllm)
                 and r.kv_avail_gib and r.gpu_memory_utilization
-                and (r.tensor_parallel_size, r.pipeline_parallel_size, r.max_num_seqs, r.limit_images)
-                == (tp, pp, max_num_seqs, limit_images)):
+                and (r.tensor_parallel_size, r.pipeline_parallel_size, r.max_num_seqs, r.limit_images, r.videos)
+                == (tp, pp, max_num_seqs, limit_images, limit_videos)):
             return r
     return None
 

@@ -229,7 +229,8 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
                                      f"(vLLM {image.vllm} counts them in its share)"})
     fixed = w.total + act.bytes + non_torch.bytes + (graphs.bytes if graphs_inside else 0)
     rec = measured_run(runs or [], entry.id, variant.precision, name, image.vllm, tp=tp, pp=pp,
-                       max_num_seqs=req.max_num_seqs or entry.max_num_seqs, limit_images=images if entry.vision else None)
+                       max_num_seqs=req.max_num_seqs or entry.max_num_seqs, limit_images=images if entry.vision else None,
+                       limit_videos=videos if entry.vision else None)
     correction = measured_term(rec, fixed - (graphs.bytes if graphs_inside and rec and rec.enforce_eager else 0),
                                visible)
     fixed += correction.bytes if correction else 0
