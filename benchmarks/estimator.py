@@ -72,6 +72,8 @@ def ask(row: dict, how: dict, catalog) -> dict:
                       gpu_memory_utilization=gmu, tensor_parallel_size=tp, vllm_version=version,
                       max_num_seqs=row.get("max_num_seqs"), kv_cache_dtype=kv,
                       limit_mm_per_prompt=images, limit_videos=videos,
+                      # a plain pip install of 0.9-0.11.0 has no FlashInfer: its sampler sorts
+                      flashinfer=False if str(row.get("install", "")).startswith("pip") else None,
                       trust_remote_code=True)      # a row that needed it ran with it (vLLM refuses otherwise)
     result = plan(profile, catalog, req)
     mine = [c for c in result.candidates if c.variant.precision == how["precision"]]

@@ -161,8 +161,9 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     # pipeline stages split the layers: per GPU, the weights are about 1/(TP × PP)
     w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint)
     videos = (req.limit_videos or 0) if entry.vision else 0
+    fi = req.flashinfer is not False
     act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=image.vllm, videos=videos,
-                               max_len=req.max_model_len or full_arch.max_context)
+                               max_len=req.max_model_len or full_arch.max_context, flashinfer=fi)
     non_torch = mem.non_torch_bytes(tp, custom_allreduce=p2p_likely(g0.name), vllm=image.vllm)
     p2p = p2p_likely(g0.name)
     graphs = mem.cuda_graph_bytes(arch, seqs, tp, batched, vllm=image.vllm, p2p=p2p)
@@ -175,7 +176,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         graphs = graphs.model_copy(update={"note": "estimated by vLLM and kept out of the KV cache"})
     # Graphs captured after the KV cache take the room the profiling pass had used; the sampler's
     # warm-up that follows needs its peak again, beyond what the budget kept for activations.
-    warm = 0 if graphs_inside else max(0, mem.sampler_bytes(arch.vocab, seqs, image.vllm) - act.bytes)
+    warm = 0 if graphs_inside else max(0, mem.sampler_bytes(arch.vocab, seqs, image.vllm, fi) - act.bytes)
     beside = 0 if graphs_inside else graphs.bytes + warm
     eager_beside = False
 

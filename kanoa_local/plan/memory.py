@@ -254,27 +254,30 @@ LIGHT_SAMPLER_BYTES = 16
 LOGITS_BYTES = 8
 
 
-def sampler_sorts(vllm: str | None) -> bool:
+def sampler_sorts(vllm: str | None, flashinfer: bool = True) -> bool:
     """Whether this release's default top-k/top-p sampler sorts the whole vocabulary: V0, and V1 up to
     0.8 (FlashInfer >= 0.2.3 was switched off: "FlashInfer>=v0.2.3 is not backward compatible. Falling
     back to the PyTorch-native implementation"); again from 0.11.1, when vLLM#26859 disabled the FlashInfer
     sampler by default, until the Triton kernel (vLLM#33538, merged February 2026; 0.17.1 logs show the
-    lighter peak). 0.21 turned FlashInfer back on (vLLM#40376)."""
+    lighter peak). 0.21 turned FlashInfer back on (vLLM#40376). In 0.9-0.11.0 the sampler was FlashInfer's
+    where FlashInfer is installed (the official images) and the sorting one in a plain ``pip install
+    vllm`` (``flashinfer=False``): vLLM 0.9.1 on an RTX 3090 and 0.11.0 on an RTX 3060, both pip installs,
+    left the KV cache what the sorting peak predicts."""
     v = _release(vllm)
-    return v < (0, 9) or (0, 11, 1) <= v < (0, 17)
+    return v < (0, 9) or (0, 11, 1) <= v < (0, 17) or (not flashinfer and v < (0, 11, 1))
 
 
-def sampler_bytes(vocab: int, max_seqs: int, vllm: str | None = None) -> int:
+def sampler_bytes(vocab: int, max_seqs: int, vllm: str | None = None, flashinfer: bool = True) -> int:
     """Peak of vLLM's sampler over ``max_seqs`` dummy requests (``_dummy_sampler_run``: top-k = vocab - 1,
     top-p 0.9, no penalties, no logprobs: the same metadata in every release from 0.8.1; both in
     profiling and in the warm-up after the KV cache is allocated)."""
-    per = SORT_SAMPLER_BYTES if sampler_sorts(vllm) else LIGHT_SAMPLER_BYTES
+    per = SORT_SAMPLER_BYTES if sampler_sorts(vllm, flashinfer) else LIGHT_SAMPLER_BYTES
     return max_seqs * vocab * per
 
 
 def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtype_bytes: int,
                      tp: int = 1, images: int = 1, vllm: str | None = None, videos: int = 0,
-                     max_len: int = 0) -> Term:
+                     max_len: int = 0, flashinfer: bool = True) -> Term:
     """Peak of vLLM's profiling pass beyond the weights.
 
     The pass runs ``batched_tokens`` tokens through the model and samples ``max_seqs`` rows:
@@ -306,13 +309,13 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
             # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
             vision = int(vision * max_seqs / entry.max_num_seqs)
     total = hidden_states + logits + moe + vision
-    if sampler_sorts(vllm):
+    if sampler_sorts(vllm, flashinfer):
         # the sorting sampler runs after the forward pass has freed its activations (and after the
         # encoder's): llm-d-benchmark's H100 peaks at 1,024 sequences are 5.56 GiB for Qwen3 0.6B and
         # 5.64 for Qwen3 32B, one vocabulary, a forward pass 0.9 GiB apart: the larger peak stands
-        total = max(total, sampler_bytes(arch.vocab, max_seqs, vllm))
+        total = max(total, sampler_bytes(arch.vocab, max_seqs, vllm, flashinfer))
     note = f"{batched_tokens} tokens × MLP/hidden + {max_seqs} × vocab logits"
-    if sampler_sorts(vllm):
+    if sampler_sorts(vllm, flashinfer):
         note += " (sorted by the sampler)"
     if moe:
         note += " + fused-MoE workspace"

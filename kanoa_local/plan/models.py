@@ -57,6 +57,9 @@ class PlanRequest(Model):
     limit_mm_per_prompt: int | None = Field(None, ge=0, le=999, description="images per prompt")
     limit_videos: int | None = Field(None, ge=0, le=999, description="videos per prompt: kanoa-local passes 0 "
                                      "unless asked (vLLM's own default, 999, profiles a dummy video)")
+    flashinfer: bool | None = Field(None, description="whether the engine has FlashInfer: the official images "
+                                    "do, a plain pip install of vLLM 0.9-0.11.0 does not (its sampler then "
+                                    "sorts the vocabulary); None: as the image")
     vllm_version: str | None = Field(None, pattern=r"^\d+\.\d+(\.\d+)?$",
                                      description="plan for the image of this vLLM release and its memory rules (outside "
                                                  "the releases kanoa-local knows, the nearest line)")
