@@ -16,7 +16,8 @@ from __future__ import annotations
 from ..state import log_path
 from .health import GpuUse, Metrics, StatusReport, follow_logs, gpu_use, log_lines, parse_metrics, served_cost, status
 from .inventory import DownResult, PsReport, PsRow, TunnelReport, connect, down, ps, reopen_tunnel
-from .lifecycle import UpResult, pick_port, port_free, start, up
+from .lifecycle import UpResult, start, up
+from .ports import pick_port, port_free
 from .prepare import PullResult, hf_token, plan_for_up, pull
 from .retry import MEMORY_FAILURES, next_attempt
 from .targets import Target, check_docker_hosts, choose_runtime, node_addresses, resolve_target, smallest_node

@@ -9,7 +9,6 @@ stays readable with `logs`).
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +24,8 @@ from ..runtimes import Pool, Runtime, for_kind, interruptible
 from ..settings import hub_offline
 from ..state import Deployment
 from .attempt import attempt as run_attempt
-from .prepare import hf_token, plan_for_up
+from .ports import pick_port
+from .prepare import engine_pin, hf_token, plan_for_up
 from .reconcile import clear_for_up
 from .replace import Swap, swap_blocker
 from .retry import next_attempt
@@ -95,11 +95,14 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
                                ("limit_mm_per_prompt", limit_mm_per_prompt), ("kv_cache_dtype", kv_cache_dtype),
                                ("vllm_version", vllm_version))
              if v is not None}
-    cand, model_dir, fallbacks = plan_for_up(profile, model=model, model_path=model_path, precision=precision,
-                                             engine_args=exact, force_cpu=cpu, offline=offline,
-                                             models_files=models_files, user_models=user_models,
-                                             nodes=len(where.docker_hosts) if where.multi else nodes,
-                                             all_nodes=where.multi, trust_remote_code=trust_remote_code)
+    def plan_it() -> tuple[Candidate, str | None, list[Candidate]]:
+        return plan_for_up(profile, model=model, model_path=model_path, precision=precision,
+                           engine_args=exact, force_cpu=cpu, offline=offline,
+                           models_files=models_files, user_models=user_models,
+                           nodes=len(where.docker_hosts) if where.multi else nodes,
+                           all_nodes=where.multi, trust_remote_code=trust_remote_code)
+
+    cand, model_dir, fallbacks = plan_it()
     pp = cand.settings.pipeline_parallel_size if cand.settings else 1
     if pp > 1 and where.runtime not in ("slurm", "k8s") and not where.multi:
         raise UsageError(f"{cand.label} spans {pp} nodes; `up` starts multi-node plans on Docker hosts, Slurm "
@@ -117,6 +120,9 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
 
     kind = where.runtime if where.runtime == "slurm" else choose_runtime(
         where.runtime, cand, image, where, docker_facts=lambda: daemon_facts(timeout=3), python=python)
+    if kind == "process" and vllm_version is None and (pin := engine_pin(cand, python)):
+        exact.update(pin)               # the vLLM installed here runs, not an image: plan for it
+        cand, model_dir, fallbacks = plan_it()
     if where.remote and cand.variant.package:
         raise UsageError(f"{cand.model_name} comes from a local package; the remote host cannot read it",
                          remedy="serve a model from the hub there, or --model-path DIR of a copy on that host")
@@ -158,30 +164,6 @@ def _priced(result: UpResult) -> UpResult:
     if note:
         result.notes.append(note)
     return result
-
-
-def port_free(host: str, port: int) -> bool:
-    """Whether ``port`` can be bound on ``host`` now (IPv4 or IPv6)."""
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror:
-        return False
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-            return True
-        except OSError:
-            return False
-
-
-def pick_port(host: str, port: int, tries: int = 20) -> int:
-    for p in range(port, min(port + tries, 65536)):
-        if port_free(host, p):
-            return p
-    raise EngineError(f"ports {port}-{min(port + tries, 65536) - 1} are all in use on {host}",
-                      remedy="choose another --port, or `kanoa-local ps` / `down` to free one")
 
 
 #: how often a port taken between the check and the start (another program, a parallel `up`)

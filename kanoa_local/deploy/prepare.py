@@ -135,3 +135,17 @@ def pull(model: str | None = None, *, python: str | None = None, precision: str 
                       path=model_dir or v.path or "")
 
 
+def engine_pin(cand: Candidate, python: str | None) -> dict[str, Any] | None:
+    """For a GPU plan on the process runtime: the release of the vLLM installed here and whether
+    it has FlashInfer (a pip install of 0.9-0.11.0 does not, and its sampler then sorts), as
+    engine arguments to plan again with; None when the plan already is for that engine, or when
+    no vLLM answers (the start says so then)."""
+    from ..runtimes.engine_venv import installed_engine
+    from ..runtimes.process import default_python
+
+    if cand.device != "gpu" or cand.settings is None:
+        return None
+    found = installed_engine(python or default_python("gpu"))
+    if found is None or (found.version, found.flashinfer) == (cand.settings.vllm_version, True):
+        return None
+    return {"vllm_version": found.version, "flashinfer": found.flashinfer}

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -307,3 +307,26 @@ def remove(version: str | None = None) -> list[EngineInstall]:
                 shutil.rmtree(rec.path, ignore_errors=True)
                 gone.append(rec)
     return gone
+
+
+class InstalledEngine(NamedTuple):
+    version: str            # X.Y.Z of the vllm distribution
+    flashinfer: bool
+
+
+def installed_engine(python: str) -> InstalledEngine | None:
+    """The vLLM release ``python`` has, and whether FlashInfer is there too; None when it has no
+    vLLM or does not answer (the start then says so, in one line)."""
+    import re
+
+    code = ("import importlib.metadata as m, importlib.util as u; "
+            "print(m.version('vllm')); print(u.find_spec('flashinfer') is not None)")
+    try:
+        r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = r.stdout.split()
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", lines[0]) if r.returncode == 0 and len(lines) == 2 else None
+    if m is None:
+        return None
+    return InstalledEngine(f"{m[1]}.{m[2]}.{m[3] or 0}", lines[1] == "True")
