@@ -80,7 +80,7 @@ def release_lines(vllm: str) -> list[ImageLine]:
     volta = want < (0, 9) or (0, 10) <= want < (0, 20)
     text = ".".join(map(str, want))
     return [ImageLine(tag=f"v{text}", vllm=text, cuda=cuda, min_driver=driver, min_cc=70 if volta else 75,
-                      note=f"vLLM {text} as asked")]
+                      note=f"vLLM {text}: the release asked for, or the one installed here")]
 
 
 def image_for_driver(cuda_driver_version: int | None, min_gpu_cc: int | None = None) -> ImageLine | None:
