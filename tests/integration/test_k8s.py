@@ -25,14 +25,24 @@ def cluster(k8s_cluster):
 
     api = config.new_client_from_config(config_file=k8s_cluster)
     core = client.CoreV1Api(api)
+
+    def create(make, body):
+        # idempotent: a POST the client retried after a slow first answer (a control plane just
+        # started on a busy machine) finds its own object there
+        try:
+            make(body)
+        except client.exceptions.ApiException as exc:
+            if exc.status != 409:
+                raise
+
     for name, gpus in NODES.items():
-        core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+        create(core.create_node, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
         res = {"nvidia.com/gpu": str(gpus), "cpu": "16", "memory": "128Gi", "pods": "20"}
         core.patch_node_status(name, {"status": {"capacity": res, "allocatable": res, "conditions": [
             {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake node"}]}})
         core.patch_node(name, {"spec": {"taints": None}})
     for i in range(3):                      # volumes for the weights claims (no provisioner here)
-        core.create_persistent_volume({"apiVersion": "v1", "kind": "PersistentVolume",
+        create(core.create_persistent_volume, {"apiVersion": "v1", "kind": "PersistentVolume",
                                        "metadata": {"name": f"weights-{i}"},
                                        "spec": {"capacity": {"storage": "500Gi"}, "accessModes": ["ReadWriteOnce"],
                                                 "hostPath": {"path": f"/tmp/kanoa-k8s-pv-{i}"}}})
