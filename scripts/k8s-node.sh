@@ -82,6 +82,9 @@ build() {
      nice -n 10 make WHAT=cmd/kubelet >"$tree/build.log" 2>&1) \
      || { tail -n 30 "$tree/build.log" >&2; exit 1; }
   cp "$root/_output/bin/kubelet" "$out.tmp/"
+  # inside `$(build | tail -n1)` set -e does not hold: check what a cache marked complete holds
+  [ -x "$out.tmp/kubelet" ] && [ -x "$out.tmp/pause" ] \
+    || { log "the kubelet build left no binary"; tail -n 30 "$tree/build.log" >&2; exit 1; }
   rm -rf "$out"; mv "$out.tmp" "$out"
   touch "$out/.complete"
   rm -rf "$tree"; trap - EXIT
