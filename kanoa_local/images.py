@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from .catalog import version_tuple
+
 GPU_REPO = "vllm/vllm-openai"
 CPU_REPO = "vllm/vllm-openai-cpu"
 
@@ -60,9 +62,13 @@ _CUDA_BY_RELEASE: list[tuple[tuple[int, ...], int, str]] = [
 ]
 
 
+def release_tuple(vllm: str | None) -> tuple[int, ...]:
+    """A vLLM release as a tuple; None (not pinned) is the newest."""
+    return version_tuple(vllm) if vllm else (99,)
+
+
 def _vt(v: str) -> tuple[int, ...]:
-    t = tuple(int(x) for x in v.split("."))
-    return t + (0,) * (3 - len(t))
+    return (version_tuple(v) + (0, 0, 0))[:3]
 
 
 def release_lines(vllm: str) -> list[ImageLine]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from ..hardware import GIB
+from ..images import release_tuple
 from .memory import kv_bytes_per_token
 from .models import _tokens as tokens_text
 
@@ -70,25 +71,25 @@ _CONTEXT_GIB: list[tuple[str, float]] = [
 #: their buffers sit beside the budget too. RTX 3090s (no P2P) at TP 2-8 showed 0.41-0.63 GiB in
 #: all; an RTX PRO 6000 at TP 4 0.96, an H100 at TP 4 1.54, an H200 at TP 8 2.16.
 _TP_EXTRA_GIB = {"no-p2p": 0.15, "p2p": 1.0, "p2p-8": 1.65}
+#: a card the table does not know (the larger figures of the table)
+UNKNOWN_CONTEXT_GIB = 0.55
 
 
 def cuda_context(name: str, tp: int = 1, p2p: bool = True, vllm: str | None = None) -> int:
     """Bytes per GPU outside vLLM's budget that its worker holds before sizing it: the CUDA
     context (0.55 GiB for a card the table does not know), and from 0.11 the TP buffers."""
-    from ..catalog import version_tuple
-
-    base = next((gib for pattern, gib in _CONTEXT_GIB if re.search(pattern, name)), 0.55)
-    if tp > 1 and (version_tuple(vllm) if vllm else (99,)) >= (0, 11):
+    base = next((gib for pattern, gib in _CONTEXT_GIB if re.search(pattern, name)), UNKNOWN_CONTEXT_GIB)
+    if tp > 1 and release_tuple(vllm) >= (0, 11):
         base += _TP_EXTRA_GIB["no-p2p" if not p2p else "p2p-8" if tp > 4 else "p2p"]
     return int(base * GIB)
 
 
 def cards_for(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_default: float,
-           pp: int = 1) -> tuple[str, int]:
+              pp: int = 1) -> tuple[str, int]:
     """The GPU memory this would need for ``context`` tokens, in cards people can buy; beyond
     one node of 8 GPUs, in nodes."""
     kv = int(kv_bytes_per_token(arch, kv_dtype_bytes, tp, context) * context) + int(0.2 * GIB)
-    per_gpu = (fixed + kv) / gmu_default + int(0.55 * GIB) + 0.5 * GIB
+    per_gpu = (fixed + kv) / gmu_default + int(UNKNOWN_CONTEXT_GIB * GIB) + 0.5 * GIB
     gpus = tp * pp
     total = per_gpu * gpus
     for size in (12, 16, 24, 32, 48, 80, 141):

@@ -164,11 +164,12 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     fi = req.flashinfer is not False
     act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=image.vllm, videos=videos,
                                max_len=req.max_model_len or full_arch.max_context, flashinfer=fi)
-    non_torch = mem.non_torch_bytes(tp, custom_allreduce=p2p_likely(g0.name), vllm=image.vllm)
     p2p = p2p_likely(g0.name)
+    non_torch = mem.non_torch_bytes(tp, custom_allreduce=p2p, vllm=image.vllm)
     graphs = mem.cuda_graph_bytes(arch, seqs, tp, batched, vllm=image.vllm, p2p=p2p)
-    ctx = Term(name="CUDA context", bytes=cuda_context(g0.name, tp, p2p, image.vllm),
-               note="driver + torch, per GPU" + (" + NCCL / all-reduce buffers" if tp > 1 and version_tuple(image.vllm) >= (0, 11) else ""))
+    ctx_bytes = cuda_context(g0.name, tp, p2p, image.vllm)
+    ctx = Term(name="CUDA context", bytes=ctx_bytes, note="driver + torch, per GPU"
+               + (" + NCCL / all-reduce buffers" if ctx_bytes > cuda_context(g0.name) else ""))
     # vLLM >= 0.20 estimates CUDA-graph memory and takes it from the budget; older releases
     # capture the graphs after sizing the KV cache, in the slack above the budget.
     graphs_inside = new_engine

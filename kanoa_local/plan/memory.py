@@ -35,7 +35,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..catalog import Arch, ModelEntry, Variant, version_tuple
+from ..catalog import Arch, ModelEntry, Variant
+from ..images import release_tuple as _release
 from ..hardware import GIB, Model
 from .multimodal import encoder_bytes
 
@@ -45,7 +46,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
 GPU_BLOCK_SIZE = 16
 CPU_BLOCK_SIZE = 128           # the CPU attention backend needs a multiple of 32; 0.32 uses 128
 BIG_GPU_BYTES = 70 * GIB       # H100/H200 class: larger scheduler defaults
-CUDA_CONTEXT_BYTES = int(0.55 * GIB)   # per GPU, outside vLLM's budget (driver + torch context)
 CPU_RUNTIME_BYTES = int(2.0 * GIB)     # API server + engine core + worker processes (RSS)
 
 
@@ -232,11 +232,6 @@ def scheduler_defaults(device: Literal["gpu", "cpu"], total_bytes: int, gpu_name
     if total_bytes >= BIG_GPU_BYTES and not ("a100" in name and v >= (0, 9)) and "gb10" not in name:
         return 8192, 1024
     return 2048, 256
-
-
-def _release(vllm: str | None) -> tuple[int, ...]:
-    """A release as a tuple; None (not pinned) is the newest."""
-    return version_tuple(vllm) if vllm else (99,)
 
 
 #: Bytes per element of the ``max_num_seqs × vocab`` logits at the sampler's peak when its top-k/top-p

@@ -21,7 +21,8 @@ planned with them.
 
 from __future__ import annotations
 
-from ..catalog import ModelEntry, version_tuple
+from ..catalog import ModelEntry
+from ..images import release_tuple as _release
 from ..hardware import GIB
 
 #: Image tokens vLLM's profiling feeds the encoder per image: the largest image each family's
@@ -39,10 +40,6 @@ ENCODER_BYTES_PER_IMAGE_TOKEN = int(0.31 * 2**20)
 VIDEO_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"}
 QWEN3_VIDEO_TOKENS = 12288          # 2 frames of the largest size after the merge
 QWEN3_PADDED_ROWS = 153600          # 12.5 × 12,288: 0.11's encoder budget for the dummy video
-
-
-def _release(vllm: str | None) -> tuple[int, ...]:
-    return version_tuple(vllm) if vllm else (99,)
 
 
 def video_tokens(family: str | None, vllm: str | None, max_len: int) -> int:

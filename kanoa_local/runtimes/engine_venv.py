@@ -317,8 +317,6 @@ class InstalledEngine(NamedTuple):
 def installed_engine(python: str) -> InstalledEngine | None:
     """The vLLM release ``python`` has, and whether FlashInfer is there too; None when it has no
     vLLM or does not answer (the start then says so, in one line)."""
-    import re
-
     code = ("import importlib.metadata as m, importlib.util as u; "
             "print(m.version('vllm')); print(u.find_spec('flashinfer') is not None)")
     try:
