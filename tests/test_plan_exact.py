@@ -165,7 +165,7 @@ def test_the_estimator_benchmark_runs_the_shipped_planner():
     assert r.returncode == 0, r.stderr
     assert "rows planned:" in r.stdout and "'fits' where vLLM failed: plan()" in r.stdout
     src = (ROOT / "benchmarks" / "estimator.py").read_text()
-    assert "plan(profile, catalog, req)" in src and "mem.activation_bytes" not in src
+    assert "plan(profile, catalog, req)" in src and "activation_bytes" not in src
 
 
 def test_a_context_within_the_estimates_error_of_the_edge_is_not_promised():

@@ -10,7 +10,7 @@ from kanoa_local.catalog import load_catalog
 from kanoa_local.engine.spec import vllm_args
 from kanoa_local.hardware import GIB
 from kanoa_local.plan import PlanRequest, plan
-from kanoa_local.plan import memory as mem
+from kanoa_local.plan import profiling as prof
 from kanoa_local.plan.devices import cuda_context, cuda_reserve, visible_total
 from kanoa_local.plan.multimodal import video_tokens
 from kanoa_local.probe import load_preset
@@ -55,13 +55,13 @@ def test_the_limit_takes_vllms_json_form_and_refuses_what_it_cannot_plan():
 
 def test_scheduler_defaults_follow_the_release():
     a100, h100 = 80 * GIB, 79 * GIB
-    assert mem.scheduler_defaults("gpu", a100, "NVIDIA A100-SXM4-80GB", vllm="0.8.5") == (8192, 1024)
-    assert mem.scheduler_defaults("gpu", a100, "NVIDIA A100-SXM4-80GB", vllm="0.9.2") == (2048, 256)
-    assert mem.scheduler_defaults("gpu", h100, "NVIDIA H100 80GB HBM3", vllm="0.19.1") == (8192, 1024)
-    assert mem.scheduler_defaults("gpu", 24 * GIB, "NVIDIA GeForce RTX 3090", vllm="0.8.1") == (2048, 1024)
-    assert mem.scheduler_defaults("gpu", 24 * GIB, "NVIDIA GeForce RTX 3090", vllm="0.8.5") == (2048, 256)
-    assert mem.scheduler_defaults("gpu", 179 * GIB, "NVIDIA B200", vllm="0.25.1") == (8192, 1024)
-    assert mem.scheduler_defaults("gpu", 179 * GIB, "NVIDIA B200") == (16384, 1024)
+    assert prof.scheduler_defaults("gpu", a100, "NVIDIA A100-SXM4-80GB", vllm="0.8.5") == (8192, 1024)
+    assert prof.scheduler_defaults("gpu", a100, "NVIDIA A100-SXM4-80GB", vllm="0.9.2") == (2048, 256)
+    assert prof.scheduler_defaults("gpu", h100, "NVIDIA H100 80GB HBM3", vllm="0.19.1") == (8192, 1024)
+    assert prof.scheduler_defaults("gpu", 24 * GIB, "NVIDIA GeForce RTX 3090", vllm="0.8.1") == (2048, 1024)
+    assert prof.scheduler_defaults("gpu", 24 * GIB, "NVIDIA GeForce RTX 3090", vllm="0.8.5") == (2048, 256)
+    assert prof.scheduler_defaults("gpu", 179 * GIB, "NVIDIA B200", vllm="0.25.1") == (8192, 1024)
+    assert prof.scheduler_defaults("gpu", 179 * GIB, "NVIDIA B200") == (16384, 1024)
 
 
 def test_what_a_gpu_keeps_outside_the_budget():
@@ -85,3 +85,49 @@ def test_a_longer_context_up_to_the_goal_beats_a_16_bit_kv_cache():
     one 4 of 6.6k: the plan takes the FP8 KV cache."""
     c = chosen("l4", model="gemma-3-12b", precision="fp8")
     assert c.settings.kv_cache_dtype == "fp8" and c.settings.max_model_len > 4096
+
+
+def test_what_cuda_sees_free_is_never_more_than_its_total():
+    """A profile whose NVML free figure is more than the total CUDA reports (NVML's "used" left the
+    driver's reserve out) is planned on what CUDA can have."""
+    from kanoa_local.plan.devices import cuda_free
+
+    l4 = 23034 * 2**20
+    cuda_total = visible_total("NVIDIA L4", l4)
+    assert cuda_free("NVIDIA L4", l4, l4 - 300 * 2**20) == cuda_total          # idle: CUDA's total
+    assert cuda_free("NVIDIA L4", l4, 10 * GIB) == 10 * GIB                      # busy: what NVML says
+    c = chosen("l4", model="llama-3.1-8b", precision="awq")
+    assert c.memory.per_device_free <= cuda_total
+
+
+def test_graphs_captured_beside_the_budget_leave_room_for_the_allocator():
+    """Before 0.20 the graphs are captured after the KV cache, beside the share; a plan keeps the
+    allocator's slack there too, twice it where NCCL runs without P2P. Qwen3-Coder-30B on four L4s
+    at 0.9 on vLLM 0.12 ran out of memory warming its sampler up after the capture (AbstractCore's
+    report): the plan runs it without graphs rather than promise them."""
+    from kanoa_local.hardware import what_if
+    from tests.conftest import ROOT
+
+    cal = load_catalog([ROOT / "benchmarks" / "data" / "calibration" / "models.toml"], user=False)
+    req = PlanRequest(model="cal-qwen3-30b-a3b", precision="bf16", tensor_parallel_size=4, gpu_memory_utilization=0.9,
+                      max_model_len=8192, max_num_seqs=256, vllm_version="0.12.0")
+    c = plan(what_if(load_preset("l4"), gpus=4), cal, req).chosen
+    assert c is not None and c.eager and any("beside the 0.9 share" in w for w in c.warnings), c.warnings
+    assert prof.beside_slack(4, p2p=False) > prof.beside_slack(4, p2p=True) > prof.beside_slack(1, True, graphs_inside=True)
+    # where the graphs are inside the budget (0.20 on) the same start keeps them
+    newer = plan(what_if(load_preset("l4"), gpus=4), cal, req.model_copy(update={"vllm_version": "0.33.0"})).chosen
+    assert newer is not None and not newer.eager
+
+
+def test_graph_memory_follows_the_logged_captures():
+    """vLLM 0.19 on H100s up to 512 sequences: 0.81-0.96 GiB for 28-36 layers, 1.54-1.85 for 80;
+    the sampler's own peak is the profiling peak when the forward pass is smaller (2.29 GiB for
+    Qwen2.5 72B at TP 2, 1,024 sequences)."""
+    llama8 = CAT.models["llama-3.1-8b"].arch
+    llama70 = CAT.models["llama-3.1-70b"].arch
+    g8 = prof.cuda_graph_bytes(llama8, 1024, 1, 8192, vllm="0.19.1").bytes / GIB
+    g70 = prof.cuda_graph_bytes(llama70, 1024, 2, 8192, vllm="0.19.1").bytes / GIB
+    assert 0.85 <= g8 <= 1.1 and 1.6 <= g70 <= 1.9, (g8, g70)
+    assert prof.cuda_graph_bytes(llama8, 1, 1, 8192, vllm="0.19.1").bytes < 0.1 * GIB     # one sequence: two sizes
+    a = prof.activation_bytes(CAT.models["llama-3.1-8b"], 8192, 1024, 2, vllm="0.19.1")
+    assert a.bytes >= prof.sampler_bytes(llama8.vocab, 1024, "0.19.1")

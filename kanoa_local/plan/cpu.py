@@ -7,7 +7,7 @@ import math
 
 from ..catalog import ModelEntry, Variant
 from ..hardware import GIB, HardwareProfile
-from . import memory as mem
+from . import memory as mem, profiling as prof
 from .memory import Term, Weights
 from .models import (CPU_MAX_KV_GIB, CPU_PIPELINE_COMPILATION, CPU_RAM_SHARE, Candidate, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
 from .gpu import _stage_arch, _useful_context, _weights_note
@@ -39,7 +39,7 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
             return cand
         arch = _stage_arch(arch, pp)
     w = mem.weights(entry, variant, dtype_bytes, pp, checkpoint)
-    batched, seqs = mem.scheduler_defaults("cpu", 0)
+    batched, seqs = prof.scheduler_defaults("cpu", 0)
     seqs = req.max_num_seqs or seqs
     images = (req.limit_mm_per_prompt if req.limit_mm_per_prompt is not None else entry.max_images) \
         if entry.vision else 0
@@ -54,7 +54,7 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
         warnings.append("--gpu-memory-utilization does not apply to the CPU engine (its KV cache is "
                         "VLLM_CPU_KVCACHE_SPACE)")
     videos = (req.limit_videos or 0) if entry.vision else 0
-    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, 1, images, videos=videos,
+    act = prof.activation_bytes(entry, batched, seqs, dtype_bytes, 1, images, videos=videos,
                                max_len=req.max_model_len or arch.max_context)
     runtime = Term(name="runtime", bytes=mem.CPU_RUNTIME_BYTES, note="API server, engine and worker processes")
     budget = int(profile.ram_available * CPU_RAM_SHARE)

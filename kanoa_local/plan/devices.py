@@ -58,6 +58,15 @@ def visible_total(name: str, nvml_total: int) -> int:
     return nvml_total - cuda_reserve(name, nvml_total)
 
 
+def cuda_free(name: str, nvml_total: int, nvml_free: int) -> int:
+    """What vLLM's CUDA sees free of this GPU. Drivers differ in whether NVML's "used" includes the
+    memory CUDA never reports (the reserve): what is free can never be more than CUDA's total less
+    what NVML sees used beyond that reserve (a constructed or idle profile's free figure may be)."""
+    reserve = cuda_reserve(name, nvml_total)
+    used = nvml_total - nvml_free
+    return max(min(nvml_free, nvml_total - reserve - max(used - reserve, 0)), 0)
+
+
 #: A vLLM worker's CUDA context on an idle GPU at TP 1 (total − free in vLLM's "Free memory on
 #: device (free/total GiB) on startup" lines, collected 2026-12-02): it grows with the SM count.
 _CONTEXT_GIB: list[tuple[str, float]] = [

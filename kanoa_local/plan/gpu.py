@@ -8,8 +8,8 @@ from typing import Any
 from ..catalog import ModelEntry, Variant, version_tuple
 from ..hardware import GIB, Gpu, HardwareProfile
 from ..images import GPU_IMAGES, ImageLine, release_lines
-from . import kernels, memory as mem
-from .devices import cards_for, cuda_context, visible_total
+from . import kernels, memory as mem, profiling as prof
+from .devices import cards_for, cuda_context, cuda_free, visible_total
 from .confidence import measured_run, measured_term
 from .memory import KvCapacity, Term, Weights
 from .parallel import p2p_likely
@@ -121,7 +121,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     g0 = gpus[0]
     cc = min(g.cc_value or 0 for g in gpus)
     total = g0.memory_total
-    free = min(g.memory_free for g in gpus)
+    free = min(cuda_free(g.name, g.memory_total, g.memory_free) for g in gpus)
     name = f"{tp} × {g0.name}" if tp > 1 else g0.name
     if pp > 1:
         name = f"{pp} nodes × {name}"
@@ -151,7 +151,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
 
     dtype_bytes = mem.DTYPE_BYTES[dtype]
     kv_dtype_bytes = 1 if kv_fp8 else dtype_bytes
-    batched, seqs = mem.scheduler_defaults("gpu", total, g0.name, vllm=image.vllm)
+    batched, seqs = prof.scheduler_defaults("gpu", total, g0.name, vllm=image.vllm)
     if req.max_num_seqs:
         seqs = req.max_num_seqs
     elif entry.max_num_seqs:
@@ -162,11 +162,11 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint)
     videos = (req.limit_videos or 0) if entry.vision else 0
     fi = req.flashinfer is not False
-    act = mem.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=image.vllm, videos=videos,
+    act = prof.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=image.vllm, videos=videos,
                                max_len=req.max_model_len or full_arch.max_context, flashinfer=fi)
     p2p = p2p_likely(g0.name)
-    non_torch = mem.non_torch_bytes(tp, custom_allreduce=p2p, vllm=image.vllm)
-    graphs = mem.cuda_graph_bytes(arch, seqs, tp, batched, vllm=image.vllm, p2p=p2p)
+    non_torch = prof.non_torch_bytes(tp, custom_allreduce=p2p, vllm=image.vllm)
+    graphs = prof.cuda_graph_bytes(arch, seqs, tp, batched, vllm=image.vllm, p2p=p2p)
     ctx_bytes = cuda_context(g0.name, tp, p2p, image.vllm)
     ctx = Term(name="CUDA context", bytes=ctx_bytes, note="driver + torch, per GPU"
                + (" + NCCL / all-reduce buffers" if ctx_bytes > cuda_context(g0.name) else ""))
@@ -177,15 +177,15 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         graphs = graphs.model_copy(update={"note": "estimated by vLLM and kept out of the KV cache"})
     # Graphs captured after the KV cache take the room the profiling pass had used; the sampler's
     # warm-up that follows needs its peak again, beyond what the budget kept for activations.
-    warm = 0 if graphs_inside else max(0, mem.sampler_bytes(arch.vocab, seqs, image.vllm, fi) - act.bytes)
+    warm = 0 if graphs_inside else max(0, prof.sampler_bytes(arch.vocab, seqs, image.vllm, fi) - act.bytes)
     beside = 0 if graphs_inside else graphs.bytes + warm
     eager_beside = False
 
     # gmu: vLLM's default unless what is free (after our own context) is less. vLLM's budget
     # is a share of the total it reads itself, a little less than NVML's.
     visible = visible_total(g0.name, total)
-    margin = int(0.25 * GIB)
-    room = free - ctx.bytes - margin - beside
+    slack = prof.beside_slack(tp, p2p, graphs_inside)
+    room = free - ctx.bytes - slack - beside
     gmu = min(DEFAULT_GMU, math.floor(room / visible * 100) / 100)
     # without graphs beside the budget (--enforce-eager) a larger share is free
     gmu_eager = min(DEFAULT_GMU, math.floor((room + beside - warm) / visible * 100) / 100)
@@ -210,8 +210,8 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         warnings.append(f"other processes hold {_gib(total - free)} on {g0.name}: "
                         f"--gpu-memory-utilization lowered to {gmu:.2f}")
     if req.gpu_memory_utilization is not None and not graphs_inside \
-            and free - ctx.bytes < gmu * visible + beside:
-        left = free - ctx.bytes - gmu * visible
+            and free - ctx.bytes < gmu * visible + beside + slack:
+        left = free - ctx.bytes - gmu * visible - slack
         if left >= warm:
             eager_beside = True     # only the graphs are in the way, as below for newer releases
         else:

@@ -20,7 +20,7 @@ from kanoa_local.catalog import load_catalog
 from kanoa_local.checkpoint import arch_from_config
 from kanoa_local.engine import vllm_log
 from kanoa_local.hardware import GIB
-from kanoa_local.plan import memory as mem
+from kanoa_local.plan import memory as mem, profiling as prof
 
 from tests.conftest import free_port, make_tiny_model
 
@@ -91,7 +91,7 @@ def _tiny_params(model: Path) -> tuple[int, int]:
 
 
 def predicted_tokens(arch) -> int:
-    batched, _ = mem.scheduler_defaults("cpu", 0)
+    batched, _ = prof.scheduler_defaults("cpu", 0)
     return mem.kv_capacity(arch, KV_GIB * GIB, MAX_LEN, kv_dtype_bytes=4, block_size=mem.CPU_BLOCK_SIZE,
                            in_flight_tokens=batched).tokens
 
