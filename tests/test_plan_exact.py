@@ -205,3 +205,16 @@ def test_a_release_between_the_known_lines_is_planned_on_its_own_image():
     assert c.settings.image.endswith(":v0.12.0") and c.settings.vllm_version == "0.12.0"
     # 0.11.1-0.16 sort the vocabulary in the sampler: the activations say so
     assert "sorted by the sampler" in next(t.note for t in c.memory.terms if t.name == "activations")
+
+
+@pytest.mark.parametrize("bad", [{"limit_mm_per_prompt": {"audio": 1}}, {"gpu_memory_utilization": 1.5},
+                                 {"max_num_seqs": 0}])
+def test_the_library_refuses_bad_engine_settings_as_the_cli_does(bad):
+    """kanoa_local.up(...) with a setting the planner cannot take raises the project's UsageError
+    (one line, a remedy, exit code 2), not pydantic's ValidationError, before anything starts."""
+    import kanoa_local
+    from kanoa_local.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        kanoa_local.up("qwen2.5-vl-7b", profile=load_preset("l4"), runtime="process", **bad)
+    assert "\n" not in str(err.value) and err.value.remedy and err.value.exit_code == 2

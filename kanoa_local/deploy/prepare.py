@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import KanoaError, UsageError, WeightsUnavailable
 from ..plan.fit import Candidate
@@ -42,9 +42,15 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
     if offline is None:
         offline = hub_offline()
     token = hf_token()
-    request = PlanRequest(model=model, precision=precision, **(engine_args or {}),
-                          device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
-                          all_nodes=all_nodes, hf_token=bool(token), trust_remote_code=trust_remote_code)
+    try:
+        request = PlanRequest(model=model, precision=precision, **(engine_args or {}),
+                              device="cpu" if force_cpu else "auto", offline=offline, nodes=nodes,
+                              all_nodes=all_nodes, hf_token=bool(token), trust_remote_code=trust_remote_code)
+    except ValidationError as exc:       # the library's callers pass these as plain Python values
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ())) or "engine settings"
+        raise UsageError(f"{where}: {err.get('msg', 'not a valid value')}",
+                         remedy="see `kanoa-local up --help` for what each setting takes") from None
     from ..runs import load_all as load_runs
 
     result = plan(profile, catalog, request, checkpoints=weights, runs=load_runs())
