@@ -48,8 +48,9 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
                               all_nodes=all_nodes, hf_token=bool(token), trust_remote_code=trust_remote_code)
     except ValidationError as exc:       # the library's callers pass these as plain Python values
         err = exc.errors()[0]
-        where = ".".join(str(x) for x in err.get("loc", ())) or "engine settings"
-        raise UsageError(f"{where}: {err.get('msg', 'not a valid value')}",
+        msg = str(err.get("msg", "not a valid value")).removeprefix("Value error, ")
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        raise UsageError(f"{where}: {msg}" if where else msg,
                          remedy="see `kanoa-local up --help` for what each setting takes") from None
     from ..runs import load_all as load_runs
 
