@@ -65,10 +65,20 @@ def engine_python(device: str | None = None) -> tuple[str, str]:
     return sys.executable, "the interpreter running kanoa-local (no engine installed)"
 
 
+#: interpreters found to have vLLM in this process, by (path, mtime): one `up` asks up to three times
+_HAS_VLLM: set[tuple[str, int]] = set()
+
+
 def check_python(python: str) -> None:
     """Fail early, in one line, when ``python`` is missing or has no vLLM."""
-    if not Path(python).is_file():
+    try:
+        key = (python, Path(python).stat().st_mtime_ns)
+    except OSError:
+        key = None
+    if key is None or not Path(python).is_file():
         raise EngineError(f"no Python interpreter at {python}", remedy=INSTALL_HINT)
+    if key in _HAS_VLLM:
+        return
     try:
         r = subprocess.run([python, "-c", "import importlib.util, sys; "
                             "sys.exit(0 if importlib.util.find_spec('vllm') else 3)"],
@@ -77,6 +87,7 @@ def check_python(python: str) -> None:
         raise EngineError(f"cannot run {python}: {getattr(exc, 'strerror', None) or exc}", remedy=INSTALL_HINT) from None
     if r.returncode != 0:
         raise EngineError(f"{python} has no vLLM", remedy=INSTALL_HINT)
+    _HAS_VLLM.add(key)
 
 
 # ----------------------------------------------------------------------------- identity
