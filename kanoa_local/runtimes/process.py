@@ -71,13 +71,9 @@ _HAS_VLLM: set[tuple[str, int]] = set()
 
 def check_python(python: str) -> None:
     """Fail early, in one line, when ``python`` is missing or has no vLLM."""
-    try:
-        key = (python, Path(python).stat().st_mtime_ns)
-    except OSError:
-        key = None
-    if key is None or not Path(python).is_file():
+    if not Path(python).is_file():
         raise EngineError(f"no Python interpreter at {python}", remedy=INSTALL_HINT)
-    if key in _HAS_VLLM:
+    if (key := (python, Path(python).stat().st_mtime_ns)) in _HAS_VLLM:
         return
     try:
         r = subprocess.run([python, "-c", "import importlib.util, sys; "
