@@ -35,7 +35,8 @@ def test_plans_name_videos_so_vllm_does_not_profile_a_dummy_video():
     assert json.loads(args[args.index("--limit-mm-per-prompt") + 1]) == {"image": 1, "video": 0}
     # allowing videos (vLLM's default when a JSON limit leaves them out) profiles one sized from
     # --max-model-len on Qwen2.5-VL from 0.11: 2 × 16,384 tokens at 32k
-    with_video = chosen("l4", model="qwen2.5-vl-7b", max_model_len=32768, limit_mm_per_prompt={"image": 1})
+    c = chosen("l40s", model="qwen2.5-vl-7b", max_model_len=32768)
+    with_video = chosen("l40s", model="qwen2.5-vl-7b", max_model_len=32768, limit_mm_per_prompt={"image": 1})
     assert with_video.settings.limit_videos == 999 and act(with_video) > act(c) + 4 * GIB
     assert "dummy video of 32,768 tokens" in next(t.note for t in with_video.memory.terms if t.name == "activations")
     assert video_tokens("qwen2_5_vl", "0.10.2", 131072) == 16384        # before 0.11: about one image
@@ -131,3 +132,50 @@ def test_graph_memory_follows_the_logged_captures():
     assert prof.cuda_graph_bytes(llama8, 1, 1, 8192, vllm="0.19.1").bytes < 0.1 * GIB     # one sequence: two sizes
     a = prof.activation_bytes(CAT.models["llama-3.1-8b"], 8192, 1024, 2, vllm="0.19.1")
     assert a.bytes >= prof.sampler_bytes(llama8.vocab, 1024, "0.19.1")
+
+
+def test_which_model_runner_each_release_starts():
+    """vLLM's V2 model runner by release (config/vllm.py of the 0.22-0.33 wheels): dense Qwen3 first,
+    then Llama/Mistral, their quantised checkpoints, every dense model, and from 0.29 all."""
+    from kanoa_local.plan.runner import runner
+
+    llama, mixtral, vl = CAT.models["llama-3.1-8b"], CAT.models["mixtral-8x7b"], CAT.models["qwen2.5-vl-7b"]
+    bf16 = next(v for v in llama.variants if not v.is_quantised)
+    awq = next(v for v in llama.variants if v.is_quantised)
+    assert runner("0.19.1", llama, bf16) == "v1" and runner("0.22.0", llama, bf16) == "v1"
+    assert runner("0.23.0", llama, bf16) == "v2" and runner("0.23.0", llama, awq) == "v1"
+    assert runner("0.24.0", llama, awq) == "v2"
+    assert runner("0.25.0", vl, vl.variants[0]) == "v2" and runner("0.28.0", mixtral, mixtral.variants[0]) == "v1"
+    assert runner("0.29.0", mixtral, mixtral.variants[0]) == "v2" and runner(None, llama, bf16) == "v2"
+
+
+def test_the_v2_runner_keeps_its_sampler_state_and_graphs_where_each_release_does():
+    """Its [max_num_seqs, vocab] penalty counts are inside the budget from 0.27 (beside it before);
+    its CUDA graphs are estimated into the budget from 0.29 (captured beside it before)."""
+    def where(version):
+        c = chosen("h100", model="llama-3.1-8b", precision="bf16", vllm_version=version)
+        inside = {t.name for t in c.memory.terms}
+        beside = {t.name for t in c.memory.outside_budget}
+        return inside, beside
+    inside, beside = where("0.33.0")
+    assert {"sampler state", "CUDA graphs"} <= inside and "cold torch.compile" in \
+        next(t.note for t in chosen("h100", model="llama-3.1-8b", precision="bf16").memory.terms if t.name == "activations")
+    inside, beside = where("0.27.1")
+    assert "sampler state" in inside and "CUDA graphs" in beside
+    inside, beside = where("0.26.1")
+    assert "sampler state" in beside and "CUDA graphs" in beside
+    inside, beside = where("0.19.1")
+    assert "sampler state" not in inside | beside
+
+
+def test_qwen3_32b_on_two_rtx_pro_6000s_at_a_small_share_fits_as_it_started():
+    """The public 0.27.1 start (TP 2, --gpu-memory-utilization 0.426, 32k: 8.22 GiB of KV cache per
+    card): the V2 runner's overheads (1.66 GiB a card) are not V1's (5.8), so the plan says it fits."""
+    from kanoa_local.hardware import what_if
+    from tests.conftest import ROOT
+
+    cal = load_catalog([ROOT / "benchmarks" / "data" / "calibration" / "models.toml"], user=False)
+    req = PlanRequest(model="cal-qwen3-32b", precision="bf16", tensor_parallel_size=2, gpu_memory_utilization=0.426,
+                      max_model_len=32768, vllm_version="0.27.1")
+    c = plan(what_if(load_preset("rtx-pro-6000"), gpus=2), cal, req).chosen
+    assert c is not None and 6.5 * GIB < c.memory.kv_bytes <= 8.22 * GIB, c and c.memory.kv_bytes / GIB

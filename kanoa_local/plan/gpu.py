@@ -161,24 +161,15 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     # pipeline stages split the layers: per GPU, the weights are about 1/(TP × PP)
     w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint)
     videos = (req.limit_videos or 0) if entry.vision else 0
-    fi = req.flashinfer is not False
-    act = prof.activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=image.vllm, videos=videos,
-                               max_len=req.max_model_len or full_arch.max_context, flashinfer=fi)
     p2p = p2p_likely(g0.name)
-    non_torch = prof.non_torch_bytes(tp, custom_allreduce=p2p, vllm=image.vllm)
-    graphs = prof.cuda_graph_bytes(arch, seqs, tp, batched, vllm=image.vllm, p2p=p2p)
+    ov = prof.overheads(entry, variant, arch, batched=batched, seqs=seqs, dtype_bytes=dtype_bytes, tp=tp,
+                        images=images, videos=videos, max_len=req.max_model_len or full_arch.max_context,
+                        vllm=image.vllm, flashinfer=req.flashinfer is not False, p2p=p2p, cc=cc)
+    act, non_torch, graphs, graphs_inside, warm = ov.act, ov.non_torch, ov.graphs, ov.graphs_inside, ov.warm
     ctx_bytes = cuda_context(g0.name, tp, p2p, image.vllm)
     ctx = Term(name="CUDA context", bytes=ctx_bytes, note="driver + torch, per GPU"
                + (" + NCCL / all-reduce buffers" if ctx_bytes > cuda_context(g0.name) else ""))
-    # vLLM >= 0.20 estimates CUDA-graph memory and takes it from the budget; older releases
-    # capture the graphs after sizing the KV cache, in the slack above the budget.
-    graphs_inside = new_engine
-    if graphs_inside:
-        graphs = graphs.model_copy(update={"note": "estimated by vLLM and kept out of the KV cache"})
-    # Graphs captured after the KV cache take the room the profiling pass had used; the sampler's
-    # warm-up that follows needs its peak again, beyond what the budget kept for activations.
-    warm = 0 if graphs_inside else max(0, prof.sampler_bytes(arch.vocab, seqs, image.vllm, fi) - act.bytes)
-    beside = 0 if graphs_inside else graphs.bytes + warm
+    beside = (0 if graphs_inside else graphs.bytes) + warm + sum(t.bytes for t in ov.beside)
     eager_beside = False
 
     # gmu: vLLM's default unless what is free (after our own context) is less. vLLM's budget
@@ -188,7 +179,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     room = free - ctx.bytes - slack - beside
     gmu = min(DEFAULT_GMU, math.floor(room / visible * 100) / 100)
     # without graphs beside the budget (--enforce-eager) a larger share is free
-    gmu_eager = min(DEFAULT_GMU, math.floor((room + beside - warm) / visible * 100) / 100)
+    gmu_eager = min(DEFAULT_GMU, math.floor((room + (0 if graphs_inside else graphs.bytes)) / visible * 100) / 100)
     if req.gpu_memory_utilization is None and gmu < MIN_GMU <= gmu_eager:
         eager_beside, gmu = True, gmu_eager
     if req.gpu_memory_utilization is not None:
@@ -209,15 +200,14 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     if req.gpu_memory_utilization is None and gmu < DEFAULT_GMU - 0.02:
         warnings.append(f"other processes hold {_gib(total - free)} on {g0.name}: "
                         f"--gpu-memory-utilization lowered to {gmu:.2f}")
-    if req.gpu_memory_utilization is not None and not graphs_inside \
-            and free - ctx.bytes < gmu * visible + beside + slack:
+    if req.gpu_memory_utilization is not None and beside and free - ctx.bytes < gmu * visible + beside + slack:
         left = free - ctx.bytes - gmu * visible - slack
-        if left >= warm:
+        must = warm + sum(t.bytes for t in ov.beside)      # beside the budget, graphs or not
+        if not graphs_inside and left >= must:
             eager_beside = True     # only the graphs are in the way, as below for newer releases
         else:
-            reasons.append(f"vLLM {image.vllm} warms its sampler up with {seqs} dummy requests after the KV cache, "
-                           f"outside the {gmu:g} share: it needs {_gib(warm)} more than the profiling run kept "
-                           f"and {_gib(max(left, 0))} is left beside it on {g0.name}")
+            reasons.append(f"{_beside_text(ov, image.vllm, seqs, batched)}, outside the {gmu:g} share: it needs "
+                           f"{_gib(must)} there and {_gib(max(left, 0))} is left beside it on {g0.name}")
             cand.needs = "a lower --gpu-memory-utilization or --max-num-seqs"
             return cand
     budget = int(gmu * visible)
@@ -229,7 +219,8 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
             "bytes": non_torch.bytes + ctx.bytes + others,
             "note": non_torch.note + f" + the CUDA context{' and other processes' if others > GIB // 4 else ''} "
                                      f"(vLLM {image.vllm} counts them in its share)"})
-    fixed = w.total + act.bytes + non_torch.bytes + (graphs.bytes if graphs_inside else 0)
+    persistent = [ov.persistent] if ov.persistent else []
+    fixed = w.total + act.bytes + non_torch.bytes + sum(t.bytes for t in persistent) + (graphs.bytes if graphs_inside else 0)
     rec = measured_run(runs or [], entry.id, variant.precision, name, image.vllm, tp=tp, pp=pp,
                        max_num_seqs=req.max_num_seqs or entry.max_num_seqs, limit_images=images if entry.vision else None,
                        limit_videos=videos if entry.vision else None)
@@ -262,12 +253,12 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         warnings.append(f"CUDA graphs off (--enforce-eager): vLLM {image.vllm} would capture {_gib(graphs.bytes)} "
                         f"of them beside the {gmu:g} share, more than {g0.name} has left: decoding is slower")
     terms = [Term(name="weights", bytes=w.total, note=_weights_note(w, variant, dtype, tp * pp)), act, non_torch,
-             *([correction] if correction else [])]
+             *persistent, *([correction] if correction else [])]
     if graphs_inside and not eager:
         terms.append(graphs)
     breakdown = MemoryBreakdown(device="gpu", per_device_total=total, per_device_free=free,
                                 budget=budget, terms=terms, weights=w,
-                                outside_budget=[ctx] if graphs_inside or eager else [ctx, graphs])
+                                outside_budget=[ctx, *ov.beside] if graphs_inside or eager else [ctx, graphs, *ov.beside])
     cand.memory = breakdown
     cand.eager = eager
     if kv_bytes <= 0:
@@ -379,6 +370,17 @@ def _settle(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes
         warnings.append(f"spans {pp} nodes (pipeline parallel {pp}, tensor parallel {tp} each): "
                         "the nodes need a fast network and the same weights cache")
     return cand
+
+
+def _beside_text(ov: prof.Overheads, vllm: str, seqs: int, batched: int) -> str:
+    parts = []
+    if ov.warm:
+        parts.append(f"vLLM {vllm} warms its sampler up with {seqs} dummy requests after the KV cache"
+                     if ov.model_runner == "v1" else
+                     f"vLLM {vllm}'s V2 runner warms its kernels up with {min(seqs, batched // 2)} requests "
+                     "after the KV cache")
+    parts += [f"it keeps its {t.name} ({_gib(t.bytes)}) beside the budget" for t in ov.beside]
+    return "; ".join(parts) or f"vLLM {vllm} needs room beside the budget"
 
 
 def _weights_note(w: Weights, variant: Variant, dtype: str, tp: int) -> str:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..catalog import Arch, ModelEntry
-from ..hardware import GIB
+from ..catalog import Arch, ModelEntry, Variant
+from ..hardware import GIB, Model
 from ..images import release_tuple as _release
+from . import runner as v2
 from .memory import Term
+from .runner import Runner
 from .multimodal import encoder_bytes
 
 BIG_GPU_BYTES = 70 * GIB       # H100/H200 class: larger scheduler defaults
@@ -97,7 +99,7 @@ def sampler_bytes(vocab: int, max_seqs: int, vllm: str | None = None, flashinfer
 
 def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtype_bytes: int,
                      tp: int = 1, images: int = 1, vllm: str | None = None, videos: int = 0,
-                     max_len: int = 0, flashinfer: bool = True) -> Term:
+                     max_len: int = 0, flashinfer: bool = True, model_runner: Runner = "v1") -> Term:
     """Peak of vLLM's profiling pass beyond the weights.
 
     The pass runs ``batched_tokens`` tokens through the model and samples ``max_seqs`` rows:
@@ -108,7 +110,8 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
     its top-k experts × the expert's gate/up/down widths). A vision model also encodes its
     dummy images at the largest size its processor allows. Releases whose sampler sorts the vocabulary
     (:func:`sampler_sorts`) are charged at least its whole peak (:data:`SORT_SAMPLER_BYTES` per element)
-    beside the MLP activations.
+    beside the MLP activations. The V2 model runner samples lighter and compiles inside the pass
+    (plan/runner.py).
     """
     arch = entry.arch
     assert arch is not None
@@ -119,24 +122,24 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
         inter *= min(k, 4)                      # routed tokens are gathered per expert
         moe = batched_tokens * k * (3 * (arch.intermediate or 0) // tp + arch.hidden) * dtype_bytes
     hidden_states = batched_tokens * (2 * inter + 4 * arch.hidden) * dtype_bytes
-    logits = max_seqs * arch.vocab * LOGITS_BYTES
     vision, encoded = 0, ""
-    if entry.vision:
-        # the tower's own activations (0.5-2 GiB for 0.3-0.9 B towers in public logs) and the
-        # encoder run over the largest dummy image(s) or video (plan/multimodal.py)
-        vision, encoded = encoder_bytes(entry, images, videos, max_len or arch.max_context, dtype_bytes, vllm)
-        if entry.vision_profile_gib and entry.max_num_seqs:
-            # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
-            vision = int(vision * max_seqs / entry.max_num_seqs)
-    total = hidden_states + logits + moe + vision
-    # the sampler runs after the forward pass has freed its activations (and after the encoder's):
-    # llm-d-benchmark's H100 peaks at 1,024 sequences are 5.56 GiB for Qwen3 0.6B and 5.64 for Qwen3
-    # 32B on a sorting release, one vocabulary, a forward pass 0.9 GiB apart; on 0.19 (no sort) 2.29 GiB
-    # for Qwen2.5 72B at TP 2, the sampler's own peak: the larger peak stands
-    total = max(total, sampler_bytes(arch.vocab, max_seqs, vllm, flashinfer))
-    note = f"{batched_tokens} tokens × MLP/hidden + {max_seqs} × vocab logits"
-    if sampler_sorts(vllm, flashinfer):
-        note += " (sorted by the sampler)"
+    if entry.vision and (model_runner == "v1" or v2.encoder_profiled(vllm)):
+        vision, encoded = vision_bytes(entry, images, videos, max_len, dtype_bytes, vllm, max_seqs)
+    if model_runner == "v2":
+        rows = min(batched_tokens, max_seqs)
+        sampled = rows * arch.vocab * v2.sampler_bytes_per_element(vllm, tp) + batched_tokens * arch.hidden * dtype_bytes
+        total = max(hidden_states + moe + vision + v2.COLD_COMPILE_BYTES, sampled)
+        note = f"{batched_tokens} tokens × MLP/hidden on a cold torch.compile, {rows} × vocab sampled (model runner V2)"
+    else:
+        total = hidden_states + max_seqs * arch.vocab * LOGITS_BYTES + moe + vision
+        # the sampler runs after the forward pass has freed its activations (and after the encoder's):
+        # llm-d-benchmark's H100 peaks at 1,024 sequences are 5.56 GiB for Qwen3 0.6B and 5.64 for Qwen3
+        # 32B on a sorting release, one vocabulary, a forward pass 0.9 GiB apart; on 0.19 (no sort) 2.29 GiB
+        # for Qwen2.5 72B at TP 2, the sampler's own peak: the larger peak stands
+        total = max(total, sampler_bytes(arch.vocab, max_seqs, vllm, flashinfer))
+        note = f"{batched_tokens} tokens × MLP/hidden + {max_seqs} × vocab logits"
+        if sampler_sorts(vllm, flashinfer):
+            note += " (sorted by the sampler)"
     if moe:
         note += " + fused-MoE workspace"
     if vision:
@@ -144,16 +147,40 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
     return Term(name="activations", bytes=total, note=note)
 
 
-def non_torch_bytes(tp: int, custom_allreduce: bool = True, vllm: str | None = None) -> Term:
+def vision_bytes(entry: ModelEntry, images: int, videos: int, max_len: int, dtype_bytes: int,
+                 vllm: str | None, max_seqs: int) -> tuple[int, str]:
+    """The tower's own activations (0.5-2 GiB for 0.3-0.9 B towers in public logs) and the encoder
+    run over the largest dummy image(s) or video (plan/multimodal.py)."""
+    arch = entry.arch
+    assert arch is not None
+    vision, encoded = encoder_bytes(entry, images, videos, max_len or arch.max_context, dtype_bytes, vllm)
+    if entry.vision_profile_gib and entry.max_num_seqs:
+        # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
+        vision = int(vision * max_seqs / entry.max_num_seqs)
+    return vision, encoded
+
+
+def non_torch_bytes(tp: int, custom_allreduce: bool = True, vllm: str | None = None,
+                    model_runner: Runner = "v1", cc: int = 0) -> Term:
     """Memory torch does not track that the profiling pass sees grow: cuBLAS/cuDNN workspaces, and
     with tensor parallelism NCCL and custom all-reduce buffers. vLLM 0.19 on H100: "non-torch
     forward increase memory" 0.25-0.27 GiB at TP 1, 2.07-2.21 GiB at TP 2 and 4; vLLM 0.10.1 on
     two A100s left 0.65 GiB for activations and all of it together (the buffers of the releases
-    before 0.11 were far smaller). vLLM's custom all-reduce needs P2P or NVLink; on GeForce cards
-    (no P2P) it is off and NCCL's buffers remain."""
+    before 0.11 were far smaller, but for Hopper/Blackwell parts from 0.9: NCCL's NVLink SHARP and
+    the all-reduce fusion are theirs only; Qwen3-235B FP8 at TP 4 on H100s, 0.9.2, held far more). vLLM's custom all-reduce needs P2P or NVLink; on GeForce cards
+    (no P2P) it is off and NCCL's buffers remain. Under the V2 model runner (measured against a
+    snapshot taken after cuBLAS is set up): ~0.15 GiB at TP 1; at TP > 1 the large share is the
+    symmetric-memory all-reduce and its RMSNorm fusion, built on SM90/SM100 only."""
+    if model_runner == "v2":
+        if tp == 1:
+            return Term(name="non-torch", bytes=v2.NON_TORCH_BYTES, note="kernel workspaces")
+        if custom_allreduce and cc in (90, 100, 103):
+            return Term(name="non-torch", bytes=int(2.25 * GIB),
+                        note="workspaces + symmetric-memory all-reduce and its fusion buffers")
+        return Term(name="non-torch", bytes=int(0.5 * GIB), note="workspaces + NCCL buffers")
     if tp == 1:
         base, note = int(0.27 * GIB), "cuBLAS workspaces"
-    elif custom_allreduce and _release(vllm) < (0, 11):
+    elif custom_allreduce and _release(vllm) < (0, 11) and not (cc in (90, 100, 103) and _release(vllm) >= (0, 9)):
         base, note = int(0.5 * GIB), "cuBLAS workspaces + NCCL and custom all-reduce buffers"
     elif custom_allreduce:
         base, note = int(2.25 * GIB), "cuBLAS workspaces + NCCL and custom all-reduce buffers"
@@ -223,3 +250,54 @@ def cuda_graph_bytes(arch: Arch, max_seqs: int, tp: int = 1, batched_tokens: int
 GRAPH_POOL_BYTES = int(0.45 * GIB)
 GRAPH_BYTES_PER_LAYER = int(0.0175 * GIB)
 MLA_GRAPH_BYTES = int(0.65 * GIB)
+
+
+class Overheads(Model):
+    """What one configuration holds beyond its weights and KV cache, inside vLLM's budget and beside it."""
+
+    model_runner: Runner
+    act: Term
+    non_torch: Term
+    graphs: Term
+    graphs_inside: bool
+    persistent: Term | None = None      # inside the budget
+    beside: list[Term] = []             # held beside the budget after the KV cache, besides the graphs
+    warm: int = 0                       # a warm-up's peak after the KV cache beyond what the profile kept
+
+
+def overheads(entry: ModelEntry, variant: Variant, arch: Arch, *, batched: int, seqs: int, dtype_bytes: int,
+              tp: int, images: int, videos: int, max_len: int, vllm: str, flashinfer: bool, p2p: bool,
+              cc: int) -> Overheads:
+    """The profiling pass, memory outside torch, CUDA graphs and warm-ups of this release's runner."""
+    who = v2.runner(vllm, entry, variant)
+    act = activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=vllm, videos=videos,
+                           max_len=max_len, flashinfer=flashinfer, model_runner=who)
+    non_torch = non_torch_bytes(tp, custom_allreduce=p2p, vllm=vllm, model_runner=who, cc=cc)
+    graphs = cuda_graph_bytes(arch, seqs, tp, batched, vllm=vllm, p2p=p2p)
+    if who == "v1":
+        # vLLM >= 0.20 estimates CUDA-graph memory and takes it from the budget; older releases
+        # capture the graphs after sizing the KV cache, in the slack above the budget. Graphs captured
+        # after the KV cache take the room the profiling pass had used; the sampler's warm-up that
+        # follows needs its peak again, beyond what the budget kept for activations.
+        inside = _release(vllm) >= (0, 20)
+        warm = 0 if inside else max(0, sampler_bytes(arch.vocab, seqs, vllm, flashinfer) - act.bytes)
+        return Overheads(model_runner=who, act=act, non_torch=non_torch, graphs=_placed(graphs, inside),
+                         graphs_inside=inside, warm=warm)
+    graphs = graphs.model_copy(update={"bytes": int(graphs.bytes * v2.GRAPH_SHARE)})
+    inside = v2.graphs_inside(vllm)
+    state = Term(name="sampler state", bytes=v2.persistent_bytes(arch.vocab, seqs),
+                 note=f"{seqs} × vocab penalty counts and bitmasks (model runner V2)")
+    beside = [] if v2.persistent_inside(vllm) else [state.model_copy(update={"note": state.note + ", beside the budget"})]
+    if entry.vision and not v2.encoder_profiled(vllm):
+        vision, encoded = vision_bytes(entry, images, videos, max_len, dtype_bytes, vllm, seqs)
+        beside.append(Term(name="vision encoder", bytes=vision,
+                           note=f"{encoded}: not profiled by vLLM {vllm}'s V2 runner, taken at the first request"))
+    warm = max(0, v2.warm_up_bytes(vllm, arch.vocab, seqs, batched) - act.bytes)
+    return Overheads(model_runner=who, act=act, non_torch=non_torch, graphs=_placed(graphs, inside),
+                     graphs_inside=inside, persistent=state if v2.persistent_inside(vllm) else None,
+                     beside=beside, warm=warm)
+
+
+def _placed(graphs: Term, inside: bool) -> Term:
+    return graphs.model_copy(update={"note": "estimated by vLLM and kept out of the KV cache"}) if inside else graphs
+

@@ -96,4 +96,4 @@ KANOA_LOCAL_GUARD_EOF
 
 # --- node 0 (node0)
 docker run -d --name kanoa-llama-3.1-8b --restart no --gpus "device=0" --ipc=host -p 127.0.0.1:8000:8000 -v "$HF_CACHE:/root/.cache/huggingface" -v "$KANOA_GUARD_DIR:/opt/kanoa-local:ro" -e PYTHONPATH=/opt/kanoa-local -e VLLM_API_KEY -e HF_TOKEN --label io.kanoa-local.deployment=llama-3.1-8b --label io.kanoa-local.model=llama-3.1-8b --label io.kanoa-local.node-rank=0 vllm/vllm-openai:v0.33.0-cu129 \
-  --model meta-llama/Llama-3.1-8B-Instruct --served-model-name llama-3.1-8b --host 0.0.0.0 --port 8000 --max-model-len 9984 --gpu-memory-utilization 0.92 --middleware kanoa_local_guard.KeyGuard
+  --model meta-llama/Llama-3.1-8B-Instruct --served-model-name llama-3.1-8b --host 0.0.0.0 --port 8000 --max-model-len 9216 --gpu-memory-utilization 0.92 --middleware kanoa_local_guard.KeyGuard
