@@ -52,6 +52,9 @@ def ask(row: dict, how: dict, catalog) -> dict:
     """The row through the shipped planner; what it predicts, and the rule of thumb."""
     tp = row.get("tensor_parallel") or 1
     profile = what_if(load_preset(how["gpu"]), gpus=max(tp, row.get("gpus") or 1))
+    if how.get("cuda_driver"):
+        # the row's machine had a newer driver than the named profile (a datacentre or cloud card)
+        profile = profile.model_copy(update={"cuda_driver_version": how["cuda_driver"]})
     if row.get("gpu_free_gib"):
         # other processes held part of the GPU (the log says how much was free): played back
         # as NVML would have shown it, so the planner sees the machine vLLM started on
