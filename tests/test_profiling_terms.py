@@ -179,3 +179,14 @@ def test_qwen3_32b_on_two_rtx_pro_6000s_at_a_small_share_fits_as_it_started():
                       max_model_len=32768, vllm_version="0.27.1")
     c = plan(what_if(load_preset("rtx-pro-6000"), gpus=2), cal, req).chosen
     assert c is not None and 6.5 * GIB < c.memory.kv_bytes <= 8.22 * GIB, c and c.memory.kv_bytes / GIB
+
+
+def test_the_v2_warm_up_after_the_kv_cache_needs_room_beside_the_share_until_0_33():
+    """Up to 0.32 the V2 runner's kernel warm-up samples with every feature on after the KV cache,
+    beside the budget; 0.33 profiles that pass first, so the same share is fine there."""
+    req = dict(model="llama-3.1-8b", precision="bf16", gpu_memory_utilization=0.99)
+    r = plan(load_preset("h100"), CAT, PlanRequest(**req, vllm_version="0.30.0"))
+    asked = next(c for c in r.candidates if c.variant.precision == "bf16")
+    assert r.chosen is None or r.chosen.variant.precision != "bf16"
+    assert "kernel warm-up" in asked.reasons[0] and "beside the 0.99 share" in asked.reasons[0], asked.reasons
+    assert chosen("h100", **req, vllm_version="0.33.0").variant.precision == "bf16"

@@ -206,8 +206,8 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         if not graphs_inside and left >= must:
             eager_beside = True     # only the graphs are in the way, as below for newer releases
         else:
-            reasons.append(f"{_beside_text(ov, image.vllm, seqs, batched)}, outside the {gmu:g} share: it needs "
-                           f"{_gib(must)} there and {_gib(max(left, 0))} is left beside it on {g0.name}")
+            reasons.append(f"vLLM {image.vllm} needs room beside the {gmu:g} share for {_beside_text(ov, seqs, batched)}: "
+                           f"{_gib(must)} in all, and {_gib(max(left, 0))} is left there on {g0.name}")
             cand.needs = "a lower --gpu-memory-utilization or --max-num-seqs"
             return cand
     budget = int(gmu * visible)
@@ -372,15 +372,14 @@ def _settle(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes
     return cand
 
 
-def _beside_text(ov: prof.Overheads, vllm: str, seqs: int, batched: int) -> str:
-    parts = []
+def _beside_text(ov: prof.Overheads, seqs: int, batched: int) -> str:
+    parts = [f"its {t.name} ({_gib(t.bytes)})" for t in ov.beside]
     if ov.warm:
-        parts.append(f"vLLM {vllm} warms its sampler up with {seqs} dummy requests after the KV cache"
-                     if ov.model_runner == "v1" else
-                     f"vLLM {vllm}'s V2 runner warms its kernels up with {min(seqs, batched // 2)} requests "
-                     "after the KV cache")
-    parts += [f"it keeps its {t.name} ({_gib(t.bytes)}) beside the budget" for t in ov.beside]
-    return "; ".join(parts) or f"vLLM {vllm} needs room beside the budget"
+        parts.insert(0, f"the sampler's warm-up with {seqs} dummy requests after the KV cache ({_gib(ov.warm)} more "
+                        "than the profile kept)" if ov.model_runner == "v1" else
+                        f"the V2 runner's kernel warm-up with {min(seqs, batched // 2)} requests after the KV cache "
+                        f"({_gib(ov.warm)} more than the profile kept)")
+    return " and ".join(parts)
 
 
 def _weights_note(w: Weights, variant: Variant, dtype: str, tp: int) -> str:
