@@ -290,8 +290,9 @@ def overheads(entry: ModelEntry, variant: Variant, arch: Arch, *, batched: int, 
     beside = [] if v2.persistent_inside(vllm) else [state.model_copy(update={"note": state.note + ", beside the budget"})]
     if entry.vision and not v2.encoder_profiled(vllm):
         vision, encoded = vision_bytes(entry, images, videos, max_len, dtype_bytes, vllm, seqs)
-        beside.append(Term(name="vision encoder", bytes=vision,
-                           note=f"{encoded}: not profiled by vLLM {vllm}'s V2 runner, taken at the first request"))
+        beside += [] if not vision else [Term(name="vision encoder", bytes=vision,
+                                                note=f"{encoded}: not profiled by vLLM {vllm}'s V2 runner, "
+                                                     "taken at the first request")]
     warm = max(0, v2.warm_up_bytes(vllm, arch.vocab, seqs, batched) - act.bytes)
     return Overheads(model_runner=who, act=act, non_torch=non_torch, graphs=_placed(graphs, inside),
                      graphs_inside=inside, persistent=state if v2.persistent_inside(vllm) else None,
