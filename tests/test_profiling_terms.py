@@ -190,3 +190,14 @@ def test_the_v2_warm_up_after_the_kv_cache_needs_room_beside_the_share_until_0_3
     assert r.chosen is None or r.chosen.variant.precision != "bf16"
     assert "kernel warm-up" in asked.reasons[0] and "beside the 0.99 share" in asked.reasons[0], asked.reasons
     assert chosen("h100", **req, vllm_version="0.33.0").variant.precision == "bf16"
+
+
+def test_enforce_eager_also_saves_the_cold_compile_on_the_v2_runner():
+    """--enforce-eager turns torch.compile off as well as the graphs (vLLM's config: mode NONE), so
+    a V2 plan that runs eager no longer carries the cold compile's peak."""
+    c = chosen("l4", model="qwen2.5-vl-7b", precision="fp8", max_model_len=47104)
+    act = next(t for t in c.memory.terms if t.name == "activations")
+    assert c.eager and "eager" in act.note and "torch.compile" not in act.note
+    assert any("CUDA graphs and torch.compile off" in w for w in c.warnings), c.warnings
+    graphs_on = chosen("l4", model="qwen2.5-vl-7b", precision="fp8", max_model_len=16384)
+    assert not graphs_on.eager and act.bytes < next(t.bytes for t in graphs_on.memory.terms if t.name == "activations")

@@ -206,7 +206,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         if not graphs_inside and left >= must:
             eager_beside = True     # only the graphs are in the way, as below for newer releases
         else:
-            reasons.append(f"vLLM {image.vllm} needs room beside the {gmu:g} share for {_beside_text(ov, seqs, batched)}: "
+            reasons.append(f"vLLM {image.vllm} needs room beside the {gmu:g} share for {ov.beside_text(seqs, batched)}: "
                            f"{_gib(must)} in all, and {_gib(max(left, 0))} is left there on {g0.name}")
             cand.needs = "a lower --gpu-memory-utilization or --max-num-seqs"
             return cand
@@ -241,17 +241,19 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         for i, note in enumerate(warnings):     # the share named in "... lowered to X" is now larger
             if "lowered to" in note:
                 warnings[i] = f"{note.rsplit(' ', 1)[0]} {gmu:.2f}"
-    eager = graphs_inside and kv_bytes < need <= kv_bytes + graphs.bytes
+    eager = graphs_inside and kv_bytes < need <= kv_bytes + graphs.bytes + ov.eager_saving
     if eager:
         # only the CUDA graphs are in the way: run without them (slower decode) rather than not at all
-        fixed -= graphs.bytes
-        kv_bytes += graphs.bytes
-        warnings.append(f"CUDA graphs off (--enforce-eager) to leave {_gib(graphs.bytes)} for the KV cache: "
+        fixed -= graphs.bytes + ov.eager_saving
+        kv_bytes += graphs.bytes + ov.eager_saving
+        warnings.append(f"CUDA graphs{' and torch.compile' if ov.eager_saving else ''} off (--enforce-eager) to leave "
+                        f"{_gib(graphs.bytes + ov.eager_saving)} for the KV cache: "
                         "decoding is slower")
     elif eager_beside:
-        eager = True
+        eager, fixed, kv_bytes = True, fixed - ov.eager_saving, kv_bytes + ov.eager_saving
         warnings.append(f"CUDA graphs off (--enforce-eager): vLLM {image.vllm} would capture {_gib(graphs.bytes)} "
                         f"of them beside the {gmu:g} share, more than {g0.name} has left: decoding is slower")
+    act = ov.act_eager if eager and ov.act_eager else act     # --enforce-eager also turns torch.compile off
     terms = [Term(name="weights", bytes=w.total, note=_weights_note(w, variant, dtype, tp * pp)), act, non_torch,
              *persistent, *([correction] if correction else [])]
     if graphs_inside and not eager:
@@ -370,16 +372,6 @@ def _settle(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes
         warnings.append(f"spans {pp} nodes (pipeline parallel {pp}, tensor parallel {tp} each): "
                         "the nodes need a fast network and the same weights cache")
     return cand
-
-
-def _beside_text(ov: prof.Overheads, seqs: int, batched: int) -> str:
-    parts = [f"its {t.name} ({_gib(t.bytes)})" for t in ov.beside]
-    if ov.warm:
-        parts.insert(0, f"the sampler's warm-up with {seqs} dummy requests after the KV cache ({_gib(ov.warm)} more "
-                        "than the profile kept)" if ov.model_runner == "v1" else
-                        f"the V2 runner's kernel warm-up with {min(seqs, batched // 2)} requests after the KV cache "
-                        f"({_gib(ov.warm)} more than the profile kept)")
-    return " and ".join(parts)
 
 
 def _weights_note(w: Weights, variant: Variant, dtype: str, tp: int) -> str:

@@ -99,7 +99,8 @@ def sampler_bytes(vocab: int, max_seqs: int, vllm: str | None = None, flashinfer
 
 def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtype_bytes: int,
                      tp: int = 1, images: int = 1, vllm: str | None = None, videos: int = 0,
-                     max_len: int = 0, flashinfer: bool = True, model_runner: Runner = "v1") -> Term:
+                     max_len: int = 0, flashinfer: bool = True, model_runner: Runner = "v1",
+                     compiled: bool = True) -> Term:
     """Peak of vLLM's profiling pass beyond the weights.
 
     The pass runs ``batched_tokens`` tokens through the model and samples ``max_seqs`` rows:
@@ -128,8 +129,9 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
     if model_runner == "v2":
         rows = min(batched_tokens, max_seqs)
         sampled = rows * arch.vocab * v2.sampler_bytes_per_element(vllm, tp) + batched_tokens * arch.hidden * dtype_bytes
-        total = max(hidden_states + moe + vision + v2.COLD_COMPILE_BYTES, sampled)
-        note = f"{batched_tokens} tokens × MLP/hidden on a cold torch.compile, {rows} × vocab sampled (model runner V2)"
+        total = max(hidden_states + moe + vision + (v2.COLD_COMPILE_BYTES if compiled else 0), sampled)
+        note = (f"{batched_tokens} tokens × MLP/hidden" + (" on a cold torch.compile" if compiled else ", eager")
+                + f", {rows} × vocab sampled (model runner V2)")
     else:
         total = hidden_states + max_seqs * arch.vocab * LOGITS_BYTES + moe + vision
         # the sampler runs after the forward pass has freed its activations (and after the encoder's):
@@ -263,6 +265,21 @@ class Overheads(Model):
     persistent: Term | None = None      # inside the budget
     beside: list[Term] = []             # held beside the budget after the KV cache, besides the graphs
     warm: int = 0                       # a warm-up's peak after the KV cache beyond what the profile kept
+    act_eager: Term | None = None       # the profiling peak with --enforce-eager (no torch.compile), where less
+
+    @property
+    def eager_saving(self) -> int:
+        return self.act.bytes - self.act_eager.bytes if self.act_eager else 0
+
+    def beside_text(self, seqs: int, batched: int) -> str:
+        """What this release holds beside the budget, for a refusal's sentence."""
+        parts = [f"its {t.name} ({t.gib:.1f} GiB)" for t in self.beside]
+        if self.warm:
+            parts.insert(0, f"the sampler's warm-up with {seqs} dummy requests after the KV cache ({self.warm / GIB:.1f} GiB "
+                            "more than the profile kept)" if self.model_runner == "v1" else
+                            f"the V2 runner's kernel warm-up with {min(seqs, batched // 2)} requests after the KV cache "
+                            f"({self.warm / GIB:.1f} GiB more than the profile kept)")
+        return " and ".join(parts)
 
 
 def overheads(entry: ModelEntry, variant: Variant, arch: Arch, *, batched: int, seqs: int, dtype_bytes: int,
@@ -294,9 +311,11 @@ def overheads(entry: ModelEntry, variant: Variant, arch: Arch, *, batched: int, 
                                                 note=f"{encoded}: not profiled by vLLM {vllm}'s V2 runner, "
                                                      "taken at the first request")]
     warm = max(0, v2.warm_up_bytes(vllm, arch.vocab, seqs, batched) - act.bytes)
+    eager = activation_bytes(entry, batched, seqs, dtype_bytes, tp, images, vllm=vllm, videos=videos, max_len=max_len,
+                             flashinfer=flashinfer, model_runner=who, compiled=False)
     return Overheads(model_runner=who, act=act, non_torch=non_torch, graphs=_placed(graphs, inside),
                      graphs_inside=inside, persistent=state if v2.persistent_inside(vllm) else None,
-                     beside=beside, warm=warm)
+                     beside=beside, warm=warm, act_eager=eager if eager.bytes < act.bytes else None)
 
 
 def _placed(graphs: Term, inside: bool) -> Term:
