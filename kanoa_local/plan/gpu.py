@@ -165,11 +165,11 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     ov = prof.overheads(entry, variant, arch, batched=batched, seqs=seqs, dtype_bytes=dtype_bytes, tp=tp,
                         images=images, videos=videos, max_len=req.max_model_len or full_arch.max_context,
                         vllm=image.vllm, flashinfer=req.flashinfer is not False, p2p=p2p, cc=cc)
-    act, non_torch, graphs, graphs_inside, warm = ov.act, ov.non_torch, ov.graphs, ov.graphs_inside, ov.warm
+    act, non_torch, graphs, graphs_inside = ov.act, ov.non_torch, ov.graphs, ov.graphs_inside
     ctx_bytes = cuda_context(g0.name, tp, p2p, image.vllm)
     ctx = Term(name="CUDA context", bytes=ctx_bytes, note="driver + torch, per GPU"
                + (" + NCCL / all-reduce buffers" if ctx_bytes > cuda_context(g0.name) else ""))
-    beside = (0 if graphs_inside else graphs.bytes) + warm + sum(t.bytes for t in ov.beside)
+    beside = (0 if graphs_inside else graphs.bytes) + ov.held_beside
     eager_beside = False
 
     # gmu: vLLM's default unless what is free (after our own context) is less. vLLM's budget
@@ -202,7 +202,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
                         f"--gpu-memory-utilization lowered to {gmu:.2f}")
     if req.gpu_memory_utilization is not None and beside and free - ctx.bytes < gmu * visible + beside + slack:
         left = free - ctx.bytes - gmu * visible - slack
-        must = warm + sum(t.bytes for t in ov.beside)      # beside the budget, graphs or not
+        must = ov.held_beside
         if not graphs_inside and left >= must:
             eager_beside = True     # only the graphs are in the way, as below for newer releases
         else:

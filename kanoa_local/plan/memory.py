@@ -44,6 +44,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
 GPU_BLOCK_SIZE = 16
 CPU_BLOCK_SIZE = 128           # the CPU attention backend needs a multiple of 32; 0.32 uses 128
 CPU_RUNTIME_BYTES = int(2.0 * GIB)     # API server + engine core + worker processes (RSS)
+
+
 class Term(Model):
     name: str
     bytes: int

@@ -264,8 +264,13 @@ class Overheads(Model):
     graphs_inside: bool
     persistent: Term | None = None      # inside the budget
     beside: list[Term] = []             # held beside the budget after the KV cache, besides the graphs
-    warm: int = 0                       # a warm-up's peak after the KV cache beyond what the profile kept
+    warm: int = 0                       # V2's kernel warm-up after the KV cache beyond what the profile kept
     act_eager: Term | None = None       # the profiling peak with --enforce-eager (no torch.compile), where less
+
+    @property
+    def held_beside(self) -> int:
+        """What sits beside the budget after the KV cache whether graphs are captured or not."""
+        return self.warm + sum(t.bytes for t in self.beside)
 
     @property
     def eager_saving(self) -> int:
@@ -275,9 +280,7 @@ class Overheads(Model):
         """What this release holds beside the budget, for a refusal's sentence."""
         parts = [f"its {t.name} ({t.gib:.1f} GiB)" for t in self.beside]
         if self.warm:
-            parts.insert(0, f"the sampler's warm-up with {seqs} dummy requests after the KV cache ({self.warm / GIB:.1f} GiB "
-                            "more than the profile kept)" if self.model_runner == "v1" else
-                            f"the V2 runner's kernel warm-up with {min(seqs, batched // 2)} requests after the KV cache "
+            parts.insert(0, f"the V2 runner's kernel warm-up with {min(seqs, batched // 2)} requests after the KV cache "
                             f"({self.warm / GIB:.1f} GiB more than the profile kept)")
         return " and ".join(parts)
 
@@ -293,13 +296,12 @@ def overheads(entry: ModelEntry, variant: Variant, arch: Arch, *, batched: int, 
     graphs = cuda_graph_bytes(arch, seqs, tp, batched, vllm=vllm, p2p=p2p)
     if who == "v1":
         # vLLM >= 0.20 estimates CUDA-graph memory and takes it from the budget; older releases
-        # capture the graphs after sizing the KV cache, in the slack above the budget. Graphs captured
-        # after the KV cache take the room the profiling pass had used; the sampler's warm-up that
-        # follows needs its peak again, beyond what the budget kept for activations.
+        # capture the graphs after sizing the KV cache, in the slack above the budget. The sampler's
+        # warm-up after the capture needs no more than its peak, which the profile kept (activations
+        # are at least the sampler's peak), so nothing of it sits beside the budget.
         inside = _release(vllm) >= (0, 20)
-        warm = 0 if inside else max(0, sampler_bytes(arch.vocab, seqs, vllm, flashinfer) - act.bytes)
         return Overheads(model_runner=who, act=act, non_torch=non_torch, graphs=_placed(graphs, inside),
-                         graphs_inside=inside, warm=warm)
+                         graphs_inside=inside)
     graphs = graphs.model_copy(update={"bytes": int(graphs.bytes * v2.GRAPH_SHARE)})
     inside = v2.graphs_inside(vllm)
     state = Term(name="sampler state", bytes=v2.persistent_bytes(arch.vocab, seqs),
