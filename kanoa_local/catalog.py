@@ -32,7 +32,6 @@ BUNDLED = Path(__file__).parent / "data" / "models.toml"
 USER_FILE_NAME = "models.toml"
 
 Status = Literal["verified", "testing", "planned", "theoretical"]
-
 STATUS_RANK: dict[str, int] = {"verified": 0, "testing": 1, "planned": 2, "theoretical": 3}
 
 Precision = Literal["fp32", "bf16", "fp16", "fp8", "int8", "awq", "gptq", "w4a16", "nvfp4",
@@ -87,6 +86,7 @@ class Arch(Model):
     intermediate: int | None = Field(None, gt=0, description="MLP width (per expert for MoE)")
     vocab: int = Field(gt=0)
     max_context: int = Field(gt=0, description="longest context the model is trained for")
+    rope_positions: int | None = Field(None, gt=0, description="positions of all vLLM's rotary caches (default max_context)")
     sliding_window: int | None = Field(None, gt=0)
     sliding_layers: int = Field(0, ge=0, description="how many layers use the sliding window")
     tie_embeddings: bool = False

@@ -162,6 +162,7 @@ def arch_from_config(cfg: dict[str, Any], vision_params_b: float = 0.0) -> Arch:
             sliding = layers          # every layer windowed (Mistral v0.1 style)
     if not sliding or not window or window >= max_ctx:
         sliding, window = 0, None
+    positions = rope_positions(pick("rope_parameters", "rope_scaling"), max_ctx, pick("rope_local_base_freq"))
     experts = pick("num_local_experts", "num_experts", "n_routed_experts")
     lora = pick("kv_lora_rank")           # MLA: the latent a token keeps, not K and V per head
     return Arch(
@@ -171,7 +172,29 @@ def arch_from_config(cfg: dict[str, Any], vision_params_b: float = 0.0) -> Arch:
         tie_embeddings=bool(pick("tie_word_embeddings", default=cfg.get("tie_word_embeddings", False))),
         experts=experts, experts_per_token=pick("num_experts_per_tok", "moe_topk"),
         mla_kv_dim=int(lora) + int(pick("qk_rope_head_dim", default=0)) if lora else None,
+        rope_positions=positions if positions != max_ctx else None,
         vision_params_b=vision_params_b, source="config.json")
+
+
+def rope_positions(scaling: Any, max_ctx: int, local_base: Any = None) -> int:
+    """Positions in all of vLLM's rotary caches for a config's ``rope_scaling``/``rope_parameters``.
+
+    Linear and dynamic-NTK scaling build ``max_ctx × factor`` positions, YaRN ``original × factor``,
+    the others ``max_ctx``; one cache per distinct setting (a per-layer-type dict, or Gemma 3's
+    ``rope_local_base_freq`` for its sliding layers, adds one).
+    """
+    if isinstance(scaling, dict) and scaling and all(isinstance(v, dict) for v in scaling.values()):
+        return sum(rope_positions(v, max_ctx) for v in scaling.values())
+    total = max_ctx if local_base else 0
+    s = scaling if isinstance(scaling, dict) else {}
+    kind, factor = str(s.get("rope_type") or s.get("type") or "default"), s.get("factor")
+    factor = float(factor) if isinstance(factor, (int, float)) and factor > 0 else 1.0
+    if kind in ("linear", "dynamic"):
+        return total + int(max_ctx * factor)
+    if kind == "yarn":
+        original = s.get("original_max_position_embeddings")
+        return total + int((original if isinstance(original, int) and original > 0 else max_ctx) * factor)
+    return total + max_ctx
 
 
 def find_files(variant: Variant, hf_cache: Path | None = None) -> Path | None:

@@ -93,3 +93,35 @@ def test_mla_keeps_one_latent_per_token_and_layer_on_every_rank():
     for tp in (1, 2):
         assert mem.kv_bytes_per_token(arch, 2, tp) == 31104
     assert round(43.61 * 2**30 / mem.kv_bytes_per_token(arch, 2)) == pytest.approx(1505552, rel=0.001)
+
+
+def test_rotary_caches_are_counted_with_the_weights_whole_on_every_rank():
+    """vLLM builds its rotary cos/sin caches at load, in the compute dtype, max_position × factor
+    positions under linear scaling: Gemma 3 4B's global layers (linear × 8) and sliding layers
+    (their own base) hold 131,072 × 9 × 256 × 2 B = 0.56 GiB, the gap between its 8.01 GiB
+    checkpoint and the 8.58 GiB vLLM 0.19 logged on an H100 (llmd-gemma3-4b-tp1-h100)."""
+    from kanoa_local.catalog import ModelEntry
+    from kanoa_local.checkpoint import arch_from_config, rope_positions
+    from kanoa_local.plan import memory as mem
+
+    text = {"num_hidden_layers": 34, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+            "hidden_size": 2560, "vocab_size": 262208, "max_position_embeddings": 131072,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "rope_local_base_freq": 10000}
+    arch = arch_from_config({"text_config": text})
+    assert arch.rope_positions == 131072 * 9
+    assert mem.rotary_bytes(arch, 2) / 2**30 == pytest.approx(0.5625)
+    # the same model described the transformers-5 way: one setting per layer type
+    v5 = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+    assert rope_positions(v5, 131072) == 131072 * 9
+    # YaRN covers the original window times the factor; Llama 3's scaling max_position only
+    assert rope_positions({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}, 131072) == 131072
+    assert rope_positions({"rope_type": "llama3", "factor": 8.0}, 131072) == 131072
+    assert rope_positions(None, 32768) == 32768
+    assert arch_from_config({**text, "rope_scaling": None, "rope_local_base_freq": None}).rope_positions is None
+    entry = ModelEntry(id="g", name="g", family="gemma3", params_b=4.3, arch=arch, vision=False, status="planned",
+                       variants=[{"precision": "bf16", "repo": "google/gemma-3-4b-it"}])
+    one = mem.weights(entry, entry.variants[0], 2)
+    two = mem.weights(entry, entry.variants[0], 2, tp=2)
+    assert one.rotary == two.rotary == mem.rotary_bytes(arch, 2)
+    assert one.total / 2**30 == pytest.approx(8.58, rel=0.01)

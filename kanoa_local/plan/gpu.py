@@ -377,7 +377,8 @@ def _settle(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes
 def _weights_note(w: Weights, variant: Variant, dtype: str, tp: int) -> str:
     src = "read from the checkpoint" if w.source == "checkpoint" else "from parameter counts"
     form = variant.label if variant.is_quantised else dtype
-    return f"{form}, {src}" + (f", split over {tp} GPUs" if tp > 1 else "")
+    rotary = f", {_gib(w.rotary)} of it rotary caches" if w.rotary >= 0.1 * GIB else ""
+    return f"{form}, {src}" + (f", split over {tp} GPUs" if tp > 1 else "") + rotary
 
 
 def _fit_sentence(c: Candidate, w: Weights, kv_bytes: int, cap: KvCapacity, max_len: int, tp: int) -> str:

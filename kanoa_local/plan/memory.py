@@ -63,12 +63,27 @@ class Weights(Model):
     unquantised: int = Field(0, description="layers kept in the compute dtype")
     embeddings: int = Field(0, description="token embeddings + lm_head")
     vision: int = Field(0, description="vision encoder + projector")
+    rotary: int = Field(0, description="rotary cos/sin caches vLLM builds at load, whole on every rank")
     source: Literal["estimate", "checkpoint"] = "estimate"
     note: str = ""
 
     @property
     def total(self) -> int:
-        return self.quantised + self.unquantised + self.embeddings + self.vision
+        return self.quantised + self.unquantised + self.embeddings + self.vision + self.rotary
+
+
+def rotary_bytes(arch: Arch | None, dtype_bytes: int) -> int:
+    """vLLM's rotary caches: a cos and a sin half per position, ``head_dim`` values in the compute dtype.
+
+    vLLM builds one per distinct rotary setting when the model is constructed on the GPU (inside
+    "Model loading took"), for ``max_position_embeddings`` positions, times the factor under
+    linear or dynamic scaling. Example: Gemma 3 4B-27B, 131,072 × 8 positions (global layers, linear
+    × 8) + 131,072 (sliding layers) × 256 × 2 B = 0.56 GiB, the gap between their checkpoints and
+    vLLM's figure on an H100 (0.4-0.6 GiB); Llama 3.1 8B: 131,072 × 128 × 2 B = 32 MiB.
+    """
+    if arch is None:
+        return 0
+    return (arch.rope_positions or arch.max_context) * arch.head_dim * dtype_bytes
 
 
 def weights(entry: ModelEntry, variant: Variant, dtype_bytes: int, tp: int = 1,
@@ -105,6 +120,7 @@ def weights(entry: ModelEntry, variant: Variant, dtype_bytes: int, tp: int = 1,
         else:
             w = Weights(unquantised=int(body * dtype_bytes), embeddings=int(embed * dtype_bytes),
                         vision=int(vision * dtype_bytes))
+    w = w.model_copy(update={"rotary": rotary_bytes(entry.arch, dtype_bytes)})
     if tp == 1:
         return w
     # Tensor parallelism splits the body and the (vocab-parallel) embeddings; the vision
