@@ -180,6 +180,23 @@ def test_plan_human_view_shows_breakdown_and_alternatives():
         assert text in r.stdout
 
 
+def test_plan_for_a_pip_installed_engine_without_flashinfer():
+    """A pip install of vLLM 0.9-0.11.0 has no FlashInfer: its sampler sorts the vocabulary in the
+    profiling pass (more memory, a shorter KV cache); the images have it. `plan` asks that question."""
+    from kanoa_local.engine.spec import PlanReport
+
+    def plan(*extra: str):
+        r = run_cli("plan", "llama-3.1-8b", "--gpu", "rtx3090", "--vllm-version", "0.10.2",
+                    "--max-model-len", "32768", "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        return PlanReport.model_validate_json(r.stdout).plan.chosen.memory
+
+    image, pip = plan(), plan("--no-flashinfer")
+    act_image, act_pip = (next(t for t in m.terms if t.name == "activations") for m in (image, pip))
+    assert "sorted by the sampler" in act_pip.note and "sorted" not in act_image.note
+    assert act_pip.bytes > act_image.bytes and pip.kv_bytes < image.kv_bytes
+
+
 def test_plan_what_if_and_strict():
     r = run_cli("plan", "llama-3.1-70b", "--gpu", "rtx4090", "--gpus", "2", "--json")
     from kanoa_local.engine.spec import PlanReport

@@ -121,6 +121,9 @@ def models(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: s
               help="no model hub: only local, cached or packaged weights (default: $HF_HUB_OFFLINE)")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--strict", is_flag=True, help="exit 5 when nothing fits")
+@click.option("--no-flashinfer", "no_flashinfer", is_flag=True,
+              help="the engine is a pip install of vLLM without FlashInfer (0.9-0.11.0 from PyPI): its sampler "
+                   "sorts the vocabulary and needs more memory (`up --runtime process` finds this itself)")
 @trust_option
 @click.pass_context
 def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file: str | None,
@@ -128,7 +131,8 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
              models_files: tuple[str, ...], no_user_models: bool, model: str | None,
              vision: bool | None, min_context: int | None, max_context: int | None,
              precision: str | None, force_cpu: bool,
-             offline: bool | None, port: int, strict: bool, trust_remote_code: bool = False,
+             offline: bool | None, port: int, strict: bool, no_flashinfer: bool = False,
+             trust_remote_code: bool = False,
              nodes: int | None = None, gpus_per_node: int | None = None, cluster_file: str | None = None,
              **engine_args: Any) -> None:
     """Which model, precision and vLLM settings fit, why, and the command `up` would run.
@@ -164,6 +168,7 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
         offline = hub_offline()
     request = PlanRequest(model=model, vision=vision, min_context=min_context,
                           max_context=max_context, precision=precision, **engine_args,
+                          flashinfer=False if no_flashinfer else None,
                           device="cpu" if force_cpu else "auto",
                           offline=offline, nodes=cluster.nodes if cluster is not None else 1,
                           hf_token=bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")),
