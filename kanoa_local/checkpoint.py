@@ -179,9 +179,11 @@ def arch_from_config(cfg: dict[str, Any], vision_params_b: float = 0.0) -> Arch:
 def rope_positions(scaling: Any, max_ctx: int, local_base: Any = None) -> int:
     """Positions in all of vLLM's rotary caches for a config's ``rope_scaling``/``rope_parameters``.
 
-    Linear and dynamic-NTK scaling build ``max_ctx × factor`` positions, YaRN ``original × factor``,
-    the others ``max_ctx``; one cache per distinct setting (a per-layer-type dict, or Gemma 3's
-    ``rope_local_base_freq`` for its sliding layers, adds one).
+    Linear and dynamic-NTK scaling build ``max_ctx × factor`` positions (dynamic: up to vLLM 0.21;
+    counted so on every release, the larger), YaRN ``original × factor``, LongRoPE ``original +
+    max_ctx`` (a short and a long cache), multimodal RoPE (``mrope_section``) 4 × that, the others
+    ``max_ctx``; one cache per distinct setting (a per-layer-type dict, or Gemma 3's
+    ``rope_local_base_freq`` for its sliding layers, adds one). Read in vLLM 0.11-0.34.
     """
     if isinstance(scaling, dict) and scaling and all(isinstance(v, dict) for v in scaling.values()):
         return sum(rope_positions(v, max_ctx) for v in scaling.values())
@@ -189,12 +191,16 @@ def rope_positions(scaling: Any, max_ctx: int, local_base: Any = None) -> int:
     s = scaling if isinstance(scaling, dict) else {}
     kind, factor = str(s.get("rope_type") or s.get("type") or "default"), s.get("factor")
     factor = float(factor) if isinstance(factor, (int, float)) and factor > 0 else 1.0
+    original = s.get("original_max_position_embeddings")
+    original = original if isinstance(original, int) and 0 < original <= max_ctx else max_ctx
+    mrope = 4 if s.get("mrope_section") or kind == "mrope" else 1
     if kind in ("linear", "dynamic"):
         return total + int(max_ctx * factor)
     if kind == "yarn":
-        original = s.get("original_max_position_embeddings")
-        return total + int((original if isinstance(original, int) and original > 0 else max_ctx) * factor)
-    return total + max_ctx
+        return total + int(original * factor) * mrope
+    if kind in ("longrope", "su"):
+        return total + original + max_ctx
+    return total + max_ctx * mrope
 
 
 def find_files(variant: Variant, hf_cache: Path | None = None) -> Path | None:
