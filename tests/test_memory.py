@@ -125,3 +125,39 @@ def test_rotary_caches_are_counted_with_the_weights_whole_on_every_rank():
     two = mem.weights(entry, entry.variants[0], 2, tp=2)
     assert one.rotary == two.rotary == mem.rotary_bytes(arch, 2)
     assert one.total / 2**30 == pytest.approx(8.58, rel=0.01)
+
+
+def test_vision_towers_split_under_tensor_parallelism_and_mrope_caches_four_times_the_positions():
+    """vLLM splits the vision encoder over the TP ranks by default (mm_encoder_tp_mode "weights";
+    Kimi-VL's MoonViT stayed whole on every rank in 0.11); Qwen-VL's multimodal RoPE caches 4 ×
+    max_position positions."""
+    from kanoa_local.catalog import load_catalog
+    from kanoa_local.checkpoint import rope_positions
+    from kanoa_local.plan import memory as mem
+
+    cat = load_catalog(user=False)
+    scout = cat.get("llama-4-scout")
+    one, four = (mem.weights(scout, scout.variants[0], 2, tp) for tp in (1, 4))
+    assert four.vision == one.vision // 4 and four.rotary == one.rotary == 10485760 * 128 * 2
+    kimi = scout.model_copy(update={"family": "kimi_vl"})
+    assert mem.weights(kimi, kimi.variants[0], 2, 4, vllm="0.11.0").vision == one.vision
+    assert mem.weights(kimi, kimi.variants[0], 2, 4, vllm="0.19.1").vision == one.vision // 4
+    assert rope_positions({"mrope_section": [24, 20, 20], "rope_type": "default"}, 262144) == 4 * 262144
+    assert rope_positions({"type": "mrope", "mrope_section": [16, 24, 24]}, 128000) == 4 * 128000
+    assert cat.get("qwen3-vl-4b").arch.rope_positions == 4 * 262144
+
+
+def test_the_encoders_peak_and_the_language_models_are_not_added():
+    """vLLM profiles the encoder on its dummy images first, then the language model's pass beside
+    the (small) encoder outputs: the larger peak counts (0.19 H100 logs: Llama 4 Scout at TP 4,
+    3.19 GiB of torch peak; Mistral Small 3.1, Gemma 3 27B, Kimi-VL within 1 % of vLLM's KV cache)."""
+    from kanoa_local.catalog import load_catalog
+    from kanoa_local.plan import profiling as prof
+
+    cat = load_catalog(user=False)
+    for mid in ("llama-4-scout", "qwen2.5-vl-7b", "gemma-3-12b"):
+        e = cat.get(mid)
+        text = prof.activation_bytes(e, 8192, 1024, 2, images=0, vllm="0.19.0", max_len=8192).bytes
+        vision, _ = prof.vision_bytes(e, 1, 0, 8192, 2, "0.19.0", 1024)
+        both = prof.activation_bytes(e, 8192, 1024, 2, images=1, vllm="0.19.0", max_len=8192).bytes
+        assert both == max(text, vision) and vision > 0

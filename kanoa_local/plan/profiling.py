@@ -109,7 +109,8 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
     vocabulary (each rank gathers them: vLLM 0.19 on H100s showed 1.96 GiB at TP 2 and 1.97 at
     TP 4 for Llama 3.3 70B). A mixture of experts adds the fused-MoE workspace (every token ×
     its top-k experts × the expert's gate/up/down widths). A vision model also encodes its
-    dummy images at the largest size its processor allows. Releases whose sampler sorts the vocabulary
+    dummy images at the largest size its processor allows, before the language model's pass (the
+    larger of the two peaks counts). Releases whose sampler sorts the vocabulary
     (:func:`sampler_sorts`) are charged at least its whole peak (:data:`SORT_SAMPLER_BYTES` per element)
     beside the MLP activations. The V2 model runner samples lighter and compiles inside the pass
     (plan/runner.py).
@@ -129,11 +130,14 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
     if model_runner == "v2":
         rows = min(batched_tokens, max_seqs)
         sampled = rows * arch.vocab * v2.sampler_bytes_per_element(vllm, tp) + batched_tokens * arch.hidden * dtype_bytes
-        total = max(hidden_states + moe + vision + (v2.COLD_COMPILE_BYTES if compiled else 0), sampled)
+        total = max(hidden_states + moe + (v2.COLD_COMPILE_BYTES if compiled else 0), vision, sampled)
         note = (f"{batched_tokens} tokens × MLP/hidden" + (" on a cold torch.compile" if compiled else ", eager")
                 + f", {rows} × vocab sampled (model runner V2)")
     else:
-        total = hidden_states + max_seqs * arch.vocab * LOGITS_BYTES + moe + vision
+        # the encoder runs first, on its own; the language model's dummy pass after it, beside its
+        # (small) outputs only: the larger peak stands (llm-d's H100 logs, 0.19: Llama 4 Scout at TP 4
+        # 3.19 GiB, Mistral Small 3.1, Gemma 3 27B and Kimi-VL within 1 % of vLLM's KV cache so)
+        total = max(hidden_states + max_seqs * arch.vocab * LOGITS_BYTES + moe, vision)
         # the sampler runs after the forward pass has freed its activations (and after the encoder's):
         # llm-d-benchmark's H100 peaks at 1,024 sequences are 5.56 GiB for Qwen3 0.6B and 5.64 for Qwen3
         # 32B on a sorting release, one vocabulary, a forward pass 0.9 GiB apart; on 0.19 (no sort) 2.29 GiB

@@ -96,4 +96,4 @@ KANOA_LOCAL_GUARD_EOF
 
 # --- node 0 (node0)
 docker run -d --name kanoa-qwen2.5-vl-7b --restart no --gpus "device=0" --ipc=host -p 127.0.0.1:8000:8000 -v "$HF_CACHE:/root/.cache/huggingface" -v "$KANOA_GUARD_DIR:/opt/kanoa-local:ro" -e PYTHONPATH=/opt/kanoa-local -e VLLM_API_KEY -e HF_TOKEN --label io.kanoa-local.deployment=qwen2.5-vl-7b --label io.kanoa-local.model=qwen2.5-vl-7b --label io.kanoa-local.node-rank=0 vllm/vllm-openai:v0.33.0 \
-  --model RedHatAI/Qwen2.5-VL-7B-Instruct-FP8-Dynamic --served-model-name qwen2.5-vl-7b --host 0.0.0.0 --port 8000 --max-model-len 11008 --gpu-memory-utilization 0.92 --limit-mm-per-prompt '{"image":1,"video":0}' --middleware kanoa_local_guard.KeyGuard
+  --model RedHatAI/Qwen2.5-VL-7B-Instruct-FP8-Dynamic --served-model-name qwen2.5-vl-7b --host 0.0.0.0 --port 8000 --max-model-len 16128 --gpu-memory-utilization 0.92 --limit-mm-per-prompt '{"image":1,"video":0}' --middleware kanoa_local_guard.KeyGuard
