@@ -233,6 +233,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     in_flight = (2 if new_engine else 1) * batched     # async scheduling keeps two batches in flight
     need = mem.kv_request_bytes(arch, req.max_model_len or lo, kv_dtype_bytes=kv_dtype_bytes, tp=tp,
                                 block_size=block, in_flight_tokens=in_flight)
+    need = int(need * KV_MARGIN)        # what a plan keeps for one request (the fit checks below ask the same)
     if req.gpu_memory_utilization is None and not eager_beside and kv_bytes < need <= int(gmu_eager * visible) - fixed:
         # the graphs beside the budget would leave too little KV cache: eager, at the larger share
         eager_beside, gmu = True, gmu_eager
