@@ -161,3 +161,30 @@ def test_the_encoders_peak_and_the_language_models_are_not_added():
         vision, _ = prof.vision_bytes(e, 1, 0, 8192, 2, "0.19.0", 1024)
         both = prof.activation_bytes(e, 8192, 1024, 2, images=1, vllm="0.19.0", max_len=8192).bytes
         assert both == max(text, vision) and vision > 0
+
+
+def test_a_large_image_limit_profiles_no_more_items_than_the_encoder_budget():
+    """vLLM's dummy batch holds ceil(max(max_num_batched_tokens, item) / item) items at most: a
+    limit of 999 images (vLLM's own default for a modality left out) profiles one Qwen2.5-VL image
+    at 8,192 batched tokens, and 32 Gemma 3 images of 256 tokens, never 999."""
+    from kanoa_local.catalog import load_catalog
+    from kanoa_local.plan import profiling as prof
+    from kanoa_local.plan.multimodal import kept_bytes
+
+    cat = load_catalog(user=False)
+    qwen, gemma = cat.get("qwen2.5-vl-7b"), cat.get("gemma-3-12b")
+    one = prof.vision_bytes(qwen, 1, 0, 8192, 2, "0.19.0", 256, 8192)[0]
+    assert prof.vision_bytes(qwen, 999, 0, 8192, 2, "0.19.0", 256, 8192)[0] == one
+    assert prof.vision_bytes(gemma, 999, 0, 8192, 2, "0.19.0", 256, 8192) == \
+        prof.vision_bytes(gemma, 32, 0, 8192, 2, "0.19.0", 256, 8192)
+    from kanoa_local.plan import PlanRequest, plan
+    from kanoa_local.probe import load_preset
+
+    r = plan(load_preset("rtx4090"), cat, PlanRequest(model="qwen2.5-vl-7b", precision="bf16", limit_mm_per_prompt=999,
+                                                      max_model_len=8192, vllm_version="0.19"))
+    c = next(x for x in r.candidates if x.variant.precision == "bf16")
+    assert next(t for t in c.memory.terms if t.name == "activations").bytes < 8 * GIB
+    # Qwen3-VL 0.11's zero-padded video rows stay through the language model's pass
+    q3 = cat.get("qwen3-vl-4b")
+    assert kept_bytes(q3, 1, 2, "0.11.0") == 153600 * q3.arch.hidden * 4 * 2
+    assert kept_bytes(q3, 0, 2, "0.11.0") == kept_bytes(q3, 1, 2, "0.19.0") == 0

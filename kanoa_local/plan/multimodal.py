@@ -42,6 +42,16 @@ QWEN3_VIDEO_TOKENS = 12288          # 2 frames of the largest size after the mer
 QWEN3_PADDED_ROWS = 153600          # 12.5 × 12,288: 0.11's encoder budget for the dummy video
 
 
+def kept_bytes(entry: ModelEntry, videos: int, dtype_bytes: int, vllm: str | None = None) -> int:
+    """Encoder outputs that stay in the encoder cache through the language model's dummy pass
+    (its own activations are freed before it): Qwen3-VL 0.11-0.13's zero-padded video rows."""
+    arch = entry.arch
+    if not videos or arch is None or not (entry.family or "").startswith("qwen3") \
+            or not (0, 11) <= _release(vllm) < (0, 14):
+        return 0
+    return QWEN3_PADDED_ROWS * arch.hidden * 4 * dtype_bytes
+
+
 def video_tokens(family: str | None, vllm: str | None, max_len: int) -> int:
     """Tokens of the dummy video vLLM encodes when videos are allowed (0: the family has none)."""
     if family not in VIDEO_FAMILIES:
@@ -53,9 +63,13 @@ def video_tokens(family: str | None, vllm: str | None, max_len: int) -> int:
 
 
 def encoder_bytes(entry: ModelEntry, images: int, videos: int, max_len: int, dtype_bytes: int,
-                  vllm: str | None = None) -> tuple[int, str]:
+                  vllm: str | None = None, batched: int = 0) -> tuple[int, str]:
     """Peak of the encoder's profiling pass (the tower's own activations and the dummy items at
-    the largest size the processor allows), and what the note says it encoded."""
+    the largest size the processor allows), and what the note says it encoded.
+
+    vLLM's dummy batch never holds more items than its encoder budget takes, ``ceil(max(
+    max_num_batched_tokens, item) / item)`` (every V1 release): a prompt limit of 999 images
+    profiles one 16,384-token Qwen2.5-VL image at the default 8,192 batched tokens, not 999."""
     arch = entry.arch
     assert arch is not None
     if not images and not videos:
@@ -64,15 +78,17 @@ def encoder_bytes(entry: ModelEntry, images: int, videos: int, max_len: int, dty
         # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
         return int(entry.vision_profile_gib * GIB), f"vision encoder ({images} image{'s' if images > 1 else ''})"
     tower = int((0.4 + 1.6 * min(arch.vision_params_b, 1.0)) * GIB)
-    image = IMAGE_TOKENS.get(entry.family or "", 4096) * images
+    per = IMAGE_TOKENS.get(entry.family or "", 4096)
+    if batched:
+        images = min(images, -(-max(batched, per) // per))
+    image = per * images
     video = video_tokens(entry.family, vllm, max_len) if videos else 0
-    padding = 0
-    if video and (entry.family or "").startswith("qwen3") and (0, 11) <= _release(vllm) < (0, 14):
-        padding = QWEN3_PADDED_ROWS * arch.hidden * 4 * dtype_bytes
+    padding = kept_bytes(entry, videos, dtype_bytes, vllm) if video else 0
+    if padding:
         image = 0                       # the padded video's budget always wins
     if video > image or padding:
-        # the padded outputs stay in the encoder cache through the language model's pass, after
-        # the encoder's own activations are freed: the larger of the two stands
+        # the padded outputs stay in the encoder cache through the language model's pass
+        # (kept_bytes), after the encoder's own activations are freed: the larger of the two
         run = tower + video * ENCODER_BYTES_PER_IMAGE_TOKEN
         return max(run, padding), f"vision encoder (a dummy video of {video:,} tokens)"
     return tower + image * ENCODER_BYTES_PER_IMAGE_TOKEN, f"vision encoder ({images} image{'s' if images > 1 else ''})"

@@ -12,7 +12,7 @@ from ..images import release_tuple as _release
 from . import runner as v2
 from .memory import Term
 from .runner import Runner
-from .multimodal import encoder_bytes
+from .multimodal import encoder_bytes, kept_bytes
 
 BIG_GPU_BYTES = 70 * GIB       # H100/H200 class: larger scheduler defaults
 
@@ -124,20 +124,21 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
         inter *= min(k, 4)                      # routed tokens are gathered per expert
         moe = batched_tokens * k * (3 * (arch.intermediate or 0) // tp + arch.hidden) * dtype_bytes
     hidden_states = batched_tokens * (2 * inter + 4 * arch.hidden) * dtype_bytes
-    vision, encoded = 0, ""
+    vision, encoded, kept = 0, "", 0
     if entry.vision and (model_runner == "v1" or v2.encoder_profiled(vllm)):
-        vision, encoded = vision_bytes(entry, images, videos, max_len, dtype_bytes, vllm, max_seqs)
+        vision, encoded = vision_bytes(entry, images, videos, max_len, dtype_bytes, vllm, max_seqs, batched_tokens)
+        kept = kept_bytes(entry, videos, dtype_bytes, vllm)
     if model_runner == "v2":
         rows = min(batched_tokens, max_seqs)
         sampled = rows * arch.vocab * v2.sampler_bytes_per_element(vllm, tp) + batched_tokens * arch.hidden * dtype_bytes
-        total = max(hidden_states + moe + (v2.COLD_COMPILE_BYTES if compiled else 0), vision, sampled)
+        total = max(hidden_states + moe + kept + (v2.COLD_COMPILE_BYTES if compiled else 0), vision, sampled)
         note = (f"{batched_tokens} tokens × MLP/hidden" + (" on a cold torch.compile" if compiled else ", eager")
                 + f", {rows} × vocab sampled (model runner V2)")
     else:
         # the encoder runs first, on its own; the language model's dummy pass after it, beside its
         # (small) outputs only: the larger peak stands (llm-d's H100 logs, 0.19: Llama 4 Scout at TP 4
         # 3.19 GiB, Mistral Small 3.1, Gemma 3 27B and Kimi-VL within 1 % of vLLM's KV cache so)
-        total = max(hidden_states + max_seqs * arch.vocab * LOGITS_BYTES + moe, vision)
+        total = max(hidden_states + max_seqs * arch.vocab * LOGITS_BYTES + moe + kept, vision)
         # the sampler runs after the forward pass has freed its activations (and after the encoder's):
         # llm-d-benchmark's H100 peaks at 1,024 sequences are 5.56 GiB for Qwen3 0.6B and 5.64 for Qwen3
         # 32B on a sorting release, one vocabulary, a forward pass 0.9 GiB apart; on 0.19 (no sort) 2.29 GiB
@@ -154,12 +155,12 @@ def activation_bytes(entry: ModelEntry, batched_tokens: int, max_seqs: int, dtyp
 
 
 def vision_bytes(entry: ModelEntry, images: int, videos: int, max_len: int, dtype_bytes: int,
-                 vllm: str | None, max_seqs: int) -> tuple[int, str]:
+                 vllm: str | None, max_seqs: int, batched: int = 0) -> tuple[int, str]:
     """The tower's own activations (0.5-2 GiB for 0.3-0.9 B towers in public logs) and the encoder
     run over the largest dummy image(s) or video (plan/multimodal.py)."""
     arch = entry.arch
     assert arch is not None
-    vision, encoded = encoder_bytes(entry, images, videos, max_len or arch.max_context, dtype_bytes, vllm)
+    vision, encoded = encoder_bytes(entry, images, videos, max_len or arch.max_context, dtype_bytes, vllm, batched)
     if entry.vision_profile_gib and entry.max_num_seqs:
         # measured at the model's own max_num_seqs; the dummy batch scales with the sequences
         vision = int(vision * max_seqs / entry.max_num_seqs)
@@ -312,7 +313,7 @@ def overheads(entry: ModelEntry, variant: Variant, arch: Arch, *, batched: int, 
                  note=f"{seqs} × vocab penalty counts and bitmasks (model runner V2)")
     beside = [] if v2.persistent_inside(vllm) else [state.model_copy(update={"note": state.note + ", beside the budget"})]
     if entry.vision and not v2.encoder_profiled(vllm):
-        vision, encoded = vision_bytes(entry, images, videos, max_len, dtype_bytes, vllm, seqs)
+        vision, encoded = vision_bytes(entry, images, videos, max_len, dtype_bytes, vllm, seqs, batched)
         beside += [] if not vision else [Term(name="vision encoder", bytes=vision,
                                                 note=f"{encoded}: not profiled by vLLM {vllm}'s V2 runner, "
                                                      "taken at the first request")]
