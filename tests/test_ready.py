@@ -144,3 +144,48 @@ def test_lines_come_out_whole_across_pieces():
     assert list(lines_of(pieces)) == ["INFO ready", "GPU KV cache size: 1 token · ok", "last"]
     s = LineSplitter()
     assert s.feed(b"par") == [] and s.feed("tial\nnext") == ["partial"] and s.rest() == ["next"] and s.rest() == []
+
+
+# TheBuccaneer/vllm-offload-profiles, data/provenance/gpu_memory_configuration/
+# fixd_llama_gmem090_offload0_failed.log (vLLM 0.17.1, one RTX 3090, Llama 3.1 8B at 0.9)
+SAMPLER_OOM_LOG = """\
+(EngineCore_DP0 pid=44265) INFO 07-26 10:24:16 [gpu_model_runner.py:4364] Model loading took 14.99 GiB memory and 18.543273 seconds
+(EngineCore_DP0 pid=44265) INFO 07-26 10:24:21 [gpu_worker.py:424] Available KV cache memory: 5.61 GiB
+(EngineCore_DP0 pid=44265) INFO 07-26 10:24:21 [kv_cache_utils.py:1314] GPU KV cache size: 45,968 tokens
+(EngineCore_DP0 pid=44265) ERROR 07-26 10:24:28 [core.py:1100] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 126.00 MiB. GPU 0 has a total capacity of 23.54 GiB of which 139.75 MiB is free. Including non-PyTorch memory, this process has 21.72 GiB memory in use.
+(EngineCore_DP0 pid=44265) ERROR 07-26 10:24:28 [core.py:1100] RuntimeError: CUDA out of memory occurred when warming up sampler with 256 dummy requests. Please try lowering `max_num_seqs` or `gpu_memory_utilization` when initializing the engine.
+"""
+
+
+def test_an_oom_beside_the_kv_cache_is_retried_with_a_smaller_absolute_kv_cache():
+    """vLLM sized its KV cache, then ran out of memory warming its sampler up (a public 0.17.1 log):
+    the same plan again with --kv-cache-memory-bytes a GiB (and what the allocation lacked) below
+    the KV cache it had sized, which vLLM takes without profiling (0.10.2 on); once; the plan down
+    after that, and on older releases."""
+    from kanoa_local.catalog import load_catalog
+    from kanoa_local.deploy import next_attempt
+    from kanoa_local.engine.diagnose import diagnose
+    from kanoa_local.engine.spec import vllm_args
+    from kanoa_local.plan import PlanRequest, plan
+    from kanoa_local.probe import load_preset
+
+    d = diagnose(SAMPLER_OOM_LOG)
+    assert d.kind == "cuda-oom-after-kv" and "5.61 GiB" in d.cause and "warming up" in d.cause
+    assert d.retry_kv_cache_bytes == int(5.61 * 2**30 - 2**30)        # 139.75 MiB was free for 126
+    r = plan(load_preset("rtx3090"), load_catalog(user=False),
+             PlanRequest(model="llama-3.1-8b", precision="bf16", max_model_len=8192, vllm_version="0.17"))
+    first = r.chosen
+    smaller = [c for c in r.candidates if c.fits != "no" and c is not first]
+    nxt, note = next_attempt(d, first, smaller, shrunk=False)
+    assert nxt is not None and nxt.variant.key == first.variant.key and nxt.settings.max_model_len == 8192
+    argv = vllm_args(nxt, model_ref="m", served_name="x", host="127.0.0.1", port=8000)
+    assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(d.retry_kv_cache_bytes)
+    assert "--kv-cache-memory-bytes" in note and "4.61 GiB" in note
+    # once: the same failure again goes to the plan down
+    again, _ = next_attempt(d, nxt, smaller, shrunk=False, done=frozenset({"cuda-oom-after-kv"}))
+    assert again is smaller[0]
+    # a release without the flag: the plan down straight away
+    old = first.model_copy(update={"settings": first.settings.model_copy(update={"vllm_version": "0.10.1"})})
+    assert next_attempt(d, old, smaller, shrunk=False)[0] is smaller[0]
+    # an OOM before the KV cache was sized (loading, profiling) is the plain kind
+    assert diagnose(SAMPLER_OOM_LOG.split("\n", 1)[0] + "\ntorch.OutOfMemoryError: CUDA out of memory.").kind == "cuda-oom"

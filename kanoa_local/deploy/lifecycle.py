@@ -348,7 +348,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
             chosen = nxt_port
             continue
         assert d is not None and report is not None and dep is not None
-        if d.kind in ("gpu-memory-busy", "cuda-oom") and dep.gpu_uuids:
+        if d.kind in ("gpu-memory-busy", "cuda-oom", "cuda-oom-after-kv") and dep.gpu_uuids:
             from .health import gpu_use
 
             holders = [p for g in gpu_use(dep.gpu_uuids) for p in g.processes]
@@ -362,7 +362,7 @@ def _start_new(candidate: Candidate, *, name: str, port: int, where: Target, pyt
                 remedy=d.remedy + f"; the log: `kanoa-local logs {name}`",
                 details={"diagnosis": d.model_dump(), "log_tail": report.log_tail[-20:], "notes": notes})
         memory_retries += 1
-        if d.kind in ("gpu-memory-busy", "nccl-p2p"):
+        if d.kind in ("gpu-memory-busy", "nccl-p2p", "cuda-oom-after-kv"):
             fixed.add(d.kind)
         else:
             shrunk = shrunk or nxt.variant.key == attempt.variant.key

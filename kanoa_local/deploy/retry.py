@@ -6,7 +6,7 @@ from ..catalog import version_tuple
 from ..plan.fit import Candidate
 
 #: Failures that a smaller plan (less context, fewer bytes per weight) can get past.
-MEMORY_FAILURES = {"max-model-len-too-large", "no-kv-memory", "cuda-oom"}
+MEMORY_FAILURES = {"max-model-len-too-large", "no-kv-memory", "cuda-oom", "cuda-oom-after-kv"}
 MIN_RETRY_CONTEXT = 1024
 
 
@@ -16,6 +16,8 @@ MIN_RETRY_GMU = 0.3
 #: `_auto_fit_max_model_len` in vllm/v1/core/kv_cache_utils.py, vLLM PR 29431; not in 0.13.0).
 #: Not on the CPU engine, where it gives 512 tokens.
 AUTO_CONTEXT_SINCE = (0, 14)
+#: the first release that takes an absolute KV cache (--kv-cache-memory-bytes; read in the 0.10.2 wheel)
+KV_BYTES_SINCE = (0, 10, 2)
 
 
 def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: bool,
@@ -39,6 +41,18 @@ def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: b
                     update={"engine_env": {**s.engine_env, "NCCL_P2P_DISABLE": "1"}})}),
                 "GPU peer-to-peer failed between the tensor-parallel GPUs: retried with NCCL_P2P_DISABLE=1 "
                 "(slower all-reduce through host memory)")
+    kv = d.retry_kv_cache_bytes
+    if (d.kind == "cuda-oom-after-kv" and d.kind not in done and kv and attempt.device == "gpu"
+            and s.vllm_version and version_tuple(s.vllm_version) >= KV_BYTES_SINCE):
+        # the same plan with a KV cache that leaves room beside it; the context it still holds
+        per = attempt.memory.kv_bytes_per_token if attempt.memory else 0
+        n = min(s.max_model_len, int(kv / per / 1.1) // 256 * 256) if per else s.max_model_len
+        if n >= MIN_RETRY_CONTEXT:
+            return (attempt.model_copy(update={"settings": s.model_copy(update={
+                        "kv_cache_memory_bytes": kv, "max_model_len": n})}),
+                    f"vLLM ran out of memory beside its KV cache (CUDA graphs, warm-up): retried with "
+                    f"--kv-cache-memory-bytes {kv} ({kv / 2 ** 30:.2f} GiB)"
+                    + (f" and --max-model-len {n}" if n < s.max_model_len else ""))
     fits = d.retry_max_model_len
     if d.kind == "max-model-len-too-large" and fits and not shrunk and MIN_RETRY_CONTEXT <= fits < s.max_model_len:
         new_len = fits // 256 * 256 or fits

@@ -25,6 +25,8 @@ class Diagnosis(BaseModel):
     evidence: str | None = Field(None, description="the log line it was read from")
     retry_max_model_len: int | None = Field(None, description="vLLM's estimate of what fits")
     retry_gpu_memory_utilization: float | None = None
+    retry_kv_cache_bytes: int | None = Field(None, description="a KV cache small enough to leave what the "
+                                             "failed allocation after it lacked (cuda-oom-after-kv)")
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,35 @@ RULES: list[Rule] = [
 ]
 
 
+_KV_SIZED = re.compile(r"Available KV cache memory: (\d+(?:\.\d+)?) GiB")
+_TRIED = re.compile(r"Tried to allocate (\d+(?:\.\d+)?) (MiB|GiB)")
+_FREE = re.compile(r"of which (\d+(?:\.\d+)?) (MiB|GiB) is free")
+#: what a retry takes off the KV cache beyond the allocation that failed: the ones after it
+#: (the rest of the graph capture, the sampler's warm-up) are not in the message
+KV_RETRY_SLACK = 2 ** 30
+
+
+def _oom_after_kv(log_text: str, at: int) -> Diagnosis | None:
+    """A CUDA OOM after vLLM sized its KV cache (capturing CUDA graphs, warming the sampler up):
+    the budget left too little beside it. The KV cache it sized, less what the allocation lacked
+    and a GiB, is what a retry asks for (--kv-cache-memory-bytes)."""
+    sized = [m for m in _KV_SIZED.finditer(log_text) if m.start() < at]
+    if not sized:
+        return None
+    kv = float(sized[-1].group(1)) * 2 ** 30
+    tail = log_text[at: at + 2000]
+    tried, free = _TRIED.search(tail), _FREE.search(tail)
+    scale = {"MiB": 2 ** 20, "GiB": 2 ** 30}
+    short = max(0.0, (float(tried.group(1)) * scale[tried.group(2)] if tried else 0.0)
+                - (float(free.group(1)) * scale[free.group(2)] if free else 0.0))
+    retry = int(kv - short - KV_RETRY_SLACK)
+    return Diagnosis(kind="cuda-oom-after-kv",
+                     cause=f"the GPU ran out of memory after vLLM had sized its KV cache ({kv / 2 ** 30:.2f} GiB), "
+                           "capturing CUDA graphs or warming up: too little was left beside its share",
+                     remedy="lower --gpu-memory-utilization by a few hundredths, or --max-num-seqs",
+                     retry_kv_cache_bytes=retry if retry > 0 else None)
+
+
 def diagnose(log_text: str, *, oom_killed: bool = False, exit_code: int | None = None) -> Diagnosis:
     """The first rule that matches the log (the line nearest the end wins among its matches);
     an OOM-killed container or an unknown failure otherwise."""
@@ -186,6 +217,10 @@ def diagnose(log_text: str, *, oom_killed: bool = False, exit_code: int | None =
         line_start = log_text.rfind("\n", 0, m.start()) + 1
         line_end = log_text.find("\n", m.end())
         evidence = log_text[line_start: line_end if line_end != -1 else None].strip()[:300]
+        if rule.kind == "cuda-oom":
+            after = _oom_after_kv(log_text, m.start())
+            if after is not None:
+                return after.model_copy(update={"evidence": evidence})
         return Diagnosis(kind=rule.kind, cause=cause, remedy=remedy, evidence=evidence, **extra)
     code = f" (exit code {exit_code})" if exit_code is not None else ""
     return Diagnosis(kind="unknown", cause=f"the engine stopped{code} without a message kanoa-local knows",

@@ -107,6 +107,8 @@ def vllm_args(c: Candidate, *, model_ref: str, served_name: str, host: str, port
     if s.gpu_memory_utilization is not None:
         g = s.gpu_memory_utilization      # as planned or given: never rounded to another value
         args += ["--gpu-memory-utilization", f"{g:.2f}" if round(g, 2) == g else f"{g:g}"]
+    if s.kv_cache_memory_bytes:
+        args += ["--kv-cache-memory-bytes", str(s.kv_cache_memory_bytes)]
     if s.tensor_parallel_size > 1:
         args += ["--tensor-parallel-size", str(s.tensor_parallel_size)]
     if s.pipeline_parallel_size > 1:

@@ -92,6 +92,9 @@ class Settings(Model):
                                                   "cache): a retry's safety net; max_model_len is then what "
                                                   "kanoa-local expects")
     gpu_memory_utilization: float | None = None
+    kv_cache_memory_bytes: int | None = Field(None, gt=0, description="--kv-cache-memory-bytes (vLLM >= 0.10.2: "
+                                              "this KV cache, no profiling share): a retry's safety net after an "
+                                              "OOM beside the budget")
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = Field(1, description="= nodes: vLLM's rule is TP = GPUs per node, PP = nodes")
     gpu_indices: list[int] = []

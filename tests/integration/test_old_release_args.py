@@ -96,6 +96,22 @@ def plans_of(release: str) -> list[tuple[str, list[str]]]:
                     continue
                 out.append((f"{profile}/{c.label}", vllm_args(c, model_ref="m", served_name=c.model_id,
                                                               host="127.0.0.1", port=8000)))
+                out += retry_argvs(c, f"{profile}/{c.label}")
+    return out
+
+
+def retry_argvs(c, label: str) -> list[tuple[str, list[str]]]:
+    """The flags a retry of ``c`` may add on its release (deploy/retry.py's thresholds): an absolute
+    KV cache after an OOM beside it, vLLM's own context fit."""
+    from kanoa_local.deploy.retry import AUTO_CONTEXT_SINCE, KV_BYTES_SINCE
+
+    s, v = c.settings, version_tuple(c.settings.vllm_version)
+    out = []
+    for since, update in ((KV_BYTES_SINCE, {"kv_cache_memory_bytes": 4 * 2**30}), (AUTO_CONTEXT_SINCE, {"auto_context": True})):
+        if v >= since:
+            retried = c.model_copy(update={"settings": s.model_copy(update=update)})
+            out.append((f"{label} retried with {sorted(update)[0]}",
+                        vllm_args(retried, model_ref="m", served_name=c.model_id, host="127.0.0.1", port=8000)))
     return out
 
 

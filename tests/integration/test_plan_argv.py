@@ -15,6 +15,7 @@ from kanoa_local.catalog import load_catalog, version_tuple
 from kanoa_local.engine.spec import vllm_args
 from kanoa_local.plan import PlanRequest, plan
 from kanoa_local.probe import load_preset, preset_names
+from tests.integration.test_old_release_args import retry_argvs
 
 pytestmark = pytest.mark.engine
 
@@ -63,6 +64,7 @@ def plans_on(release: str) -> list[tuple[str, list[str]]]:
                 argv = vllm_args(c, model_ref=c.variant.source or "m", served_name=c.model_id,
                                  host="127.0.0.1", port=8000)
                 out.append((f"{profile}/{c.label}", argv))
+                out += retry_argvs(c, f"{profile}/{c.label}")    # what a retry adds, on this release too
     return out
 
 
