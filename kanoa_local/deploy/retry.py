@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..catalog import version_tuple
 from ..plan.fit import Candidate
+from ..plan.models import KV_MARGIN
 
 #: Failures that a smaller plan (less context, fewer bytes per weight) can get past.
 MEMORY_FAILURES = {"max-model-len-too-large", "no-kv-memory", "cuda-oom", "cuda-oom-after-kv"}
@@ -46,7 +47,7 @@ def next_attempt(d, attempt: Candidate, fallbacks: list[Candidate], *, shrunk: b
             and s.vllm_version and version_tuple(s.vllm_version) >= KV_BYTES_SINCE):
         # the same plan with a KV cache that leaves room beside it; the context it still holds
         per = attempt.memory.kv_bytes_per_token if attempt.memory else 0
-        n = min(s.max_model_len, int(kv / per / 1.1) // 256 * 256) if per else s.max_model_len
+        n = min(s.max_model_len, int(kv / per / KV_MARGIN) // 256 * 256) if per else s.max_model_len
         if n >= MIN_RETRY_CONTEXT:
             return (attempt.model_copy(update={"settings": s.model_copy(update={
                         "kv_cache_memory_bytes": kv, "max_model_len": n})}),
