@@ -89,15 +89,7 @@ def download(repo: str, *, offline: bool = False, hf_cache: Path | None = None, 
         return folder
 
     def fail(exc: Exception) -> Exception:
-        if isinstance(exc, hf_errors.GatedRepoError):
-            return EngineError(f"{repo} is gated and this token has no access",
-                               remedy=f"accept the license on https://huggingface.co/{repo} and set HF_TOKEN")
-        if isinstance(exc, hf_errors.RepositoryNotFoundError):
-            return EngineError(f"{repo} does not exist on the Hugging Face hub (or is private)",
-                               remedy="check the repo id in models.toml, or set HF_TOKEN for a private repo")
-        return EngineError(f"cannot download {repo}: {str(exc).splitlines()[0][:200]}",
-                           remedy="check the network (or the HF_ENDPOINT mirror); with the weights already "
-                                  "cached, pass --offline")
+        return _hub_error(repo, exc, "download")
 
     try:
         plan = snapshot_download(repo, cache_dir=str(cache), token=token, allow_patterns=patterns,
@@ -128,6 +120,75 @@ def download(repo: str, *, offline: bool = False, hf_cache: Path | None = None, 
         on_progress(total, total)
     check_weights(folder)
     return folder
+
+
+def entry_for_repo(repo: str, *, offline: bool, hf_cache: Path | None = None) -> tuple[Any, Any] | None:
+    """(catalog entry, exact weights) for a Hugging Face repo the catalog does not list: from its
+    snapshot in the cache when the weights are there, else, online, from the hub's config.json (kept in
+    the cache) and every safetensors file's header, read by range requests (no weights are
+    downloaded). None: offline and not cached. Hub failures become one-line errors."""
+    import json
+
+    from .checkpoint import arch_from_config, weights_from_headers
+    from .unlisted import checkpoint_entry, entry_from_parts
+
+    cache = hf_cache or cache_dir()
+    hit = cached_file(repo, "config.json", cache)
+    if hit is not None:
+        entry, w = checkpoint_entry(hit.parent)
+        if w is not None or offline:
+            variant = entry.variants[0].model_copy(update={"path": None, "repo": repo, "cached": w is not None})
+            return entry.model_copy(update={"name": repo, "variants": [variant],
+                                            "source_file": "(Hugging Face cache)"}), w
+    if offline:
+        return None
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()        # its retry warnings are not this command's output
+    token = hf_token()
+    try:
+        # the headers first: one request that fails at once when the hub does not answer
+        meta = HfApi().get_safetensors_metadata(repo, token=token)
+        cfg_path = hf_hub_download(repo, "config.json", cache_dir=str(cache), token=token)
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
+        raise _hub_error(repo, exc, "read") from exc
+    cfg = json.loads(Path(cfg_path).read_text())
+    headers = [{n: {"dtype": t.dtype, "shape": list(t.shape)} for n, t in f.tensors.items()}
+               for f in meta.files_metadata.values()]
+    w = weights_from_headers(headers, 2)
+    try:
+        arch = arch_from_config(cfg)
+    except (ValueError, TypeError, KeyError):
+        arch = None
+    if arch is not None and w.vision:
+        arch = arch.model_copy(update={"vision_params_b": round(w.vision / 2 / 1e9, 3)})
+    code = sorted({ref.rsplit(".", 1)[0] + ".py" for ref in (cfg.get("auto_map") or {}).values()
+                   if isinstance(ref, str) and "." in ref and "--" not in ref})
+    entry = entry_from_parts(repo, cfg, arch, w, {"repo": repo}, code, source_file="(Hugging Face hub)")
+    return entry, w
+
+
+def _hub_error(repo: str, exc: Exception, verb: str) -> Exception:
+    """A hub failure as one kanoa-local line: gated, missing, not safetensors, or the network."""
+    from huggingface_hub import errors as hf_errors
+
+    from .errors import ConfigError, EngineError
+
+    if isinstance(exc, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled)):
+        pass                    # the network, below (a subclass of EntryNotFoundError)
+    elif isinstance(exc, hf_errors.GatedRepoError):
+        return EngineError(f"{repo} is gated and this token has no access",
+                           remedy=f"accept the license on https://huggingface.co/{repo} and set HF_TOKEN")
+    elif isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return EngineError(f"{repo} does not exist on the Hugging Face hub (or is private)",
+                           remedy="check the repo id in models.toml, or set HF_TOKEN for a private repo")
+    elif isinstance(exc, (hf_errors.NotASafetensorsRepoError, hf_errors.EntryNotFoundError)):
+        return ConfigError(f"{repo} has no config.json and safetensors weights kanoa-local can read",
+                           remedy="add the model to models.toml with an [arch] table")
+    return EngineError(f"cannot {verb} {repo}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}",
+                       remedy="check the network (or the HF_ENDPOINT mirror); with the weights already "
+                              "cached, pass --offline")
 
 
 def _dir_size(d: Path) -> int:

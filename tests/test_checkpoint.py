@@ -7,10 +7,13 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
+
 from kanoa_local.catalog import Catalog, ModelEntry, Variant, load_catalog
 from kanoa_local.checkpoint import arch_from_config, enrich, read_checkpoint, read_header
 from kanoa_local.plan import PlanRequest, plan
 from kanoa_local.probe import load_preset
+from tests.conftest import run_cli
 
 BYTES = {"BF16": 2, "F32": 4, "I32": 4, "F16": 2}
 
@@ -190,3 +193,70 @@ def test_the_hub_cache_is_huggingface_hubs_own_answer(tmp_path):
         out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
                              check=True).stdout.split()
         assert out == [str(want), str(want)], extra
+
+
+TINY_LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 4,
+              "num_attention_heads": 8, "num_key_value_heads": 2, "hidden_size": 512, "intermediate_size": 1408,
+              "vocab_size": 32000, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
+
+
+def test_a_hub_repo_the_catalog_does_not_list_is_planned_from_its_cached_snapshot(tmp_path):
+    """`plan owner/name` for a repo outside the matrix, offline: its cached config.json and
+    safetensors headers are the entry (exact weights), named after the repo, served from the
+    repo id (not the snapshot path)."""
+    from kanoa_local.engine.spec import PlanReport
+
+    hub = tmp_path / "hub"
+    snap = hub / "models--someone--tiny-llama" / "snapshots" / "c0ffee"
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("c0ffee")
+    (snap / "config.json").write_text(json.dumps(TINY_LLAMA))
+    write_safetensors(snap / "model.safetensors", {
+        "model.embed_tokens.weight": ("BF16", [32000, 512]), "lm_head.weight": ("BF16", [32000, 512]),
+        "model.layers.0.mlp.down_proj.weight": ("BF16", [512, 1408])})
+    env = {"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
+    r = run_cli("plan", "someone/tiny-llama", "--gpu", "l4", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    c = PlanReport.model_validate_json(r.stdout).plan.chosen
+    assert c.model_id == "tiny-llama" and c.variant.repo == "someone/tiny-llama" and c.variant.cached
+    assert c.memory.weights.source == "checkpoint"
+    assert c.memory.weights.embeddings == 2 * 32000 * 512 * 2
+    # not cached, offline: the catalog's "unknown model", and how to get it
+    r = run_cli("plan", "someone/not-here", "--gpu", "l4", env=env)
+    assert r.returncode == 2 and r.stderr.startswith("Error: unknown model 'someone/not-here'"), r.stderr
+    assert "kanoa-local pull" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_hub_that_does_not_answer_is_one_line(tmp_path):
+    """Online, a repo outside the matrix is read from the hub; a hub that refuses the connection
+    (HF_ENDPOINT on a port nothing listens on: a real refused connection) is one line of cause and
+    remedy, no traceback."""
+    from tests.conftest import free_port
+
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "0",
+           "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_ETAG_TIMEOUT": "5",
+           "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
+    r = run_cli("plan", "someone/tiny-llama", "--gpu", "l4", env=env, timeout=180)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    first = r.stderr.strip().splitlines()[0]
+    assert first.startswith("Error: cannot read someone/tiny-llama"), r.stderr
+    assert "HF_ENDPOINT" in r.stderr
+
+
+def test_the_precision_a_quantization_config_names():
+    from kanoa_local.unlisted import checkpoint_precision
+    from kanoa_local.errors import ConfigError
+
+    def ct(bits: int, kind: str) -> dict:
+        return {"quant_method": "compressed-tensors",
+                "config_groups": {"group_0": {"weights": {"num_bits": bits, "type": kind}}}}
+
+    assert checkpoint_precision({}) == "bf16"
+    assert checkpoint_precision(ct(8, "float")) == "fp8"
+    assert checkpoint_precision(ct(8, "int")) == "int8"
+    assert checkpoint_precision(ct(4, "int")) == "w4a16"
+    assert checkpoint_precision({"quant_method": "awq", "bits": 4}) == "awq"
+    assert checkpoint_precision({"quant_method": "bitsandbytes", "load_in_4bit": True}) == "bnb-4bit"
+    with pytest.raises(ConfigError, match="mxfp4"):
+        checkpoint_precision({"quant_method": "mxfp4"})

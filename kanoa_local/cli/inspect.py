@@ -137,11 +137,10 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
              **engine_args: Any) -> None:
     """Which model, precision and vLLM settings fit, why, and the command `up` would run.
 
-    MODEL is a model id, alias or Hugging Face repo id from `kanoa-local models`, or a local
-    checkpoint directory; without it the best model that fits is chosen.
+    MODEL is a model id, alias or Hugging Face repo id from `kanoa-local models`, a local
+    checkpoint directory, or any other Hugging Face repo id (read from the cache, or online from
+    the hub's config.json and safetensors headers); without it the best model that fits is chosen.
     """
-    from pathlib import Path
-
     from ..catalog import PRECISIONS
     from ..engine.spec import PlanReport, launch_spec
     from ..errors import NoFitError, UsageError
@@ -156,16 +155,14 @@ def plan_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_file:
     profile, cluster = resolve_machine(hardware_file, gpu_name, vram_gb, gpu_count, cluster_file, nodes,
                                        gpus_per_node)
     catalog, weights = load_models(models_files, no_user_models)
-    if model and Path(model).expanduser().is_dir():
-        from ..checkpoint import entry_from_directory
-
-        entry = entry_from_directory(Path(model).expanduser())
-        catalog = catalog.model_copy(update={"models": {**catalog.models, entry.id: entry}})
-        model = entry.id
     if offline is None:
         from ..settings import hub_offline
 
         offline = hub_offline()
+    from ..unlisted import with_model
+
+    # a checkpoint directory, or a hub repo the catalog does not list (its config and headers)
+    catalog, weights, model = with_model(catalog, weights, model, offline=offline)
     request = PlanRequest(model=model, vision=vision, min_context=min_context,
                           max_context=max_context, precision=precision, **engine_args,
                           flashinfer=False if no_flashinfer else None,
@@ -267,6 +264,10 @@ def export_cmd(ctx: click.Context, as_json: bool, sub_verbose: int, hardware_fil
     profile, cluster = resolve_machine(hardware_file, gpu_name, vram_gb, gpu_count, cluster_file, nodes,
                                        gpus_per_node)
     catalog, weights = load_models(models_files, no_user_models)
+    from ..unlisted import with_model
+    from ..settings import hub_offline
+
+    catalog, weights, model = with_model(catalog, weights, model, offline=hub_offline())
     request = PlanRequest(model=model, precision=precision, max_context=max_context, vision=vision,
                           nodes=cluster.nodes if cluster is not None else 1, hf_token=True, **engine_args,
                           trust_remote_code=trust_remote_code)

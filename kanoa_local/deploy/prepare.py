@@ -29,18 +29,19 @@ def plan_for_up(profile: Any, *, model: str | None = None, model_path: str | Non
         raise UsageError("give MODEL or --model-path, not both", remedy="see `kanoa-local up --help`")
     catalog, weights = load_enriched(models_files or [], user=user_models)
     model_dir = None
-    if model_path:
-        from ..checkpoint import entry_from_directory
+    from ..unlisted import with_model
 
+    if model_path:
         p = Path(model_path).expanduser().resolve()
         if not p.is_dir():
             raise UsageError(f"--model-path {model_path}: no such directory",
                              remedy="give a Hugging Face checkpoint directory (with config.json)")
-        entry = entry_from_directory(p)
-        catalog = catalog.model_copy(update={"models": {**catalog.models, entry.id: entry}})
-        model, model_dir, offline = entry.id, str(p), True
+        catalog, weights, model = with_model(catalog, weights, str(p), offline=True)
+        model_dir, offline = str(p), True
     if offline is None:
         offline = hub_offline()
+    # a hub repo the catalog does not list: planned from its config and safetensors headers
+    catalog, weights, model = with_model(catalog, weights, model, offline=offline)
     token = hf_token()
     try:
         request = PlanRequest(model=model, precision=precision, **(engine_args or {}),

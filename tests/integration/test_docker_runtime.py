@@ -143,7 +143,7 @@ def test_the_guard_extends_an_images_own_python_path(docker_client, cpu_image, t
     from kanoa_local.engine.spec import launch_spec
     from kanoa_local.plan import PlanRequest, plan
     from kanoa_local.probe import load_preset
-    from kanoa_local.checkpoint import entry_from_directory
+    from kanoa_local.unlisted import entry_from_directory
     from kanoa_local.catalog import load_catalog
 
     tag = f"kanoa-local-test/pythonpath:{names('pp')}"

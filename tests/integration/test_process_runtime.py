@@ -148,7 +148,7 @@ def test_too_long_context_is_retried_with_what_vllm_says_fits(cpu_venv):
     fits, `up` retries once with it and says so."""
     from kanoa_local import deploy
     from kanoa_local.catalog import Catalog
-    from kanoa_local.checkpoint import entry_from_directory
+    from kanoa_local.unlisted import entry_from_directory
     from kanoa_local.plan import PlanRequest, plan
     from kanoa_local.probe import probe
 
