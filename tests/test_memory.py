@@ -139,6 +139,8 @@ def test_vision_towers_split_under_tensor_parallelism_and_mrope_caches_four_time
     scout = cat.get("llama-4-scout")
     one, four = (mem.weights(scout, scout.variants[0], 2, tp) for tp in (1, 4))
     assert four.vision == one.vision // 4 and four.rotary == one.rotary == 10485760 * 128 * 2
+    # two pipeline stages of TP 2: the tower sits on the first, split over its two ranks only
+    assert mem.weights(scout, scout.variants[0], 2, 4, vision_ranks=2).vision == one.vision // 2
     kimi = scout.model_copy(update={"family": "kimi_vl"})
     assert mem.weights(kimi, kimi.variants[0], 2, 4, vllm="0.11.0").vision == one.vision
     assert mem.weights(kimi, kimi.variants[0], 2, 4, vllm="0.19.1").vision == one.vision // 4

@@ -38,7 +38,7 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
             reasons.append(f"{arch.layers} layers cannot be split over {pp} nodes")
             return cand
         arch = _stage_arch(arch, pp)
-    w = mem.weights(entry, variant, dtype_bytes, pp, checkpoint)
+    w = mem.weights(entry, variant, dtype_bytes, pp, checkpoint, vision_ranks=1)
     batched, seqs = prof.scheduler_defaults("cpu", 0)
     seqs = req.max_num_seqs or seqs
     images = (req.limit_mm_per_prompt if req.limit_mm_per_prompt is not None else entry.max_images) \

@@ -159,7 +159,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     images = (req.limit_mm_per_prompt if req.limit_mm_per_prompt is not None else entry.max_images) \
         if entry.vision else 0
     # pipeline stages split the layers: per GPU, the weights are about 1/(TP × PP)
-    w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint, vllm=image.vllm)
+    w = mem.weights(entry, variant, dtype_bytes, tp * pp, checkpoint, vllm=image.vllm, vision_ranks=tp)
     videos = (req.limit_videos or 0) if entry.vision else 0
     p2p = p2p_likely(g0.name)
     ov = prof.overheads(entry, variant, arch, batched=batched, seqs=seqs, dtype_bytes=dtype_bytes, tp=tp,

@@ -93,7 +93,7 @@ VISION_REPLICATED_UNTIL: dict[str, str] = {"kimi_vl": "0.19.0"}
 
 
 def weights(entry: ModelEntry, variant: Variant, dtype_bytes: int, tp: int = 1,
-            checkpoint: Weights | None = None, vllm: str | None = None) -> Weights:
+            checkpoint: Weights | None = None, vllm: str | None = None, vision_ranks: int | None = None) -> Weights:
     """Weight bytes on each of ``tp`` devices.
 
     From the checkpoint's own tensor list when known (``checkpoint``: tensors read from
@@ -137,7 +137,8 @@ def weights(entry: ModelEntry, variant: Variant, dtype_bytes: int, tp: int = 1,
     whole = until is not None and (vllm is None or version_tuple(vllm) < version_tuple(until))
     return w.model_copy(update={"quantised": w.quantised // tp, "unquantised": w.unquantised // tp,
                                 "embeddings": w.embeddings // tp,
-                                "vision": w.vision if whole else w.vision // tp})
+                                # pipeline stages: the tower is on the first one, split by its TP only
+                                "vision": w.vision if whole else w.vision // (vision_ranks or tp)})
 
 
 def kv_heads_per_rank(arch: Arch, tp: int) -> int:
