@@ -107,9 +107,9 @@ def with_model(catalog: Catalog, weights: dict[tuple[str, str], Weights], model:
 
             found = entry_for_repo(model, offline=offline, hf_cache=hf_cache)
             if found is None:
-                raise UsageError(unknown.message, remedy="offline, a repo the catalog does not list is read from "
-                                 "the Hugging Face cache: fetch it while online (`kanoa-local pull`), or "
-                                 + (unknown.remedy or "add it to models.toml")) from None
+                raise UsageError(unknown.message, remedy=(unknown.remedy or "add it to models.toml")
+                                 + "; offline, a repo the matrix does not list is read from the Hugging Face "
+                                   f"cache: fetch it while online (`kanoa-local pull {model}`)") from None
             entry, w = found
             # an id a deployment can be named after: the repo's name, or owner-name where taken
             short = model.rsplit("/", 1)[-1].lower()[:63]
