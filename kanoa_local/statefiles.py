@@ -139,3 +139,16 @@ def lock(name: str, *, wait: float = 0, on_wait: Any = None) -> Iterator[None]:
         except OSError as exc:
             raise _state_error(exc, path) from exc
         yield
+
+
+def lock_held(name: str) -> bool:
+    """Whether some process holds deployment ``name``'s lock right now (an `up` or `down` under
+    way), read from the kernel's lock table without taking the lock (taking it, even for a moment,
+    could turn a concurrent `up` away). False where the table cannot be read."""
+    try:
+        st = (state_dir() / "locks" / f"{name}.lock").stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    me = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(len(f) > 5 and f[1] == "FLOCK" and f[5] == me for f in (line.split() for line in table.splitlines()))

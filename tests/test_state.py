@@ -112,6 +112,24 @@ def test_one_name_one_lock_across_processes(tmp_path):
         pass
 
 
+def test_whether_a_name_is_being_started_is_read_without_taking_its_lock():
+    """`ps` tells a deployment another process is starting (its name's lock held, the record not yet
+    written) from an orphan, by the kernel's lock table: reading it never turns that `up` away."""
+    from kanoa_local.statefiles import lock_held
+
+    code = ("import time; from kanoa_local import state\n"
+            "with state.lock('starting'):\n    print('held', flush=True); time.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert p.stdout.readline().strip() == "held"
+        assert lock_held("starting") and lock_held("starting")      # asking twice takes nothing
+        assert not lock_held("other") and not lock_held("never-locked")
+    finally:
+        p.kill()
+        p.wait()
+    assert not lock_held("starting")
+
+
 CHECK = ("from kanoa_local import state\n"
          "try:\n    state.check_writable()\n    print('OK')\nexcept state.StateDirError as e:\n    print('ERR', e.message)\n")
 

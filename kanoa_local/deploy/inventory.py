@@ -11,6 +11,7 @@ from .. import state
 from ..errors import DeploymentNotFound, EngineError, KanoaError, UsageError
 from ..runtimes import Pool, Unreachable
 from ..state import Deployment, DockerPlace, ProcessPlace, RecordUnreadable, reach_address, url_host
+from ..statefiles import lock_held
 from .reconcile import discover, orphans, salvage, same_place
 
 
@@ -64,10 +65,14 @@ def ps() -> PsReport:
     for kind, f in orphans(deps, found):
         pid, cid, dh, n = _ids(f.place)
         port = f.port or 0
-        rows.append(PsRow(name=f.name, runtime=kind, model=f.model, orphan=True,
+        # started but not yet on record: the `up` that holds its name's lock writes the record
+        busy = lock_held(f.name)
+        rows.append(PsRow(name=f.name, runtime=kind, model=f.model, orphan=not busy,
                           base_url=f"http://{url_host(reach_address(f.listen, dh))}:{port}/v1" if port else "",
-                          state="running" if f.running else "dead", reason="no record: `kanoa-local down "
-                          f"{f.name}` removes it", pid=pid, container_id=cid, docker_host=dh, nodes=n))
+                          state="running" if f.running else "dead",
+                          reason="an `up` or `down` of this name is under way" if busy else
+                          f"no record: `kanoa-local down {f.name}` removes it",
+                          pid=pid, container_id=cid, docker_host=dh, nodes=n))
     problems = [f"{n}: {why}" for n, why in broken.items()] + [f"{u} did not answer" for u in unreachable]
     return PsReport(deployments=rows, unreadable=sorted(broken), problems=problems)
 
