@@ -235,13 +235,14 @@ def indexed_shards(folder: Path) -> list[str]:
 def read_checkpoint(folder: Path, compute_bytes: int = 2) -> tuple[Arch | None, Weights | None]:
     """(arch, weights) from a checkpoint directory; either is None when its files are missing.
     Weights need every shard named by the index to be present."""
-    arch = weights = None
+    weights = None
+    cfg: dict[str, Any] | None = None
     cfg_path = folder / "config.json"
     if cfg_path.is_file():
         try:
-            arch = arch_from_config(json.loads(cfg_path.read_text()))
-        except (ValueError, TypeError, KeyError):
-            arch = None
+            cfg = json.loads(cfg_path.read_text())
+        except ValueError:
+            cfg = None
     names = indexed_shards(folder)
     shards = [folder / n for n in names] if names else sorted(folder.glob("*.safetensors"))
     if shards and all(s.is_file() for s in shards):
@@ -249,9 +250,19 @@ def read_checkpoint(folder: Path, compute_bytes: int = 2) -> tuple[Arch | None, 
             weights = weights_from_headers([read_header(s) for s in shards], compute_bytes)
         except (OSError, ValueError):
             weights = None
-    if arch is not None and weights is not None and weights.vision:
+    return (checkpoint_arch(cfg, weights, compute_bytes) if cfg is not None else None), weights
+
+
+def checkpoint_arch(cfg: dict[str, Any], weights: Weights | None, compute_bytes: int = 2) -> Arch | None:
+    """The arch of a checkpoint's config.json (None where it is not a decoder config this reads),
+    its vision tower sized from the tensors where they are known."""
+    try:
+        arch = arch_from_config(cfg)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if weights is not None and weights.vision:
         arch = arch.model_copy(update={"vision_params_b": round(weights.vision / compute_bytes / 1e9, 3)})
-    return arch, weights
+    return arch
 
 
 def enrich(catalog: Catalog, hf_cache: Path | None = None) -> tuple[Catalog, dict[tuple[str, str], Weights]]:

@@ -129,8 +129,8 @@ def entry_for_repo(repo: str, *, offline: bool, hf_cache: Path | None = None) ->
     downloaded). None: offline and not cached. Hub failures become one-line errors."""
     import json
 
-    from .checkpoint import arch_from_config, weights_from_headers
-    from .unlisted import checkpoint_entry, entry_from_parts
+    from .checkpoint import checkpoint_arch, weights_from_headers
+    from .unlisted import auto_map_files, checkpoint_entry, entry_from_parts
 
     cache = hf_cache or cache_dir()
     hit = cached_file(repo, "config.json", cache)
@@ -157,15 +157,8 @@ def entry_for_repo(repo: str, *, offline: bool, hf_cache: Path | None = None) ->
     headers = [{n: {"dtype": t.dtype, "shape": list(t.shape)} for n, t in f.tensors.items()}
                for f in meta.files_metadata.values()]
     w = weights_from_headers(headers, 2)
-    try:
-        arch = arch_from_config(cfg)
-    except (ValueError, TypeError, KeyError):
-        arch = None
-    if arch is not None and w.vision:
-        arch = arch.model_copy(update={"vision_params_b": round(w.vision / 2 / 1e9, 3)})
-    code = sorted({ref.rsplit(".", 1)[0] + ".py" for ref in (cfg.get("auto_map") or {}).values()
-                   if isinstance(ref, str) and "." in ref and "--" not in ref})
-    entry = entry_from_parts(repo, cfg, arch, w, {"repo": repo}, code, source_file="(Hugging Face hub)")
+    entry = entry_from_parts(repo, cfg, checkpoint_arch(cfg, w), w, {"repo": repo}, auto_map_files(cfg),
+                             source_file="(Hugging Face hub)")
     return entry, w
 
 

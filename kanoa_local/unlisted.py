@@ -122,8 +122,15 @@ def with_model(catalog: Catalog, weights: dict[tuple[str, str], Weights], model:
 
 
 def remote_code_files(folder: Path, cfg: dict) -> list[str]:
+    """The Python files a checkpoint directory's remote code is in: those ``auto_map`` names, else
+    the directory's own .py files."""
+    return auto_map_files(cfg) or sorted(p.name for p in folder.glob("*.py"))
+
+
+def auto_map_files(cfg: dict) -> list[str]:
     """The Python files ``auto_map`` makes vLLM (transformers) import from a checkpoint: for
-    "modeling_x.Class" that is modeling_x.py; a "repo--module.Class" names another repo's."""
+    "modeling_x.Class" that is modeling_x.py; a "repo--module.Class" names another repo's; a
+    tokenizer's entry is a [slow, fast] list."""
     files: set[str] = set()
     refs = (cfg.get("auto_map") or {}).values() if isinstance(cfg.get("auto_map"), dict) else []
     for ref in refs:
@@ -131,4 +138,4 @@ def remote_code_files(folder: Path, cfg: dict) -> list[str]:
             if isinstance(one, str) and "." in one:
                 repo, _, module = one.rpartition("--")
                 files.add((f"{repo}:" if repo else "") + module.rsplit(".", 1)[0] + ".py")
-    return sorted(files) or sorted(p.name for p in folder.glob("*.py"))
+    return sorted(files)
