@@ -20,13 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from kanoa_local.catalog import load_catalog, version_tuple
-from kanoa_local.engine.spec import vllm_args
+from kanoa_local.catalog import version_tuple
 from kanoa_local.images import GPU_IMAGES
-from kanoa_local.plan import PlanRequest, plan
-from kanoa_local.probe import load_preset, preset_names
 from kanoa_local.runtimes.engine_venv import CPU_VERSION
 from tests.conftest import DEV_CACHE
+from tests.integration.plan_argvs import plan_argvs
 
 pytestmark = pytest.mark.engine
 
@@ -83,36 +81,8 @@ def release_arguments(version: str) -> dict[str, list[str]]:
 def plans_of(release: str) -> list[tuple[str, list[str]]]:
     """The argv of every fitting GPU plan on ``release``'s image: each model on each profile,
     asked for that release."""
-    catalog = load_catalog(user=False)
-    out = []
-    for profile in preset_names():
-        prof = load_preset(profile)
-        for model in catalog.models:
-            for c in plan(prof, catalog, PlanRequest(model=model, trust_remote_code=True,
-                                                     vllm_version=release.split(".post")[0])).candidates:
-                s = c.settings
-                if c.fits == "no" or s is None or c.device != "gpu" or s.image is None \
-                        or not s.image.endswith(":v" + release):
-                    continue
-                out.append((f"{profile}/{c.label}", vllm_args(c, model_ref="m", served_name=c.model_id,
-                                                              host="127.0.0.1", port=8000)))
-                out += retry_argvs(c, f"{profile}/{c.label}")
-    return out
-
-
-def retry_argvs(c, label: str) -> list[tuple[str, list[str]]]:
-    """The flags a retry of ``c`` may add on its release (deploy/retry.py's thresholds): an absolute
-    KV cache after an OOM beside it, vLLM's own context fit."""
-    from kanoa_local.deploy.retry import AUTO_CONTEXT_SINCE, KV_BYTES_SINCE
-
-    s, v = c.settings, version_tuple(c.settings.vllm_version)
-    out = []
-    for since, update in ((KV_BYTES_SINCE, {"kv_cache_memory_bytes": 4 * 2**30}), (AUTO_CONTEXT_SINCE, {"auto_context": True})):
-        if v >= since:
-            retried = c.model_copy(update={"settings": s.model_copy(update=update)})
-            out.append((f"{label} retried with {sorted(update)[0]}",
-                        vllm_args(retried, model_ref="m", served_name=c.model_id, host="127.0.0.1", port=8000)))
-    return out
+    return plan_argvs(lambda c: c.settings.image is not None and c.settings.image.endswith(":v" + release),
+                      vllm_version=release.split(".post")[0])
 
 
 def test_the_reader_finds_the_flags_of_each_style():

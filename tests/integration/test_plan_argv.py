@@ -11,11 +11,8 @@ import subprocess
 
 import pytest
 
-from kanoa_local.catalog import load_catalog, version_tuple
-from kanoa_local.engine.spec import vllm_args
-from kanoa_local.plan import PlanRequest, plan
-from kanoa_local.probe import load_preset, preset_names
-from tests.integration.test_old_release_args import retry_argvs
+from kanoa_local.catalog import version_tuple
+from tests.integration.plan_argvs import plan_argvs
 
 pytestmark = pytest.mark.engine
 
@@ -49,23 +46,9 @@ print(json.dumps({"vllm": vllm.__version__, "bad": bad}))
 
 
 def plans_on(release: str) -> list[tuple[str, list[str]]]:
-    catalog = load_catalog(user=False)
-    out = []
-    for profile in preset_names():
-        prof = load_preset(profile)
-        for model in catalog.models:
-            result = plan(prof, catalog, PlanRequest(model=model, trust_remote_code=True))
-            for c in result.candidates:
-                s = c.settings
-                if c.fits == "no" or s is None or c.device != "gpu" or not s.vllm_version:
-                    continue
-                if version_tuple(s.vllm_version) < version_tuple(release):
-                    continue
-                argv = vllm_args(c, model_ref=c.variant.source or "m", served_name=c.model_id,
-                                 host="127.0.0.1", port=8000)
-                out.append((f"{profile}/{c.label}", argv))
-                out += retry_argvs(c, f"{profile}/{c.label}")    # what a retry adds, on this release too
-    return out
+    """The argv of every fitting GPU plan whose image is ``release`` or newer."""
+    return plan_argvs(lambda c: bool(c.settings.vllm_version)
+                      and version_tuple(c.settings.vllm_version) >= version_tuple(release))
 
 
 def test_every_plan_parses_with_the_engines_own_parser(cpu_venv):
