@@ -260,3 +260,15 @@ def test_the_precision_a_quantization_config_names():
     assert checkpoint_precision({"quant_method": "bitsandbytes", "load_in_4bit": True}) == "bnb-4bit"
     with pytest.raises(ConfigError, match="mxfp4"):
         checkpoint_precision({"quant_method": "mxfp4"})
+
+
+def test_the_remote_code_files_auto_map_names():
+    """A model's module, a tokenizer's [slow, fast] pair, and another repo's module."""
+    from kanoa_local.unlisted import auto_map_files
+
+    cfg = {"auto_map": {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM",
+                        "AutoTokenizer": ["tokenization_x.XTokenizer", "tokenization_x_fast.XTokenizerFast"],
+                        "AutoProcessor": "owner/other--processing_y.YProcessor"}}
+    assert auto_map_files(cfg) == ["configuration_x.py", "modeling_x.py", "owner/other:processing_y.py",
+                                   "tokenization_x.py", "tokenization_x_fast.py"]
+    assert auto_map_files({}) == [] and auto_map_files({"auto_map": "bad"}) == []
