@@ -53,7 +53,7 @@ def test_weights_from_parameter_counts():
     # 8.03 B × 2 B = 16.06 GB (the repo holds 16.1 GB); AWQ keeps embeddings + lm_head in 16 bit
     assert mem.weights(llama, bf16, 2).total / 1e9 == pytest.approx(16.06, rel=0.01)
     assert mem.weights(llama, awq, 2).total / 1e9 == pytest.approx(5.73, rel=0.03)
-    assert mem.weights(llama, bf16, 2, tp=2).total == pytest.approx(mem.weights(llama, bf16, 2).total / 2, rel=0.01)
+    assert mem.weights(llama, bf16, 2, ranks=2).total == pytest.approx(mem.weights(llama, bf16, 2).total / 2, rel=0.01)
 
 
 def test_max_len_search_is_the_largest_that_fits():
@@ -122,7 +122,7 @@ def test_rotary_caches_are_counted_with_the_weights_whole_on_every_rank():
     entry = ModelEntry(id="g", name="g", family="gemma3", params_b=4.3, arch=arch, vision=False, status="planned",
                        variants=[{"precision": "bf16", "repo": "google/gemma-3-4b-it"}])
     one = mem.weights(entry, entry.variants[0], 2)
-    two = mem.weights(entry, entry.variants[0], 2, tp=2)
+    two = mem.weights(entry, entry.variants[0], 2, ranks=2)
     assert one.rotary == two.rotary == mem.rotary_bytes(arch, 2)
     assert one.total / 2**30 == pytest.approx(8.58, rel=0.01)
 

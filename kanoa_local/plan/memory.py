@@ -92,9 +92,10 @@ def rotary_bytes(arch: Arch | None, dtype_bytes: int) -> int:
 VISION_REPLICATED_UNTIL: dict[str, str] = {"kimi_vl": "0.19.0"}
 
 
-def weights(entry: ModelEntry, variant: Variant, dtype_bytes: int, tp: int = 1,
+def weights(entry: ModelEntry, variant: Variant, dtype_bytes: int, ranks: int = 1,
             checkpoint: Weights | None = None, vllm: str | None = None, vision_ranks: int | None = None) -> Weights:
-    """Weight bytes on each of ``tp`` devices.
+    """Weight bytes on each of ``ranks`` devices (tensor × pipeline parallel); the vision tower
+    is split over ``vision_ranks`` of them (its stage's TP; default all).
 
     From the checkpoint's own tensor list when known (``checkpoint``: tensors read from
     safetensors headers, float tensors counted at 2 bytes, packed ones as stored); otherwise from parameter counts: the
@@ -127,7 +128,7 @@ def weights(entry: ModelEntry, variant: Variant, dtype_bytes: int, tp: int = 1,
             w = Weights(unquantised=int(body * dtype_bytes), embeddings=int(embed * dtype_bytes),
                         vision=int(vision * dtype_bytes))
     w = w.model_copy(update={"rotary": rotary_bytes(entry.arch, dtype_bytes)})
-    if tp == 1:
+    if ranks == 1:
         return w
     # Tensor parallelism splits the body, the (vocab-parallel) embeddings and, by default, the
     # vision encoder; the rotary caches stay whole. Example: Llama 4 Scout at TP 4 on H100s, vLLM
@@ -135,10 +136,10 @@ def weights(entry: ModelEntry, variant: Variant, dtype_bytes: int, tp: int = 1,
     # (53.12 logged; with the tower whole on every rank it would be 54.5).
     until = VISION_REPLICATED_UNTIL.get(entry.family)
     whole = until is not None and (vllm is None or version_tuple(vllm) < version_tuple(until))
-    return w.model_copy(update={"quantised": w.quantised // tp, "unquantised": w.unquantised // tp,
-                                "embeddings": w.embeddings // tp,
+    return w.model_copy(update={"quantised": w.quantised // ranks, "unquantised": w.unquantised // ranks,
+                                "embeddings": w.embeddings // ranks,
                                 # pipeline stages: the tower is on the first one, split by its TP only
-                                "vision": w.vision if whole else w.vision // (vision_ranks or tp)})
+                                "vision": w.vision if whole else w.vision // (vision_ranks or ranks)})
 
 
 def kv_heads_per_rank(arch: Arch, tp: int) -> int:
