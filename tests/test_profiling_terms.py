@@ -118,6 +118,11 @@ def test_graphs_captured_beside_the_budget_leave_room_for_the_allocator():
     # where the graphs are inside the budget (0.20 on) the same start keeps them
     newer = plan(what_if(load_preset("l4"), gpus=4), cal, req.model_copy(update={"vllm_version": "0.33.0"})).chosen
     assert newer is not None and not newer.eager
+    # at 0.95 not even the eager start has its slack beside the share: refused, in numbers
+    no = plan(what_if(load_preset("l4"), gpus=4), cal, req.model_copy(update={"gpu_memory_utilization": 0.97}))
+    why = no.candidates[0].reasons[0]
+    assert no.chosen is None and "beside the 0.97 share even without CUDA graphs" in why, why
+    assert "what grows outside it after profiling (0.8 GiB): 0.8 GiB in all" in why and " for :" not in why, why
 
 
 def test_graph_memory_follows_the_logged_captures():

@@ -206,8 +206,12 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         if not graphs_inside and left >= must:
             eager_beside = True     # only the graphs are in the way, as below for newer releases
         else:
-            reasons.append(f"vLLM {image.vllm} needs room beside the {gmu:g} share for {ov.beside_text(seqs, batched)}: "
-                           f"{_gib(must)} in all, and {_gib(max(left, 0))} is left there on {g0.name}")
+            held = ov.beside_text(seqs, batched)
+            reasons.append(f"vLLM {image.vllm} needs room beside the {gmu:g} share"
+                           + (" even without CUDA graphs" if not graphs_inside else "")
+                           + f" for {held + ' and ' if held else ''}what grows outside it after profiling "
+                             f"({_gib(slack)}): {_gib(must + slack)} in all, and {_gib(max(left + slack, 0))} "
+                             f"is left there on {g0.name} after the CUDA context")
             cand.needs = "a lower --gpu-memory-utilization or --max-num-seqs"
             return cand
     budget = int(gmu * visible)
