@@ -30,6 +30,14 @@ def gib(n: int | float | None) -> str:
     return "?" if n is None else f"{n / 1024**3:.1f} GiB"
 
 
+def _e(text: Any) -> str:
+    """Data shown as it is: a model name, path, reason or label with [brackets] in it is not
+    rich markup (it would vanish, or stop the view with a MarkupError)."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def profile_table(p: "HardwareProfile", verbose: bool = False) -> Any:
     from rich.table import Table
 
@@ -37,7 +45,7 @@ def profile_table(p: "HardwareProfile", verbose: bool = False) -> Any:
     t.add_column(style="bold")
     t.add_column()
     if p.description:
-        t.add_row("profile", p.description)
+        t.add_row("profile", _e(p.description))
     if p.gpus:
         for g in p.gpus:
             link = "?"
@@ -45,27 +53,27 @@ def profile_table(p: "HardwareProfile", verbose: bool = False) -> Any:
                 link = f"PCIe {g.pcie.max_gen}.0 x{g.pcie.max_width} max"
                 if g.pcie.current_gen:
                     link += f" (now {g.pcie.current_gen}.0 x{g.pcie.current_width})"
-            t.add_row(f"GPU {g.index}", f"{g.name}  {gib(g.memory_total)} "
+            t.add_row(f"GPU {g.index}", f"{_e(g.name)}  {gib(g.memory_total)} "
                       f"({gib(g.memory_free)} free)  cc {g.cc_text}  {link}")
             if verbose:
-                t.add_row("", f"uuid {g.uuid}" + ("  MIG slice" if g.is_mig_slice else ""))
+                t.add_row("", f"uuid {_e(g.uuid)}" + ("  MIG slice" if g.is_mig_slice else ""))
                 for n in g.notes:
-                    t.add_row("", f"[dim]{n.field}: {n.message}[/]")
+                    t.add_row("", f"[dim]{_e(n.field)}: {_e(n.message)}[/]")
     else:
-        t.add_row("GPU", f"none ({p.nvml_error or 'no NVIDIA GPU found'})")
+        t.add_row("GPU", f"none ({_e(p.nvml_error or 'no NVIDIA GPU found')})")
     if p.driver_version:
-        t.add_row("driver", f"{p.driver_version} (CUDA {p.cuda_driver_text or '?'})")
-    t.add_row("CPU", f"{p.cpu.count} × {p.cpu.model or '?'}"
-              + (f"  [{' '.join(p.cpu.flags)}]" if verbose and p.cpu.flags else ""))
+        t.add_row("driver", _e(f"{p.driver_version} (CUDA {p.cuda_driver_text or '?'})"))
+    t.add_row("CPU", _e(f"{p.cpu.count} × {p.cpu.model or '?'}"
+                        + (f"  [{' '.join(p.cpu.flags)}]" if verbose and p.cpu.flags else "")))
     t.add_row("RAM", f"{gib(p.ram_total)} ({gib(p.ram_available)} available)")
-    t.add_row("disk", f"{gib(p.disk_free)} free at {p.disk_path}")
+    t.add_row("disk", f"{gib(p.disk_free)} free at {_e(p.disk_path)}")
     if p.docker is not None:
         d = p.docker
-        t.add_row("Docker", f"server {d.server_version}, runtimes: {', '.join(d.runtimes) or '-'}"
-                  if d.reachable else f"not reachable ({d.reason})")
+        t.add_row("Docker", _e(f"server {d.server_version}, runtimes: {', '.join(d.runtimes) or '-'}"
+                               if d.reachable else f"not reachable ({d.reason})"))
     if verbose:
         for n in p.notes:
-            t.add_row("note", f"[dim]{n.field}: {n.message}[/]")
+            t.add_row("note", f"[dim]{_e(n.field)}: {_e(n.message)}[/]")
     return t
 
 
@@ -80,9 +88,9 @@ def check_report(report: "CheckReport", verbose: bool = False) -> None:
     t.add_column(style="bold", no_wrap=True)
     t.add_column()
     for item in report.items:
-        t.add_row(_MARK[item.status], item.title, item.detail)
+        t.add_row(_MARK[item.status], _e(item.title), _e(item.detail))
         if item.remedy and item.status in ("fail", "warn"):
-            t.add_row("", "", f"[dim]→ {item.remedy}[/]")
+            t.add_row("", "", f"[dim]→ {_e(item.remedy)}[/]")
     out.print(t)
     out.print()
     if report.models:
@@ -96,7 +104,7 @@ def check_report(report: "CheckReport", verbose: bool = False) -> None:
         if rest:
             out.print(f"[dim]{rest} more do not fit here: `kanoa-local models` (or -v) says why[/]")
         out.print()
-    out.print(f"[{_VERDICT_STYLE[report.verdict]}]{report.summary}[/]  "
+    out.print(f"[{_VERDICT_STYLE[report.verdict]}]{_e(report.summary)}[/]  "
               f"[dim](exit {report.exit_code})[/]")
 
 
@@ -114,23 +122,23 @@ def model_verdicts_table(rows: list[Any], verbose: bool = False) -> Any:
                      ratio=1 if col == "best here / why not" else None)
     for m in rows:
         params = f"{m.params_b:g}B" + (f"/{m.active_params_b:g}B" if m.active_params_b else "")
-        detail = m.best or (m.reason if verbose else m.reason.split(";")[0])
+        detail = _e(m.best or (m.reason if verbose else m.reason.split(";")[0]))
         if m.best and verbose:
-            detail += f"  [dim]{m.reason}[/]"
+            detail += f"  [dim]{_e(m.reason)}[/]"
         if not m.best and m.needs:
-            detail += f"  [dim](needs {m.needs})[/]"
+            detail += f"  [dim](needs {_e(m.needs)})[/]"
         flags = ("  [dim]gated[/]" if m.gated else "") + ("  [dim]remote code[/]" if m.trust_remote_code else "")
-        status = m.status + (f" [green](verified on {', '.join(m.verified_on)})[/]" if m.verified_on else "")
-        row = [f"{m.id}{flags}", params, "✓" if m.vision else "-", status, " ".join(m.precisions)]
+        status = _e(m.status) + (f" [green](verified on {_e(', '.join(m.verified_on))})[/]" if m.verified_on else "")
+        row = [f"{_e(m.id)}{flags}", params, "✓" if m.vision else "-", status, _e(" ".join(m.precisions))]
         if verbose:
-            row.append(f"{m.seed_vram_gb:g} GB {m.seed_precision or ''}".strip() if m.seed_vram_gb else "-")
+            row.append(_e(f"{m.seed_vram_gb:g} GB {m.seed_precision or ''}".strip()) if m.seed_vram_gb else "-")
         t.add_row(*row, _FIT[m.fits], detail)
     return t
 
 
 def models_report(report: Any, verbose: bool = False) -> None:
     out = console()
-    out.print(f"[bold]Models[/] on {report.machine}")
+    out.print(f"[bold]Models[/] on {_e(report.machine)}")
     out.print(model_verdicts_table(report.models, verbose))
     n = sum(1 for m in report.models if m.fits != "no")
     out.print(f"\n{n} of {len(report.models)} fit.  `kanoa-local plan MODEL` explains one; "
@@ -156,30 +164,30 @@ def plan_report(report: Any, verbose: int = 0) -> None:
 
     out = console()
     r = report.plan
-    out.print(f"[bold]Plan[/] for {r.machine}")
+    out.print(f"[bold]Plan[/] for {_e(r.machine)}")
     c = r.chosen
     if c is None:
-        out.print(f"[bold red]{r.summary}[/]")
+        out.print(f"[bold red]{_e(r.summary)}[/]")
         if r.remedy:
-            out.print(f"[dim]→ {r.remedy}[/]")
+            out.print(f"[dim]→ {_e(r.remedy)}[/]")
         _rejected(out, r.candidates[: 12 if verbose else 6])
         return
     s = c.settings
-    out.print(f"[bold green]{r.summary}[/]")
+    out.print(f"[bold green]{_e(r.summary)}[/]")
     v = c.variant
-    rows = [("model", f"{c.model_name}  [dim]{v.source}[/]"),
-            ("precision", (v.label if c.device == "gpu" else "float32 (the CPU engine casts the checkpoint)")
-             + (f"  (--quantization {s.quantization})" if s.quantization else "")),
-            ("dtype", s.dtype), ("context", f"--max-model-len {s.max_model_len}" + _room(c))]
+    rows = [("model", f"{_e(c.model_name)}  [dim]{_e(v.source)}[/]"),
+            ("precision", _e((v.label if c.device == "gpu" else "float32 (the CPU engine casts the checkpoint)")
+                             + (f"  (--quantization {s.quantization})" if s.quantization else ""))),
+            ("dtype", _e(s.dtype)), ("context", f"--max-model-len {s.max_model_len}" + _room(c))]
     if c.device == "gpu":
-        rows += [("GPUs", f"{c.gpu_name}  (indices {', '.join(map(str, s.gpu_indices))})"),
+        rows += [("GPUs", _e(f"{c.gpu_name}  (indices {', '.join(map(str, s.gpu_indices))})")),
                  ("memory use", f"--gpu-memory-utilization {s.gpu_memory_utilization:.2f}"),
-                 ("KV cache", s.kv_cache_dtype), ("image", s.image or "-")]
+                 ("KV cache", _e(s.kv_cache_dtype)), ("image", _e(s.image or "-"))]
     else:
         rows += [("KV cache", f"VLLM_CPU_KVCACHE_SPACE={s.cpu_kv_cache_gib} GiB")]
     if c.confidence:
-        rows.append(("figures", f"weights {c.confidence.get('weights', '-')}, "
-                                f"KV cache {c.confidence.get('kv_cache', '-')}"))
+        rows.append(("figures", _e(f"weights {c.confidence.get('weights', '-')}, "
+                                   f"KV cache {c.confidence.get('kv_cache', '-')}")))
     if c.measured:
         import time as _time
 
@@ -188,7 +196,7 @@ def plan_report(report: Any, verbose: int = 0) -> None:
         said = [f"weights {mz['weights_gib']:.2f} GiB" if mz.get("weights_gib") else "",
                 f"KV cache {mz['kv_tokens']:,} tokens" if mz.get("kv_tokens") else "",
                 f"at --max-model-len {mz['max_model_len']}"]
-        rows.append(("measured", f"the engine here said on {when}: " + ", ".join(x for x in said if x)))
+        rows.append(("measured", _e(f"the engine here said on {when}: " + ", ".join(x for x in said if x))))
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
@@ -207,14 +215,14 @@ def plan_report(report: Any, verbose: int = 0) -> None:
         mt.add_column(justify="right")
         mt.add_column(style="dim")
         for term in m.terms:
-            mt.add_row(f"  {term.name}", gib(term.bytes), term.note)
+            mt.add_row(f"  {_e(term.name)}", gib(term.bytes), _e(term.note))
         for term in m.outside_budget:
-            mt.add_row(f"  + {term.name}", gib(term.bytes), term.note)
+            mt.add_row(f"  + {_e(term.name)}", gib(term.bytes), _e(term.note))
         out.print(mt)
     for line in c.reasons:
-        out.print(f"[dim]{line}[/]")
+        out.print(f"[dim]{_e(line)}[/]")
     for w in c.warnings:
-        out.print(f"[yellow]![/] {w}")
+        out.print(f"[yellow]![/] {_e(w)}")
     if report.command:
         out.print(f"\n[bold]up would run[/] ({report.runtime or 'docker'} runtime; the API key and HF token "
                   "come from the environment):")
@@ -226,8 +234,8 @@ def plan_report(report: Any, verbose: int = 0) -> None:
         for col in ("model", "precision", "on", "context", "why not chosen"):
             at.add_column(col)
         for a in alts:
-            at.add_row(a.model_id, a.variant.precision, a.gpu_name or "CPU",
-                       f"{a.settings.max_model_len:,}" if a.settings else "-", why_lost(a, c))
+            at.add_row(_e(a.model_id), _e(a.variant.precision), _e(a.gpu_name or "CPU"),
+                       f"{a.settings.max_model_len:,}" if a.settings else "-", _e(why_lost(a, c)))
         out.print(at)
     if verbose:
         _rejected(out, [x for x in r.candidates if x.fits == "no"][:15])
@@ -253,7 +261,7 @@ def _rejected(out: Any, cands: list[Any]) -> None:
     for col in ("model", "precision", "why", "needs"):
         t.add_column(col)
     for x in rows:
-        t.add_row(x.model_id, x.variant.precision, x.reasons[0] if x.reasons else "-", x.needs or "")
+        t.add_row(_e(x.model_id), _e(x.variant.precision), _e(x.reasons[0] if x.reasons else "-"), _e(x.needs or ""))
     out.print(t)
 
 
@@ -265,7 +273,6 @@ def _dur(s: float | None) -> str:
 
 
 def ps_report(report: Any) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     out = console()
@@ -281,17 +288,16 @@ def ps_report(report: Any) -> None:
                 st += " [yellow](no record)[/]"
             where = d.runtime + (f" on {d.docker_host}" if d.docker_host else "") + (
                 f" ({d.nodes} nodes)" if d.nodes > 1 else "")
-            t.add_row(d.name, st, d.model, d.base_url, where, _dur(d.uptime_s))
+            t.add_row(_e(d.name), st, _e(d.model), _e(d.base_url), _e(where), _dur(d.uptime_s))
         out.print(t)
         for d in report.deployments:
             if d.state != "running" and d.reason:
-                out.print(f"[yellow]![/] {d.name}: {escape(d.reason)}")
+                out.print(f"[yellow]![/] {_e(d.name)}: {_e(d.reason)}")
     for p in report.problems:
-        out.print(f"[yellow]![/] {escape(p)}")
+        out.print(f"[yellow]![/] {_e(p)}")
 
 
 def status_report(r: Any) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     out = console()
@@ -299,20 +305,20 @@ def status_report(r: Any) -> None:
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("deployment", f"{r.name}  [{style}]{r.state}[/]"
+    t.add_row("deployment", f"{_e(r.name)}  [{style}]{r.state}[/]"
               + ("" if r.healthy or r.state in ("dead", "unknown")
-                 else f"  ({r.stage or 'engine starting'}, {_dur(r.uptime_s)} since `up`)")
-              + (f"  ({escape(r.reason)})" if r.reason else ""))
-    t.add_row("model", r.model)
-    t.add_row("endpoint", r.base_url)
-    t.add_row("API key", f"{r.api_key_hint}  ({r.deployment.api_key_file})")
+                 else f"  ({_e(r.stage or 'engine starting')}, {_dur(r.uptime_s)} since `up`)")
+              + (f"  ({_e(r.reason)})" if r.reason else ""))
+    t.add_row("model", _e(r.model))
+    t.add_row("endpoint", _e(r.base_url))
+    t.add_row("API key", _e(f"{r.api_key_hint}  ({r.deployment.api_key_file})"))
     place = r.deployment.place
-    t.add_row("runtime", f"{r.runtime}" + (f"  pid {place.pid}" if getattr(place, "pid", None) else "")
-              + (f"  job {place.job_id}" if getattr(place, "job_id", None) else "")
-              + (f"  on {r.deployment.docker_host}" if r.deployment.docker_host else ""))
+    t.add_row("runtime", _e(f"{r.runtime}" + (f"  pid {place.pid}" if getattr(place, "pid", None) else "")
+                            + (f"  job {place.job_id}" if getattr(place, "job_id", None) else "")
+                            + (f"  on {r.deployment.docker_host}" if r.deployment.docker_host else "")))
     for w in getattr(place, "nodes", [])[1:]:
-        t.add_row(f"node {w.rank}", f"{w.address}  on {w.docker_host or 'this machine'}  "
-                                    f"container {w.container_id[:12]}")
+        t.add_row(f"node {w.rank}", _e(f"{w.address}  on {w.docker_host or 'this machine'}  "
+                                       f"container {w.container_id[:12]}"))
     t.add_row("uptime", _dur(r.uptime_s))
     m = r.metrics
     if m is not None:
@@ -325,8 +331,8 @@ def status_report(r: Any) -> None:
         if m.kv_cache_usage is not None:
             t.add_row("KV cache", f"{m.kv_cache_usage * 100:.1f} % in use")
     for g in r.gpus:
-        t.add_row("GPU", f"{g.name}: {gib(g.memory_used)} of {gib(g.memory_total)} in use"
-                  + (f" ({', '.join(g.processes)})" if g.processes else ""))
+        t.add_row("GPU", _e(f"{g.name}: {gib(g.memory_used)} of {gib(g.memory_total)} in use"
+                            + (f" ({', '.join(g.processes)})" if g.processes else "")))
     out.print(t)
 
 

@@ -267,3 +267,20 @@ def test_byte_progress_off_a_terminal_is_a_line_every_5_percent():
     quiet: list[str] = []
     ByteProgress("weights", quiet.append, enabled=False)(1, 2)
     assert quiet == []
+
+
+def test_names_and_labels_with_brackets_are_shown_as_written(tmp_path):
+    """rich reads [x] as markup: a model's name, repo or the "closest: id [precision]" line would
+    lose it, and a name with [/] in it would stop the view. The views show data as it is."""
+    models = tmp_path / "models.toml"
+    models.write_text('[models."odd-x"]\nname = "Odd [beta] [/] model"\nfamily = "llama"\nparams_b = 8.03\n'
+                      'status = "theoretical"\nvision = false\n[models."odd-x".arch]\nlayers = 32\nhidden = 4096\n'
+                      'heads = 32\nkv_heads = 8\nhead_dim = 128\nvocab = 128256\nmax_context = 131072\n'
+                      '[[models."odd-x".variants]]\nprecision = "bf16"\nrepo = "someone/odd-[x]"\n')
+    r = run_cli("plan", "odd-x", "--models", str(models), "--no-user-models", "--gpu", "l4")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "Odd [beta] [/] model (bfloat16" in r.stdout and "someone/odd-[x]" in r.stdout, r.stdout
+    r = run_cli("plan", "--gpu", "l4", "--max-model-len", "200000", "--no-user-models")
+    assert r.returncode == 0 and "closest: " in r.stdout, r.stdout
+    closest = r.stdout.split("closest: ", 1)[1].split(",", 1)[0]
+    assert closest.endswith("]") and " [" in closest, r.stdout
