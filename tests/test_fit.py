@@ -257,3 +257,16 @@ def test_consumer_blackwell_gets_only_the_releases_with_its_kernels():
     assert refusal("fp8", False, 121, "0.19.1") and not refusal("fp8", False, 120, "0.19.1")
     assert refusal("fp8", True, 120, "0.15.0") and not refusal("fp8", True, 120, "0.15.1")
     assert not refusal("nvfp4", True, 100, "0.10.2") and not refusal("awq", True, 120, "0.10.2")
+
+
+def test_an_exact_context_nothing_reaches_is_answered_for_that_context():
+    """--max-model-len beyond a model's own context is refused as vLLM would (no GPU helps, so no
+    "needs"), even where its weights do not fit either; the closest miss is sized for the context
+    asked, not the 2k minimum."""
+    cat = load_catalog(user=False)
+    r = plan(load_preset("l4"), cat, PlanRequest(max_model_len=200_000, trust_remote_code=True))
+    assert r.chosen is None
+    for c in r.candidates:
+        if cat.get(c.model_id).arch.max_context < 200_000:
+            assert c.reasons and "vLLM refuses it" in c.reasons[0] and c.needs is None, (c.label, c.reasons, c.needs)
+    assert "for 200,000 tokens" in (r.remedy or ""), r.remedy

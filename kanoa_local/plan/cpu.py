@@ -9,7 +9,7 @@ from ..catalog import ModelEntry, Variant
 from ..hardware import GIB, HardwareProfile
 from . import memory as mem, profiling as prof
 from .memory import Term, Weights
-from .models import (CPU_MAX_KV_GIB, CPU_PIPELINE_COMPILATION, CPU_RAM_SHARE, Candidate, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
+from .models import (beyond_context, CPU_MAX_KV_GIB, CPU_PIPELINE_COMPILATION, CPU_RAM_SHARE, Candidate, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
 from .gpu import _stage_arch, _useful_context, _weights_note
 
 
@@ -43,9 +43,9 @@ def _cpu_candidate(entry: ModelEntry, variant: Variant, profile: HardwareProfile
     seqs = req.max_num_seqs or seqs
     images = (req.limit_mm_per_prompt if req.limit_mm_per_prompt is not None else entry.max_images) \
         if entry.vision else 0
-    if req.max_model_len is not None and req.max_model_len > arch.max_context:
-        reasons.append(f"--max-model-len {req.max_model_len:,} is more than {entry.name}'s "
-                       f"{arch.max_context:,} tokens: vLLM refuses it")
+    beyond = beyond_context(entry, req)
+    if beyond:
+        reasons.append(beyond)
         return cand
     if (req.tensor_parallel_size or 1) > 1:
         reasons.append("--tensor-parallel-size is for GPUs: the CPU plan runs one engine")

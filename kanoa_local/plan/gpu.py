@@ -13,7 +13,7 @@ from .devices import cards_for, cuda_context, cuda_free, visible_total
 from .confidence import measured_run, measured_term
 from .memory import KvCapacity, Term, Weights
 from .parallel import p2p_likely
-from .models import (CPU_CONTEXT, DEFAULT_GMU, GOOD_CONTEXT, KV_MARGIN, MIN_CONTEXT, MIN_GMU, Candidate, Device, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
+from .models import (beyond_context, CPU_CONTEXT, DEFAULT_GMU, GOOD_CONTEXT, KV_MARGIN, MIN_CONTEXT, MIN_GMU, Candidate, Device, FitClass, MemoryBreakdown, PlanRequest, Settings, _gib, _tokens)
 
 
 def gpu_groups(profile: HardwareProfile) -> list[list[Gpu]]:
@@ -268,10 +268,15 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
                                 outside_budget=[ctx, *ov.beside] if graphs_inside or eager else [ctx, graphs, *ov.beside])
     cand.memory = breakdown
     cand.eager = eager
+    beyond = beyond_context(entry, req)
+    if beyond:                  # no memory helps
+        reasons.append(beyond)
+        return cand
     if kv_bytes <= 0:
         reasons.append(f"weights + overheads need {_gib(fixed)} per GPU; the budget is {_gib(budget)} "
                        f"({gmu:.2f} × {_gib(visible)} that vLLM sees)")
-        cand.needs, cand.needs_bytes = cards_for(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
+        cand.needs, cand.needs_bytes = cards_for(fixed, req.max_model_len or lo, arch, kv_dtype_bytes, tp,
+                                                 gmu_default=DEFAULT_GMU, pp=pp)
         return cand
 
     ceiling = min(arch.max_context, req.max_context or arch.max_context)
@@ -311,10 +316,6 @@ def _exact_len(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_by
     n = req.max_model_len
     assert n is not None and cand.memory is not None
     largest = cand.memory.largest_context
-    if n > arch.max_context:
-        cand.reasons.append(f"--max-model-len {n:,} is more than {entry.name}'s {arch.max_context:,} tokens: "
-                            "vLLM refuses it")
-        return cand
     need = mem.kv_request_bytes(arch, n, kv_dtype_bytes=kv_dtype_bytes, tp=tp, block_size=block,
                                 in_flight_tokens=in_flight)
     cand.memory.headroom_bytes = kv_bytes - need

@@ -197,3 +197,10 @@ def _gb(n: float) -> str:
 def _tokens(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else f"{n:,}"
 
+
+def beyond_context(entry: Any, req: PlanRequest) -> str | None:
+    """The refusal of an exact --max-model-len beyond the model's own context, which vLLM refuses."""
+    top = entry.arch.max_context if entry.arch else None
+    if req.max_model_len is None or top is None or req.max_model_len <= top:
+        return None
+    return f"--max-model-len {req.max_model_len:,} is more than {entry.name}'s {top:,} tokens: vLLM refuses it"
