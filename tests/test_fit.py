@@ -270,3 +270,14 @@ def test_an_exact_context_nothing_reaches_is_answered_for_that_context():
         if cat.get(c.model_id).arch.max_context < 200_000:
             assert c.reasons and "vLLM refuses it" in c.reasons[0] and c.needs is None, (c.label, c.reasons, c.needs)
     assert "for 200,000 tokens" in (r.remedy or ""), r.remedy
+
+
+def test_nothing_fits_for_a_setting_says_the_setting():
+    """When no model is short of memory alone but a setting asked for turns most away, the
+    remedy names it (it said "add a smaller model to models.toml")."""
+    cat = load_catalog(user=False)
+    four = what_if(load_preset("h100"), gpus=4)
+    for tp, words in ((8, "needs 8 identical GPUs; this machine has 4"), (3, "do not split over 3 GPUs")):
+        r = plan(four, cat, PlanRequest(tensor_parallel_size=tp, trust_remote_code=True))
+        assert r.chosen is None and "were refused: --tensor-parallel-size" in (r.remedy or "") \
+            and words in (r.remedy or ""), r.remedy

@@ -216,6 +216,16 @@ def _summary(chosen: Candidate | None, cands: list[Candidate], req: PlanRequest,
         return (f"{entry.name} does not fit {machine}: {first}",
                 (f"it would need {needs[0]}; " if needs else "") + "try `kanoa-local plan` for what fits here")
     closest = closest_miss(cands)
+    firsts = [c.reasons[0] for c in cands if c.reasons]
+    if closest is None and firsts:
+        # nothing is short of memory alone: what turned most of them away (a setting asked for),
+        # grouped by the words before the first colon ("--tensor-parallel-size 3: ...")
+        from collections import Counter
+
+        kind, n = Counter(r.split(": ", 1)[0] for r in firsts).most_common(1)[0]
+        if n * 2 >= len(cands):
+            example = next(r for r in firsts if r.split(": ", 1)[0] == kind)
+            return (f"nothing in the catalog fits {machine}", f"{n} of {len(cands)} were refused: {example}")
     return (f"nothing in the catalog fits {machine}",
             (f"closest: {closest.label}, which needs {closest.needs}" if closest else
              "add a smaller model to models.toml") + "; `kanoa-local models` lists them all")
