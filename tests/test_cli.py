@@ -284,3 +284,10 @@ def test_names_and_labels_with_brackets_are_shown_as_written(tmp_path):
     assert r.returncode == 0 and "closest: " in r.stdout, r.stdout
     closest = r.stdout.split("closest: ", 1)[1].split(",", 1)[0]
     assert closest.endswith("]") and " [" in closest, r.stdout
+
+
+def test_a_bad_deployment_name_is_said_before_any_daemon_is_asked():
+    """`up --name ../x` is a usage error (exit 2) whatever state Docker is in: here its daemon
+    refuses the connection, which would otherwise be the first thing said (exit 6)."""
+    r = run_cli("up", "--name", "../x", "--runtime", "docker", env={"DOCKER_HOST": "tcp://127.0.0.1:9"})
+    assert_one_line_error(r, 2, "bad deployment name '../x'")

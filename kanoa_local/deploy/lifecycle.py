@@ -70,6 +70,8 @@ def start(model: str | None = None, *, model_path: str | None = None, name: str 
     from ..probe import probe
     from ..hub import engine_caches
 
+    if name is not None:
+        state.check_name(name)          # a bad name is the first thing said, before any daemon is asked
     tls_files = tls.check(ssl_certfile, ssl_keyfile)
     if tls_files is not None and (runtime in ("slurm", "k8s") or target in ("slurm", "k8s")):
         raise UsageError("--ssl-certfile on Slurm or Kubernetes: kanoa-local serves HTTPS itself on the process "
