@@ -281,3 +281,27 @@ def test_nothing_fits_for_a_setting_says_the_setting():
         r = plan(four, cat, PlanRequest(tensor_parallel_size=tp, trust_remote_code=True))
         assert r.chosen is None and "were refused: --tensor-parallel-size" in (r.remedy or "") \
             and words in (r.remedy or ""), r.remedy
+
+
+def test_a_share_too_small_is_answered_with_the_share_that_would_do():
+    """With --gpu-memory-utilization given, a miss names the larger share that holds the plan on
+    this GPU (with the KV margin) before the cards; planned at that share, it fits."""
+    from kanoa_local.plan.devices import cards_for
+
+    cat = load_catalog(user=False)
+    l4 = load_preset("l4")
+    for model, precision, ctx in (("gemma-3-270m", "bf16", None), ("llama-3.1-8b", "bf16", 8192)):
+        r = plan(l4, cat, PlanRequest(model=model, precision=precision, gpu_memory_utilization=0.3 if ctx else 0.05,
+                                      max_model_len=ctx))
+        miss = next(c for c in r.candidates if c.variant.precision == precision)
+        assert miss.fits == "no" and miss.needs and miss.needs.startswith("--gpu-memory-utilization "), miss.needs
+        share = float(miss.needs.split()[1])
+        again = plan(l4, cat, PlanRequest(model=model, precision=precision, gpu_memory_utilization=share,
+                                          max_model_len=ctx))
+        assert again.chosen is not None and again.chosen.variant.precision == precision, (share, again.summary)
+    arch = cat.get("llama-3.1-8b").arch
+    # a share no larger than the one asked, or beyond what is free, is not offered
+    assert "here" not in cards_for(10 * GIB, 8192, arch, 2, 1, 0.9, asked=(0.9, 20 * GIB, 20 * GIB))[0]
+    assert "here" not in cards_for(10 * GIB, 8192, arch, 2, 1, 0.9, asked=(0.3, 20 * GIB, 8 * GIB))[0]
+    assert cards_for(10 * GIB, 8192, arch, 2, 1, 0.9, asked=(0.3, 20 * GIB, 20 * GIB))[0].startswith(
+        "--gpu-memory-utilization 0.57 here, or ")

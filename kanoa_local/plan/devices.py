@@ -13,11 +13,13 @@ Pure data, no I/O.
 
 from __future__ import annotations
 
+import math
 import re
 
 from ..hardware import GIB
 from ..images import release_tuple
 from .memory import kv_bytes_per_token
+from .models import KV_MARGIN
 from .models import _tokens as tokens_text
 
 #: (pattern on NVML's device name, NVML total − smallest CUDA total seen, GiB). First match wins.
@@ -94,10 +96,15 @@ def cuda_context(name: str, tp: int = 1, p2p: bool = True, vllm: str | None = No
 
 
 def cards_for(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_default: float,
-              pp: int = 1) -> tuple[str, int]:
+              pp: int = 1, asked: tuple[float, int, int] | None = None) -> tuple[str, int]:
     """The GPU memory this would need for ``context`` tokens, in cards people can buy; beyond
-    one node of 8 GPUs, in nodes."""
+    one node of 8 GPUs, in nodes. ``asked``: (the share given with --gpu-memory-utilization, the
+    total vLLM sees, the room a share may take): the larger share that would do here comes first,
+    with the plan's margin on the KV cache."""
     kv = int(kv_bytes_per_token(arch, kv_dtype_bytes, tp, context) * context) + int(0.2 * GIB)
+    share = math.ceil((fixed + kv * KV_MARGIN) / asked[1] * 100) / 100 if asked else 1.0
+    here = f"--gpu-memory-utilization {share:.2f} here, or " if asked and asked[0] < share \
+        and share * asked[1] <= asked[2] else ""
     per_gpu = (fixed + kv) / gmu_default + int(UNKNOWN_CONTEXT_GIB * GIB) + 0.5 * GIB
     gpus = tp * pp
     total = per_gpu * gpus
@@ -105,10 +112,10 @@ def cards_for(fixed: int, context: int, arch, kv_dtype_bytes: int, tp: int, gmu_
         if per_gpu * 1.0 <= size * GIB * 0.995:
             card = f"{'an' if str(size)[0] == '8' else 'a'} {size} GB GPU" if gpus == 1 else (
                 f"{pp} nodes × {tp} × {size} GB GPUs" if pp > 1 else f"{tp} × {size} GB GPUs")
-            return f"{card} for {tokens_text(context)} tokens ({total / GIB:.0f} GiB in all)", int(total)
+            return f"{here}{card} for {tokens_text(context)} tokens ({total / GIB:.0f} GiB in all)", int(total)
     n = 1
     while n < 256 and total / n > 80 * GIB * 0.9:
         n *= 2
     example = f"{n} × 80 GB GPUs" if n <= 8 else f"{n // 8} nodes × 8 × 80 GB GPUs"
-    return (f"about {total / GIB:.0f} GiB of GPU memory for {tokens_text(context)} tokens "
+    return (f"{here}about {total / GIB:.0f} GiB of GPU memory for {tokens_text(context)} tokens "
             f"(e.g. {example})", int(total))

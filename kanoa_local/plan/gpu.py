@@ -177,6 +177,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     visible = visible_total(g0.name, total)
     slack = prof.beside_slack(tp, p2p, graphs_inside)
     room = free - ctx.bytes - slack - beside
+    asked = (req.gpu_memory_utilization, visible, room) if req.gpu_memory_utilization is not None else None
     gmu = min(DEFAULT_GMU, math.floor(room / visible * 100) / 100)
     # without graphs beside the budget (--enforce-eager) a larger share is free
     gmu_eager = min(DEFAULT_GMU, math.floor((room + (0 if graphs_inside else graphs.bytes)) / visible * 100) / 100)
@@ -276,7 +277,7 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
         reasons.append(f"weights + overheads need {_gib(fixed)} per GPU; the budget is {_gib(budget)} "
                        f"({gmu:.2f} × {_gib(visible)} that vLLM sees)")
         cand.needs, cand.needs_bytes = cards_for(fixed, req.max_model_len or lo, arch, kv_dtype_bytes, tp,
-                                                 gmu_default=DEFAULT_GMU, pp=pp)
+                                                 gmu_default=DEFAULT_GMU, pp=pp, asked=asked)
         return cand
 
     ceiling = min(arch.max_context, req.max_context or arch.max_context)
@@ -286,13 +287,14 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
     breakdown.largest_context = best_len(KV_MARGIN, arch.max_context)
     if req.max_model_len is not None:
         return _exact_len(cand, arch, entry, req, kv_bytes, fixed, kv_dtype_bytes, tp, pp, block, in_flight,
-                          image, dtype, dtype_note, variant, w, gmu, gpus, images)
+                          image, dtype, dtype_note, variant, w, gmu, gpus, images, asked)
     good_len = best_len(req.concurrency)
     one_len = best_len(KV_MARGIN)
     if one_len < lo:
         reasons.append(f"after {_gib(fixed)} of weights and overheads, {_gib(kv_bytes)} of KV cache "
                        f"holds {_tokens(one_len)} tokens; at least {_tokens(lo)} are needed")
-        cand.needs, cand.needs_bytes = cards_for(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp)
+        cand.needs, cand.needs_bytes = cards_for(fixed, lo, arch, kv_dtype_bytes, tp, gmu_default=DEFAULT_GMU, pp=pp,
+                                                 asked=asked)
         return cand
     if good_len >= goal:
         fit: FitClass = "good"
@@ -310,7 +312,8 @@ def _gpu_candidate(entry: ModelEntry, variant: Variant, group: list[Gpu], tp: in
 
 def _exact_len(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_bytes: int, fixed: int,
                kv_dtype_bytes: int, tp: int, pp: int, block: int, in_flight: int, image: ImageLine, dtype: str,
-               dtype_note: str, variant: Variant, w: Weights, gmu: float, gpus: list[Gpu], images: int) -> Candidate:
+               dtype_note: str, variant: Variant, w: Weights, gmu: float, gpus: list[Gpu], images: int,
+               asked: tuple[float, int, int] | None = None) -> Candidate:
     """`--max-model-len N` as given: vLLM's own start-up check (one request of N tokens must
     fit the KV cache), by how much, and the longest context there is room for."""
     n = req.max_model_len
@@ -325,7 +328,7 @@ def _exact_len(cand: Candidate, arch, entry: ModelEntry, req: PlanRequest, kv_by
         if need <= kv_bytes:     # inside the estimate's error: vLLM may well refuse it
             edge += f", less than the {KV_MARGIN - 1:.0%} to spare a plan keeps (the estimate can be off by that)"
         cand.reasons.append(edge + (f": the longest context that fits is {_tokens(largest)}" if largest else ""))
-        cand.needs, cand.needs_bytes = cards_for(fixed, n, arch, kv_dtype_bytes, tp, gmu_default=gmu, pp=pp)
+        cand.needs, cand.needs_bytes = cards_for(fixed, n, arch, kv_dtype_bytes, tp, gmu_default=gmu, pp=pp, asked=asked)
         return cand
     cap = mem.kv_capacity(arch, kv_bytes, n, kv_dtype_bytes=kv_dtype_bytes, tp=tp, block_size=block,
                           in_flight_tokens=in_flight)
